@@ -1,0 +1,6 @@
+//! jitune
+pub mod error;
+pub mod expr;
+pub mod rng;
+pub use error::{Error, Result};
+pub mod key;
