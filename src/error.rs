@@ -12,9 +12,18 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A kernel spec is invalid: `spec` names it, `field` the offending field.
-    Spec { spec: String, field: String, msg: String },
+    Spec {
+        spec: String,
+        field: String,
+        msg: String,
+    },
     /// An expression failed to parse: spec, field and 1-based column of the problem.
-    Expr { spec: String, field: String, column: usize, msg: String },
+    Expr {
+        spec: String,
+        field: String,
+        column: usize,
+        msg: String,
+    },
     /// An expression failed at evaluation (division by zero, unknown variable value, ...).
     Eval(String),
     /// A search space has no valid configuration, or a config does not belong to it.
@@ -24,9 +33,16 @@ pub enum Error {
     /// The SQLite store failed.
     Store(String),
     /// A cache file was written by a newer jitune schema than this build understands.
-    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     /// Reading or writing a file failed.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A JSON document (cache export, Kernel Tuner cachefile) is malformed.
     Json { what: String, msg: String },
     /// The CUDA driver or NVRTC library is missing or failed to load.
@@ -90,6 +106,9 @@ impl From<rusqlite::Error> for Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

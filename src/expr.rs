@@ -108,16 +108,36 @@ impl Expr {
     /// Parses `source`. Errors carry the 1-based column of the offending character.
     pub fn parse(source: &str) -> Result<Expr, ParseError> {
         let tokens = lex(source)?;
-        let mut p = Parser { tokens, pos: 0, vars: Vec::new(), ops: Vec::new(), src_len: source.chars().count(), depth: 0 };
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            vars: Vec::new(),
+            ops: Vec::new(),
+            src_len: source.chars().count(),
+            depth: 0,
+        };
         p.ternary()?;
         if let Some(t) = p.tokens.get(p.pos) {
-            return Err(ParseError { column: t.col, msg: format!("unexpected `{}` after the end of the expression", t.kind) });
+            return Err(ParseError {
+                column: t.col,
+                msg: format!("unexpected `{}` after the end of the expression", t.kind),
+            });
         }
         let depth = max_depth(&p.ops);
         if depth > MAX_STACK {
-            return Err(ParseError { column: 1, msg: format!("expression nests too deeply (needs {depth} stack slots, at most {MAX_STACK})") });
+            return Err(ParseError {
+                column: 1,
+                msg: format!(
+                    "expression nests too deeply (needs {depth} stack slots, at most {MAX_STACK})"
+                ),
+            });
         }
-        Ok(Expr { source: source.to_string(), vars: p.vars, slots: None, ops: p.ops })
+        Ok(Expr {
+            source: source.to_string(),
+            vars: p.vars,
+            slots: None,
+            ops: p.ops,
+        })
     }
 
     /// The expression as written.
@@ -162,7 +182,12 @@ impl Expr {
                 o => *o,
             })
             .collect();
-        Ok(Expr { source: self.source.clone(), vars: self.vars.clone(), slots: Some(slots), ops })
+        Ok(Expr {
+            source: self.source.clone(),
+            vars: self.vars.clone(),
+            slots: Some(slots),
+            ops,
+        })
     }
 
     /// Whether [`Expr::bind`] was called.
@@ -268,9 +293,16 @@ impl Expr {
 
     /// Evaluates with names looked up by `value_of` (convenience for tests and tools; allocates).
     pub fn eval_with(&self, mut value_of: impl FnMut(&str) -> Option<i64>) -> Result<i64, String> {
-        let env: Vec<i64> =
-            self.vars.iter().map(|v| value_of(v).ok_or_else(|| format!("no value for `{v}`"))).collect::<Result<_, _>>()?;
-        let unbound = Expr { slots: None, ops: self.unbound_ops(), ..self.clone() };
+        let env: Vec<i64> = self
+            .vars
+            .iter()
+            .map(|v| value_of(v).ok_or_else(|| format!("no value for `{v}`")))
+            .collect::<Result<_, _>>()?;
+        let unbound = Expr {
+            slots: None,
+            ops: self.unbound_ops(),
+            ..self.clone()
+        };
         unbound.eval(&env).map_err(|e| e.to_string())
     }
 
@@ -369,7 +401,8 @@ struct Token {
 }
 
 const SYMBOLS: [&str; 22] = [
-    "&&", "||", "==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", ",", "?", ":", "[", "]", "=",
+    "&&", "||", "==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", ",", "?",
+    ":", "[", "]", "=",
 ];
 
 fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
@@ -393,26 +426,50 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                 text.parse::<i64>()
             };
             match v {
-                Ok(v) => out.push(Token { kind: Tok::Int(v), col }),
-                Err(_) => return Err(ParseError { column: col, msg: format!("`{text}` is not a 64-bit integer") }),
+                Ok(v) => out.push(Token {
+                    kind: Tok::Int(v),
+                    col,
+                }),
+                Err(_) => {
+                    return Err(ParseError {
+                        column: col,
+                        msg: format!("`{text}` is not a 64-bit integer"),
+                    })
+                }
             }
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+            {
                 i += 1;
             }
-            out.push(Token { kind: Tok::Ident(chars[start..i].iter().collect()), col });
+            out.push(Token {
+                kind: Tok::Ident(chars[start..i].iter().collect()),
+                col,
+            });
         } else {
             let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
             match SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
                 Some(s) if *s == "[" || *s == "]" || *s == "=" => {
-                    return Err(ParseError { column: col, msg: format!("unexpected `{s}`") })
+                    return Err(ParseError {
+                        column: col,
+                        msg: format!("unexpected `{s}`"),
+                    })
                 }
                 Some(s) => {
-                    out.push(Token { kind: Tok::Sym(s), col });
+                    out.push(Token {
+                        kind: Tok::Sym(s),
+                        col,
+                    });
                     i += s.len();
                 }
-                None => return Err(ParseError { column: col, msg: format!("unexpected character `{c}`") }),
+                None => {
+                    return Err(ParseError {
+                        column: col,
+                        msg: format!("unexpected character `{c}`"),
+                    })
+                }
             }
         }
     }
@@ -435,13 +492,18 @@ const MAX_NESTING: usize = 64;
 impl Parser {
     fn peek_sym(&self) -> Option<&'static str> {
         match self.tokens.get(self.pos) {
-            Some(Token { kind: Tok::Sym(s), .. }) => Some(s),
+            Some(Token {
+                kind: Tok::Sym(s), ..
+            }) => Some(s),
             _ => None,
         }
     }
 
     fn col(&self) -> usize {
-        self.tokens.get(self.pos).map(|t| t.col).unwrap_or(self.src_len + 1)
+        self.tokens
+            .get(self.pos)
+            .map(|t| t.col)
+            .unwrap_or(self.src_len + 1)
     }
 
     fn expect(&mut self, sym: &str) -> Result<(), ParseError> {
@@ -449,13 +511,23 @@ impl Parser {
             self.pos += 1;
             Ok(())
         } else {
-            let found = self.tokens.get(self.pos).map(|t| format!("`{}`", t.kind)).unwrap_or_else(|| "the end".into());
-            Err(ParseError { column: self.col(), msg: format!("expected `{sym}`, found {found}") })
+            let found = self
+                .tokens
+                .get(self.pos)
+                .map(|t| format!("`{}`", t.kind))
+                .unwrap_or_else(|| "the end".into());
+            Err(ParseError {
+                column: self.col(),
+                msg: format!("expected `{sym}`, found {found}"),
+            })
         }
     }
 
     fn jump_target(&self) -> Result<u16, ParseError> {
-        u16::try_from(self.ops.len()).map_err(|_| ParseError { column: self.col(), msg: "expression too long".into() })
+        u16::try_from(self.ops.len()).map_err(|_| ParseError {
+            column: self.col(),
+            msg: "expression too long".into(),
+        })
     }
 
     fn patch(&mut self, at: usize) -> Result<(), ParseError> {
@@ -473,7 +545,10 @@ impl Parser {
     fn ternary(&mut self) -> Result<(), ParseError> {
         self.depth += 1;
         if self.depth > MAX_NESTING {
-            return Err(ParseError { column: self.col(), msg: format!("expression nests deeper than {MAX_NESTING} levels") });
+            return Err(ParseError {
+                column: self.col(),
+                msg: format!("expression nests deeper than {MAX_NESTING} levels"),
+            });
         }
         let r = self.ternary_inner();
         self.depth -= 1;
@@ -533,10 +608,16 @@ impl Parser {
         Ok(())
     }
 
-    fn binary_level(&mut self, table: &[(&str, Op)], next: fn(&mut Self) -> Result<(), ParseError>) -> Result<(), ParseError> {
+    fn binary_level(
+        &mut self,
+        table: &[(&str, Op)],
+        next: fn(&mut Self) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
         next(self)?;
         while let Some(sym) = self.peek_sym() {
-            let Some((_, op)) = table.iter().find(|(s, _)| *s == sym) else { break };
+            let Some((_, op)) = table.iter().find(|(s, _)| *s == sym) else {
+                break;
+            };
             self.pos += 1;
             next(self)?;
             self.ops.push(*op);
@@ -549,7 +630,10 @@ impl Parser {
     }
 
     fn comparison(&mut self) -> Result<(), ParseError> {
-        self.binary_level(&[("<", Op::Lt), ("<=", Op::Le), (">", Op::Gt), (">=", Op::Ge)], Self::additive)
+        self.binary_level(
+            &[("<", Op::Lt), ("<=", Op::Le), (">", Op::Gt), (">=", Op::Ge)],
+            Self::additive,
+        )
     }
 
     fn additive(&mut self) -> Result<(), ParseError> {
@@ -557,7 +641,10 @@ impl Parser {
     }
 
     fn multiplicative(&mut self) -> Result<(), ParseError> {
-        self.binary_level(&[("*", Op::Mul), ("/", Op::Div), ("%", Op::Rem)], Self::unary)
+        self.binary_level(
+            &[("*", Op::Mul), ("/", Op::Div), ("%", Op::Rem)],
+            Self::unary,
+        )
     }
 
     fn unary(&mut self) -> Result<(), ParseError> {
@@ -576,7 +663,10 @@ impl Parser {
     fn atom(&mut self) -> Result<(), ParseError> {
         let col = self.col();
         let Some(tok) = self.tokens.get(self.pos) else {
-            return Err(ParseError { column: col, msg: "expected a value, found the end".into() });
+            return Err(ParseError {
+                column: col,
+                msg: "expected a value, found the end".into(),
+            });
         };
         match tok.kind.clone() {
             Tok::Int(v) => {
@@ -597,7 +687,12 @@ impl Parser {
                         "ceil_div" => (2, Op::CeilDiv),
                         "log2" => (1, Op::Log2),
                         "pow2" => (1, Op::Pow2),
-                        _ => return Err(ParseError { column: col, msg: format!("unknown function `{name}` (known: min, max, ceil_div, log2, pow2)") }),
+                        _ => return Err(ParseError {
+                            column: col,
+                            msg: format!(
+                                "unknown function `{name}` (known: min, max, ceil_div, log2, pow2)"
+                            ),
+                        }),
                     };
                     self.pos += 1;
                     for i in 0..arity {
@@ -621,7 +716,12 @@ impl Parser {
                     self.ops.push(Op::Var(idx as u16));
                 }
             }
-            other => return Err(ParseError { column: col, msg: format!("expected a value, found `{other}`") }),
+            other => {
+                return Err(ParseError {
+                    column: col,
+                    msg: format!("expected a value, found `{other}`"),
+                })
+            }
         }
         Ok(())
     }
@@ -671,7 +771,10 @@ mod tests {
     fn evaluation_errors_are_values() {
         assert_eq!(ev("1 / 0", &[]), Err("division by zero".into()));
         assert_eq!(ev("5 % (2 - 2)", &[]), Err("division by zero".into()));
-        assert_eq!(ev("9223372036854775807 + 1", &[]), Err("integer overflow".into()));
+        assert_eq!(
+            ev("9223372036854775807 + 1", &[]),
+            Err("integer overflow".into())
+        );
         assert_eq!(ev("log2(0)", &[]), Err("log2 of a value <= 0".into()));
         assert!(ev("x + 1", &[]).is_err());
     }
@@ -707,9 +810,14 @@ mod tests {
     #[test]
     fn binding_maps_names_to_table_slots() {
         let e = Expr::parse("n / bn + m").unwrap();
-        assert_eq!(e.variables(), &["n".to_string(), "bn".to_string(), "m".to_string()]);
+        assert_eq!(
+            e.variables(),
+            &["n".to_string(), "bn".to_string(), "m".to_string()]
+        );
         let table = ["m", "n", "bn"];
-        let b = e.bind(|name| table.iter().position(|t| *t == name).map(|p| p as u16)).unwrap();
+        let b = e
+            .bind(|name| table.iter().position(|t| *t == name).map(|p| p as u16))
+            .unwrap();
         assert_eq!(b.eval(&[1, 100, 10]), Ok(11));
         assert_eq!(e.bind(|_| None).unwrap_err(), "n");
         assert_eq!(b.eval(&[1]), Err(EvalError::UnboundVariable(1)));

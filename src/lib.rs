@@ -4,3 +4,4 @@ pub mod expr;
 pub mod rng;
 pub use error::{Error, Result};
 pub mod key;
+pub mod space;
