@@ -69,9 +69,8 @@ impl Bucketing {
         match self {
             Bucketing::Exact => v,
             Bucketing::NextPow2 => {
-                if v <= 1 {
-                    v
-                } else if v > (1i64 << 62) {
+                // Values of 1 or less, and values whose next power of two would overflow, stay.
+                if v <= 1 || v > (1i64 << 62) {
                     v
                 } else {
                     (v as u64).next_power_of_two() as i64
