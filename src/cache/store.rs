@@ -299,7 +299,7 @@ impl Store {
     }
 
     /// Like [`Store::open_rw`] but never degrades: a newer schema is [`Error::NewerSchema`] and a
-    /// corrupt file is [`Error::Store`], and the file is left untouched in both cases.
+    /// corrupt file is [`Error::Store`], and the database file is left untouched in both cases.
     pub fn open_rw_strict(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         match Self::try_open_rw(path) {
