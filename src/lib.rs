@@ -10,3 +10,6 @@ pub mod spec;
 mod spec_toml;
 pub use cache::{Cache, CacheOptions, Entry};
 pub use error::{Error, Result};
+pub mod replay;
+pub mod search;
+pub mod tuner;

@@ -332,6 +332,13 @@ impl Cache {
         self.memory.get(key).map(|r| Arc::clone(r.value()))
     }
 
+    /// Runs `f` on the memory tier's entry for `key` without touching its reference count:
+    /// the lookup only reads shared cache lines (the shard's lock word aside), which is what
+    /// lets many threads hit at once.
+    pub fn with_memory<R>(&self, key: &TuningKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        self.memory.get(key).map(|r| f(r.value()))
+    }
+
     /// Read layers behind memory, in lookup order.
     fn layers(&self) -> impl Iterator<Item = &Store> {
         self.user

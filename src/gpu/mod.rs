@@ -13,6 +13,7 @@
 
 pub mod compile;
 pub mod device;
+pub mod evaluator;
 
 pub mod pool;
 
@@ -29,20 +30,20 @@ use crate::{Error, Result};
 /// }
 /// ```
 pub fn require_cuda() -> Result<()> {
-    let driver =
-        catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
+    // Checked once per process: each check dlopens the libraries, which is slow when nothing
+    // else holds them open.
+    static PRESENT: once_cell::sync::OnceCell<std::result::Result<(), String>> = once_cell::sync::OnceCell::new();
+    PRESENT.get_or_init(check_libraries).clone().map_err(Error::NoCuda)
+}
+
+fn check_libraries() -> std::result::Result<(), String> {
+    let driver = catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
     if !driver {
-        return Err(Error::NoCuda(
-            "libcuda (the NVIDIA driver library) was not found; is there an NVIDIA GPU and driver?"
-                .into(),
-        ));
+        return Err("libcuda (the NVIDIA driver library) was not found; is there an NVIDIA GPU and driver?".into());
     }
     let nvrtc = catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
     if !nvrtc {
-        return Err(Error::NoCuda(
-            "libnvrtc (the CUDA runtime compiler) was not found; install the CUDA toolkit's NVRTC"
-                .into(),
-        ));
+        return Err("libnvrtc (the CUDA runtime compiler) was not found; install the CUDA toolkit's NVRTC".into());
     }
     Ok(())
 }
@@ -72,3 +73,4 @@ pub fn gpu_tests_enabled() -> std::result::Result<(), String> {
     }
     require_cuda().map_err(|e| e.to_string())
 }
+pub mod measure;

@@ -1,0 +1,63 @@
+//! Batched compilation: 100 tiled-SGEMM configs compiled serially in this process against the
+//! worker-process pool, measured in the same run.
+//!
+//!     cargo bench --bench compile       (needs libnvrtc; prints a reason and exits 0 without it)
+
+use std::time::Instant;
+
+use jitune::gpu::compile::{compile_in_process, CompileRequest};
+use jitune::gpu::pool::{CompilePool, PoolMode};
+use jitune::spec::{DeviceLimits, KernelSpec};
+
+fn main() {
+    jitune::gpu::pool::run_if_worker();
+    if let Err(why) = jitune::gpu::require_cuda() {
+        println!("compile bench skipped: {why}");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("compile bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> jitune::Result<()> {
+    let spec = KernelSpec::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))?;
+    let space = spec.space_for(&[4096, 4096, 4096], &DeviceLimits::h100())?;
+    let mut rng = jitune::rng::Rng::new(7);
+    let mut configs = std::collections::BTreeSet::new();
+    while configs.len() < 100 {
+        if let Some(c) = space.sample(&mut rng) {
+            configs.insert(c);
+        }
+    }
+    let arch = std::env::var("JITUNE_ARCH").unwrap_or_else(|_| "sm_90".into());
+    let reqs: Vec<CompileRequest> = configs.iter().map(|c| CompileRequest::new(&spec, c, &arch)).collect();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
+
+    let t = Instant::now();
+    let mut ok = 0;
+    for r in &reqs {
+        if compile_in_process(r)?.is_ok() {
+            ok += 1;
+        }
+    }
+    let serial = t.elapsed().as_secs_f64();
+
+    let cmd = jitune::gpu::pool::worker_command().ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
+    let pool = CompilePool::with_mode(PoolMode::Processes(cmd), workers);
+    let t = Instant::now();
+    let out = pool.compile_all(reqs.clone());
+    let pooled = t.elapsed().as_secs_f64();
+    let pooled_ok = out.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    // Warm workers: a second batch shows the steady state of a tuning run.
+    let t = Instant::now();
+    let _ = pool.compile_all(reqs);
+    let warm = t.elapsed().as_secs_f64();
+
+    println!("configs                 100 ({ok} compiled serially, {pooled_ok} in the pool)");
+    println!("serial NVRTC, 1 process {serial:7.2} s  ({:.1} ms/config)", serial * 10.0);
+    println!("pool, {workers:2} workers (cold) {pooled:7.2} s  speed-up {:.2}x (process start-up included)", serial / pooled);
+    println!("pool, {workers:2} workers (warm) {warm:7.2} s  speed-up {:.2}x  (target >= 5x)", serial / warm);
+    Ok(())
+}

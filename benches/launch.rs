@@ -1,0 +1,138 @@
+//! Launch hit overhead: jitune's `launch` on a cached key against a raw cudarc launch of the
+//! same CUBIN with the same arguments, measured in the same run (host-side time per launch,
+//! median of batches), plus the warm-start time of a first launch from the cache.
+//!
+//!     cargo bench --bench launch        (needs a GPU; prints a reason and exits 0 without one)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Counts allocations, to show that the hit path makes none.
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+use jitune::cache::Cache;
+use jitune::space::Param;
+use jitune::spec::SpecBuilder;
+use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+
+const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, int n) {
+    int i = blockIdx.x * B + threadIdx.x;
+    if (i < n) y[i] = x[i] + 1.0f;
+}"#;
+
+fn main() {
+    jitune::gpu::pool::run_if_worker();
+    if let Err(why) = jitune::gpu::require_cuda() {
+        println!("launch bench skipped: {why}");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("launch bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run() -> jitune::Result<()> {
+    let spec = SpecBuilder::new("tiny")
+        .source(SRC)
+        .entry("tiny")
+        .param(Param::ints("B", &[32, 64, 128]))
+        .dim("n", jitune::key::Bucketing::NextPow2)
+        .grid(["ceil_div(n, B)", "1", "1"])
+        .block(["B", "1", "1"])
+        .arg_buffer("x", "f32", "in", "n", "uniform(-1, 1)")
+        .arg_buffer("y", "f32", "out", "n", "")
+        .arg_scalar("n", "i32", "n")
+        .default_config(&[("B", "64")])
+        .build()?;
+    let kernel = Kernel::new(spec);
+    let ctx = CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
+    tuner.set_tune_options(TuneOptions { max_evals: 3, ..Default::default() });
+    let stream = ctx.new_stream().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let n = 256usize;
+    let x = stream.clone_htod(&vec![1.0f32; n]).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let mut y = stream.alloc_zeros::<f32>(n).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let shape = [n as i64];
+    // First launch tunes; then every launch is a hit.
+    tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(n as i32)])?;
+    stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let plan = tuner.plan(&kernel, &shape).ok_or_else(|| jitune::Error::Search("no plan".into()))?;
+    // The raw baseline launches the same compiled config through cudarc's launch builder.
+    let space = kernel.spec.space_for(&shape, &tuner.gpu().limits)?;
+    let cfg = space.parse_config_text(&plan.config)?;
+    let img = jitune::gpu::compile::compile_in_process(&jitune::gpu::compile::CompileRequest::new(&kernel.spec, &cfg, &tuner.gpu().arch))?
+        .map_err(|log| jitune::Error::Compile { log })?;
+    let module = ctx.load_module(img.to_ptx()).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let func = module.load_function("tiny").map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let b = space.int_value(&cfg, 0) as u32;
+    let lc = LaunchConfig { grid_dim: ((n as u32).div_ceil(b), 1, 1), block_dim: (b, 1, 1), shared_mem_bytes: 0 };
+
+    const BATCH: usize = 500;
+    const ROUNDS: usize = 40;
+    let (mut raw_ns, mut jit_ns) = (Vec::new(), Vec::new());
+    let ni = n as i32;
+    for round in 0..ROUNDS {
+        // Alternate the order so neither side always runs on a fuller queue.
+        for side in 0..2 {
+            let raw_side = (side + round) % 2 == 0;
+            stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+            let t = Instant::now();
+            for _ in 0..BATCH {
+                if raw_side {
+                    let mut l = stream.launch_builder(&func);
+                    l.arg(&x).arg(&mut y).arg(&ni);
+                    unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+                } else {
+                    tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)])?;
+                }
+            }
+            let ns = t.elapsed().as_nanos() as f64 / BATCH as f64;
+            stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+            if round > 2 {
+                if raw_side { raw_ns.push(ns) } else { jit_ns.push(ns) }
+            }
+        }
+    }
+    // Allocations on the hit path (cudarc's builder allocates; jitune's launch must not).
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)])?;
+    }
+    let jit_allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        let mut l = stream.launch_builder(&func);
+        l.arg(&x).arg(&mut y).arg(&ni);
+        unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    }
+    let raw_allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let raw = median(&mut raw_ns);
+    let jit = median(&mut jit_ns);
+    println!("device                 {}", tuner.gpu().fingerprint.to_text());
+    println!("raw cudarc launch      {raw:8.1} ns/launch (median of {} batches of {BATCH})", raw_ns.len());
+    println!("jitune launch (hit)    {jit:8.1} ns/launch");
+    println!("hit overhead           {:8.1} ns/launch  (target <= 200)", jit - raw);
+    println!("allocations per launch jitune {:.3}, raw cudarc {:.3}", jit_allocs as f64 / 1000.0, raw_allocs as f64 / 1000.0);
+    Ok(())
+}

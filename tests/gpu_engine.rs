@@ -1,0 +1,267 @@
+//! GPU engine tests: compile + launch + correctness against a CPU reference, a second process
+//! hitting the cache without NVRTC, Background mode swapping in a winner while another thread
+//! launches, and each failure class from a planted bad config.
+//!
+//! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
+//! why it skips and passes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use jitune::cache::{Cache, CacheOptions};
+use jitune::rng::Rng;
+use jitune::space::Param;
+use jitune::spec::SpecBuilder;
+use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+
+fn gpu_or_skip(test: &str) -> bool {
+    match jitune::gpu::gpu_tests_enabled() {
+        Ok(()) => true,
+        Err(why) => {
+            println!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+fn sgemm() -> Kernel {
+    Kernel::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml")).expect("sgemm spec")
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
+}
+
+fn cpu_gemm(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut c = vec![0.0f64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p] as f64;
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j] as f64;
+            }
+        }
+    }
+    c
+}
+
+fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (o, r) in out.iter().zip(reference) {
+        assert!(o.is_finite(), "non-finite output");
+        num += (*o as f64 - r).powi(2);
+        den += r * r;
+    }
+    (num / den).sqrt()
+}
+
+fn temp_cache(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("jitune-gpu-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("cache.sqlite")
+}
+
+/// Runs sgemm through `tuner` at an edge shape and checks it against the CPU.
+fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usize) {
+    let stream = tuner.gpu().ctx.default_stream();
+    let a = random(m * k, 1);
+    let b = random(k * n, 2);
+    let da = stream.clone_htod(&a).unwrap();
+    let db = stream.clone_htod(&b).unwrap();
+    let mut dc = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
+    tuner
+        .launch(
+            kernel,
+            &stream,
+            &[m as i64, n as i64, k as i64],
+            &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)],
+        )
+        .unwrap();
+    let c = stream.clone_dtoh(&dc).unwrap();
+    let err = rel_err(&c, &cpu_gemm(&a, &b, m, n, k));
+    assert!(err < 1e-5, "relative error {err} at {m}x{n}x{k}");
+}
+
+#[test]
+fn gpu_compile_launch_and_check_against_cpu() {
+    if !gpu_or_skip("gpu_compile_launch_and_check_against_cpu") {
+        return;
+    }
+    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), Cache::memory_only(), Mode::Blocking).unwrap();
+    tuner.set_tune_options(TuneOptions { max_evals: 12, max_time_s: Some(30.0), ..Default::default() });
+    let kernel = sgemm();
+    // Edge shapes: not multiples of any tile, and a single decode row.
+    for (m, n, k) in [(257, 129, 65), (1, 300, 77), (128, 128, 128)] {
+        sgemm_matches_cpu(&tuner, &kernel, m, n, k);
+        let plan = tuner.plan(&kernel, &[m as i64, n as i64, k as i64]).unwrap();
+        assert!(plan.tuned, "Blocking mode launches a tuned winner");
+        println!("{m}x{n}x{k}: winner {}", plan.config);
+    }
+    // Bad calls are errors, not crashes.
+    let stream = tuner.gpu().ctx.default_stream();
+    let small = stream.alloc_zeros::<f32>(4).unwrap();
+    let mut out = stream.alloc_zeros::<f32>(4).unwrap();
+    let e = tuner
+        .launch(&kernel, &stream, &[128, 128, 128], &mut [Arg::from(&small), Arg::from(&small), Arg::from(&mut out), Arg::from(128), Arg::from(128), Arg::from(128)])
+        .unwrap_err();
+    assert!(e.to_string().contains("elements"), "{e}");
+    let e = tuner.launch(&kernel, &stream, &[128, 128], &mut []).unwrap_err();
+    assert!(e.to_string().contains("dims"), "{e}");
+}
+
+/// The child half of the warm-start test: a fresh process launches from the cache.
+#[test]
+fn gpu_child_warm_start() {
+    let Ok(path) = std::env::var("JITUNE_TEST_WARM_CACHE") else { return };
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let cache = Cache::open(CacheOptions::at(&path)).unwrap();
+    let tuner = Tuner::with_context(ctx, cache, Mode::CacheOnly).unwrap();
+    let kernel = sgemm();
+    let stream = tuner.gpu().ctx.default_stream();
+    let (m, n, k) = (512usize, 512usize, 512usize);
+    let a = random(m * k, 1);
+    let b = random(k * n, 2);
+    let da = stream.clone_htod(&a).unwrap();
+    let db = stream.clone_htod(&b).unwrap();
+    let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+    stream.synchronize().unwrap();
+    let t = Instant::now();
+    tuner
+        .launch(&kernel, &stream, &[m as i64, n as i64, k as i64], &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)])
+        .unwrap();
+    stream.synchronize().unwrap();
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    let plan = tuner.plan(&kernel, &[m as i64, n as i64, k as i64]).unwrap();
+    println!("WARM first launch {first_ms:.3} ms, config {}, nvrtc compiles {}", plan.config, tuner.nvrtc_compiles());
+    assert!(plan.tuned, "the cached winner is used");
+    assert_eq!(tuner.nvrtc_compiles(), 0, "a warm process never compiles");
+    let c = stream.clone_dtoh(&dc).unwrap();
+    assert!(rel_err(&c, &cpu_gemm(&a, &b, m, n, k)) < 1e-5);
+}
+
+#[test]
+fn gpu_second_process_hits_the_cache_without_nvrtc() {
+    if !gpu_or_skip("gpu_second_process_hits_the_cache_without_nvrtc") {
+        return;
+    }
+    let path = temp_cache("warm");
+    {
+        let cache = Cache::open(CacheOptions::at(&path)).unwrap();
+        let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), cache, Mode::Blocking).unwrap();
+        tuner.set_tune_options(TuneOptions { max_evals: 10, max_time_s: Some(30.0), ..Default::default() });
+        let r = tuner.tune(&sgemm(), &[512, 512, 512]).unwrap();
+        println!("tuned 512^3: {} {:.4} ms", r.entry.config, r.entry.median_ms);
+        assert!(r.compiled > 0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "gpu_child_warm_start", "--nocapture"])
+        .env("JITUNE_TEST_WARM_CACHE", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child failed");
+    assert!(text.contains("WARM first launch"), "the child did not run");
+}
+
+#[test]
+fn gpu_background_mode_swaps_in_the_winner_while_launching() {
+    if !gpu_or_skip("gpu_background_mode_swaps_in_the_winner_while_launching") {
+        return;
+    }
+    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), Cache::memory_only(), Mode::Background).unwrap();
+    tuner.set_tune_options(TuneOptions { max_evals: 16, max_time_s: Some(30.0), ..Default::default() });
+    let kernel = sgemm();
+    let shape = [1024i64, 1024, 1024];
+    let stop = Arc::new(AtomicBool::new(false));
+    let launcher = {
+        let (tuner, kernel, stop) = (tuner.clone(), kernel.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let stream = tuner.gpu().ctx.new_stream().unwrap();
+            let (m, n, k) = (1024usize, 1024usize, 1024usize);
+            let a = random(m * k, 3);
+            let b = random(k * n, 4);
+            let reference = cpu_gemm(&a, &b, m, n, k);
+            let da = stream.clone_htod(&a).unwrap();
+            let db = stream.clone_htod(&b).unwrap();
+            let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+            let mut launches = 0usize;
+            let mut configs = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                tuner
+                    .launch(&kernel, &stream, &shape, &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)])
+                    .unwrap();
+                launches += 1;
+                if launches % 50 == 1 {
+                    let c = stream.clone_dtoh(&dc).unwrap();
+                    assert!(rel_err(&c, &reference) < 1e-5, "wrong result while tuning in the background");
+                    configs.insert(tuner.plan(&kernel, &shape).unwrap().config.clone());
+                }
+            }
+            stream.synchronize().unwrap();
+            (launches, configs)
+        })
+    };
+    let t = Instant::now();
+    while tuner.swaps() == 0 && t.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (launches, configs) = launcher.join().unwrap();
+    println!("background: {launches} launches, configs seen {configs:?}, swapped after {:.2} s", t.elapsed().as_secs_f64());
+    assert_eq!(tuner.swaps(), 1, "one key is tuned once");
+    let plan = tuner.plan(&kernel, &shape).unwrap();
+    assert!(plan.tuned);
+    assert!(launches > 10);
+}
+
+#[test]
+fn gpu_failure_classes_are_recorded_and_never_win() {
+    if !gpu_or_skip("gpu_failure_classes_are_recorded_and_never_win") {
+        return;
+    }
+    // BAD = 1 does not compile, 2 launches 2048 threads per block, 3 computes the wrong thing.
+    let src = r#"
+extern "C" __global__ void twice(const float* x, float* y, int n) {
+#if BAD == 1
+    this is not C++;
+#endif
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i] * (BAD == 3 ? 3.0f : 2.0f);
+}"#;
+    let spec = SpecBuilder::new("planted")
+        .source(src)
+        .entry("twice")
+        .param(Param::ints("BAD", &[0, 1, 2, 3]))
+        .param(Param::ints("B", &[128, 256]))
+        .dim("n", jitune::key::Bucketing::Exact)
+        .grid(["ceil_div(n, B)", "1", "1"])
+        .block(["BAD == 2 ? 2048 : B", "1", "1"])
+        .arg_buffer("x", "f32", "in", "n", "uniform(-1, 1)")
+        .arg_buffer("y", "f32", "out", "n", "")
+        .arg_scalar("n", "i32", "n")
+        .default_config(&[("BAD", "0"), ("B", "128")])
+        .build()
+        .unwrap();
+    let kernel = Kernel::new(spec);
+    let path = temp_cache("failures");
+    let cache = Cache::open(CacheOptions::at(&path)).unwrap();
+    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), cache, Mode::Blocking).unwrap();
+    let r = tuner.tune_with(&kernel, &[1 << 20], &TuneOptions { strategy: "exhaustive".into(), max_evals: 100, max_time_s: None, seed: 1 }).unwrap();
+    println!("winner {}", r.entry.config);
+    assert!(r.entry.config.contains("BAD=0"), "a bad config won: {}", r.entry.config);
+    let key = tuner.key(&kernel, &[1 << 20]).unwrap();
+    let failures = tuner.cache().failures_for(&key).unwrap();
+    for (c, class, msg) in &failures {
+        println!("failure {c}: {class}: {}", msg.lines().next().unwrap_or(""));
+    }
+    let class_of = |bad: &str| failures.iter().filter(|f| f.0.contains(&format!("BAD={bad}"))).map(|f| f.1.clone()).collect::<Vec<_>>();
+    assert_eq!(class_of("1"), vec!["compile", "compile"]);
+    assert_eq!(class_of("2"), vec!["launch", "launch"]);
+    assert_eq!(class_of("3"), vec!["wrong_result", "wrong_result"]);
+    assert!(class_of("0").is_empty());
+}
