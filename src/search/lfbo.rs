@@ -1,0 +1,334 @@
+//! LFBO pattern search: likelihood-free Bayesian optimisation over pattern-search neighbourhoods.
+//!
+//! This is the strategy Helion made its default autotuner in 2025-12, after Song et al. (ICML
+//! 2022), "A General Recipe for Likelihood-free Bayesian Optimization": instead of a Gaussian
+//! process, a classifier learns "is this config below the threshold τ" from the observations,
+//! with positives weighted by how far below τ they are (the EI utility), failures as negatives.
+//! Its class probability ranks candidates. Candidates are random neighbours (radius 2) of the few
+//! best configs plus some global random draws; the batch is picked greedily by probability minus
+//! a diversity penalty (the share of trees in which two candidates share a leaf), so one batch
+//! does not spend itself on near-copies. The search stops after `patience` batches without
+//! improvement (after a one-step polish around the best) or when the budget is spent, and ends
+//! with a one-step polish around the winner.
+//!
+//! Pitfalls Helion found in its own implementation and avoided here: unbenchmarked neighbours are
+//! not marked visited (only evaluated configs are excluded), a batch share that rounds to zero
+//! cannot end the search (at least one model-picked slot per batch), the incumbent is always among
+//! the neighbourhood centres, and labels are rebuilt from current estimates every batch so
+//! re-measured configs carry their updated times.
+
+use std::collections::HashSet;
+
+use super::forest::{Forest, ForestParams};
+use super::random::{evaluate_start, fresh_samples};
+use super::{Evaluator, SearchOptions, SearchResult, Session, Strategy};
+use crate::rng::Rng;
+use crate::space::Config;
+use crate::Result;
+
+/// Knobs of [`Lfbo`].
+#[derive(Clone, Debug)]
+pub struct LfboParams {
+    /// Configs per batch.
+    pub batch: usize,
+    /// Size of the initial design (start configs count towards it; the rest is uniform random).
+    pub n_init: usize,
+    /// τ is this quantile of the observed (log) times.
+    pub quantile: f64,
+    /// The classifier.
+    pub forest: ForestParams,
+    /// How many of the best configs are neighbourhood centres.
+    pub n_incumbents: usize,
+    /// Random neighbours drawn around each centre.
+    pub neighbours_per_incumbent: usize,
+    /// Neighbourhood radius in steps per parameter.
+    pub radius: usize,
+    /// Global random candidates per batch.
+    pub n_global: usize,
+    /// Weight of the diversity penalty (0 = pure probability ranking).
+    pub diversity: f64,
+    /// Share of each batch reserved for the best-scored global candidates.
+    pub explore_share: f64,
+    /// Batches without improvement before the search polishes and, failing that, stops.
+    pub patience: usize,
+    /// Relative improvement of the best estimate that resets the patience.
+    pub min_improvement: f64,
+}
+
+impl Default for LfboParams {
+    fn default() -> Self {
+        LfboParams {
+            batch: 8,
+            n_init: 16,
+            quantile: 0.2,
+            forest: ForestParams {
+                n_trees: 48,
+                max_depth: 10,
+                min_samples_leaf: 1,
+                max_features: None,
+                bootstrap: true,
+            },
+            n_incumbents: 4,
+            neighbours_per_incumbent: 150,
+            radius: 2,
+            n_global: 200,
+            diversity: 0.5,
+            explore_share: 0.125,
+            patience: 12,
+            min_improvement: 0.002,
+        }
+    }
+}
+
+/// LFBO pattern search (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Lfbo {
+    /// The knobs.
+    pub params: LfboParams,
+}
+
+impl Lfbo {
+    /// LFBO with the given knobs.
+    pub fn new(params: LfboParams) -> Self {
+        Lfbo { params }
+    }
+
+    /// Fits the classifier to the session's observations (current estimates; failures are
+    /// negatives). `None` when there is nothing to learn from (no successful config yet).
+    pub fn fit(&self, s: &Session<'_>, seed: u64) -> Result<Option<Forest>> {
+        let space = s.space();
+        let d = space.feature_len();
+        let obs = s.observations();
+        let logs: Vec<Option<f64>> = obs
+            .iter()
+            .map(|o| o.estimate().filter(|t| *t > 0.0).map(f64::ln))
+            .collect();
+        let mut ok: Vec<f64> = logs.iter().flatten().copied().collect();
+        if ok.is_empty() {
+            return Ok(None);
+        }
+        ok.sort_by(f64::total_cmp);
+        ok.dedup();
+        let q = self.params.quantile.clamp(0.0, 1.0);
+        // Linear-interpolated quantile of the distinct values (as numpy.quantile(unique(y))).
+        let pos_f = q * (ok.len() - 1) as f64;
+        let lo = pos_f.floor() as usize;
+        let hi = (lo + 1).min(ok.len() - 1);
+        let mut tau = ok[lo] + (ok[hi] - ok[lo]) * (pos_f - lo as f64);
+        if tau <= ok[0] {
+            // Too few distinct values: make the best one positive rather than none.
+            tau = ok[0]
+                + 1e-9
+                + if ok.len() > 1 {
+                    0.5 * (ok[1] - ok[0])
+                } else {
+                    0.0
+                };
+        }
+        let mut x = vec![0.0; obs.len() * d];
+        let mut labels = Vec::with_capacity(obs.len());
+        let mut w = Vec::with_capacity(obs.len());
+        for (i, o) in obs.iter().enumerate() {
+            space.encode(&o.config, &mut x[i * d..(i + 1) * d]);
+            match logs[i] {
+                Some(y) if y < tau => {
+                    labels.push(true);
+                    w.push(tau - y);
+                }
+                _ => {
+                    labels.push(false);
+                    w.push(1.0);
+                }
+            }
+        }
+        // Positive weights ∝ τ − y, scaled to mean 1 so the classes keep their counts' balance.
+        let (sum, n) = labels
+            .iter()
+            .zip(&w)
+            .filter(|(l, _)| **l)
+            .fold((0.0, 0usize), |(s, n), (_, w)| (s + w, n + 1));
+        if n > 0 && sum > 0.0 {
+            let k = n as f64 / sum;
+            for (l, wi) in labels.iter().zip(w.iter_mut()) {
+                if *l {
+                    *wi *= k;
+                }
+            }
+        }
+        Forest::fit(&x, d, &labels, &w, &self.params.forest, seed).map(Some)
+    }
+
+    /// Proposes up to `n` new configs for the next batch: the LFBO step (fit, generate
+    /// candidates, score, pick with the diversity penalty). Public so it can be benchmarked.
+    pub fn propose(&self, s: &Session<'_>, n: usize, rng: &mut Rng) -> Result<Vec<Config>> {
+        let p = &self.params;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(forest) = self.fit(s, rng.next_u64())? else {
+            return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+        };
+        let space = s.space();
+        // Candidates: neighbours of the best few (never evaluated ones; merely proposed configs
+        // are not "visited"), then global random draws.
+        let mut seen: HashSet<Config> = HashSet::new();
+        let mut cands: Vec<Config> = Vec::new();
+        for &i in s.ranked().iter().take(p.n_incumbents.max(1)) {
+            let centre = &s.observations()[i].config;
+            let mut got = 0;
+            for _ in 0..2 * p.neighbours_per_incumbent {
+                if got >= p.neighbours_per_incumbent {
+                    break;
+                }
+                if let Some(c) = space.random_neighbour(centre, p.radius.max(1), rng) {
+                    if !s.is_evaluated(&c) && seen.insert(c.clone()) {
+                        cands.push(c);
+                        got += 1;
+                    }
+                }
+            }
+        }
+        let n_local = cands.len();
+        let global = fresh_samples(s, p.n_global, rng, &seen);
+        cands.extend(global);
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Score: probability and leaf vector of every candidate.
+        let d = space.feature_len();
+        let t = forest.n_trees();
+        let mut feat = vec![0.0; d];
+        let mut leaves = vec![0u32; cands.len() * t];
+        let mut prob = Vec::with_capacity(cands.len());
+        for (k, c) in cands.iter().enumerate() {
+            space.encode(c, &mut feat);
+            prob.push(forest.proba_and_leaves(&feat, &mut leaves[k * t..(k + 1) * t]));
+        }
+        // Greedy pick: probability minus diversity × (highest similarity to anything picked).
+        let n = n.min(cands.len());
+        let n_explore = ((n as f64) * p.explore_share).round() as usize;
+        // At least one slot is model-picked from everything, however the share rounds.
+        let n_explore = n_explore.min(n.saturating_sub(1));
+        let mut max_sim = vec![0.0f64; cands.len()];
+        let mut taken = vec![false; cands.len()];
+        let mut out = Vec::with_capacity(n);
+        for slot in 0..n {
+            let range = if slot < n_explore && n_local < cands.len() {
+                n_local..cands.len()
+            } else {
+                0..cands.len()
+            };
+            let mut best: Option<(usize, f64)> = None;
+            for k in range {
+                if taken[k] {
+                    continue;
+                }
+                let v = prob[k] - p.diversity * max_sim[k];
+                if best.is_none_or(|(_, b)| v > b) {
+                    best = Some((k, v));
+                }
+            }
+            let Some((k, _)) = best else { break };
+            taken[k] = true;
+            out.push(cands[k].clone());
+            let lk = &leaves[k * t..(k + 1) * t];
+            for j in 0..cands.len() {
+                if !taken[j] {
+                    let sim = super::forest::leaf_similarity(lk, &leaves[j * t..(j + 1) * t]);
+                    if sim > max_sim[j] {
+                        max_sim[j] = sim;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evaluates unevaluated one-step neighbours of the best config until none is better (or the
+    /// budget is gone). Returns whether the best improved.
+    fn polish(&self, s: &mut Session<'_>) -> Result<bool> {
+        let start = s.best().map(|(_, t)| t);
+        loop {
+            let Some((i, before)) = s.best() else {
+                return Ok(false);
+            };
+            if s.remaining() == 0 {
+                break;
+            }
+            let here = s.observations()[i].config.clone();
+            let moves: Vec<Config> = s
+                .space()
+                .one_step_neighbours(&here)
+                .into_iter()
+                .filter(|c| !s.is_evaluated(c))
+                .collect();
+            if moves.is_empty() || s.evaluate(&moves)?.is_empty() {
+                break;
+            }
+            if s.best().is_none_or(|(_, t)| t >= before) {
+                break;
+            }
+        }
+        Ok(match (start, s.best()) {
+            (Some(a), Some((_, b))) => b < a * (1.0 - self.params.min_improvement),
+            (None, Some(_)) => true,
+            _ => false,
+        })
+    }
+}
+
+impl Strategy for Lfbo {
+    fn name(&self) -> &'static str {
+        "lfbo"
+    }
+
+    fn search(&self, eval: &mut dyn Evaluator, opts: &SearchOptions) -> Result<SearchResult> {
+        let p = &self.params;
+        let mut s = Session::new(eval, opts);
+        let mut rng = Rng::new(opts.seed);
+        evaluate_start(&mut s)?;
+        // Initial design: uniform random, topped up until something works (a model needs a
+        // positive) or the budget runs out.
+        let none = HashSet::new();
+        while s.remaining() > 0 && (s.observations().len() < p.n_init || s.best().is_none()) {
+            let want = p
+                .n_init
+                .saturating_sub(s.observations().len())
+                .max(p.batch.max(1))
+                .min(s.remaining());
+            let batch = fresh_samples(&s, want, &mut rng, &none);
+            if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
+                break;
+            }
+        }
+        let mut best = s.best().map_or(f64::INFINITY, |(_, t)| t);
+        let mut stall = 0;
+        while s.remaining() > 0 {
+            let want = p.batch.max(1).min(s.remaining());
+            let mut batch = self.propose(&s, want, &mut rng)?;
+            if batch.is_empty() {
+                batch = fresh_samples(&s, want, &mut rng, &none);
+            }
+            if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
+                break; // the space is exhausted
+            }
+            let now = s.best().map_or(f64::INFINITY, |(_, t)| t);
+            if now < best * (1.0 - p.min_improvement) {
+                stall = 0;
+            } else {
+                stall += 1;
+            }
+            best = best.min(now);
+            if stall >= p.patience {
+                if self.polish(&mut s)? {
+                    stall = 0;
+                    best = s.best().map_or(best, |(_, t)| t);
+                } else {
+                    break; // converged
+                }
+            }
+        }
+        self.polish(&mut s)?;
+        s.finish()
+    }
+}
