@@ -205,7 +205,7 @@ fn run() -> Result<()> {
                         best = best.min(t);
                     }
                     for (b, slot) in BUDGETS.iter().zip(at.iter_mut()) {
-                        if k + 1 <= *b {
+                        if k < *b {
                             *slot = best;
                         }
                     }
