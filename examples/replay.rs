@@ -61,6 +61,11 @@ fn parse_lfbo(p: &mut LfboParams, text: &str) -> Result<()> {
             "diversity" => p.diversity = parse_num(k, v)?,
             "explore" => p.explore_share = parse_num(k, v)?,
             "patience" => p.patience = parse_num(k, v)?,
+            "centre_distance" => p.centre_distance = parse_num(k, v)?,
+            "stall_explore" => p.stall_explore_share = parse_num(k, v)?,
+            "basin_distance" => p.basin_distance = parse_num(k, v)?,
+            "restarts" => p.max_restarts = parse_num(k, v)?,
+            "restart_fresh" => p.restart_fresh = parse_num::<u8>(k, v)? != 0,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "--lfbo: unknown knob `{k}`"

@@ -49,6 +49,20 @@ pub struct LfboParams {
     pub diversity: f64,
     /// Share of each batch reserved for the best-scored global candidates.
     pub explore_share: f64,
+    /// Neighbourhood centres after the first must differ from every earlier centre in at least
+    /// this many parameters, so the centres cover more than one basin (0 or 1: the plain top few).
+    pub centre_distance: usize,
+    /// Share of the batch given to global candidates once the search has stalled for half its
+    /// patience (escaping a local optimum is then worth more than refining it).
+    pub stall_explore_share: f64,
+    /// Configs differing from an abandoned basin's centre in fewer parameters than this are not
+    /// neighbourhood centres after a restart.
+    pub basin_distance: usize,
+    /// A restarted local search takes its centres only from observations made after the restart
+    /// (it begins with random draws), so it cannot drift back into the abandoned basin at once.
+    pub restart_fresh: bool,
+    /// Local searches abandoned (restarts elsewhere) before the search stops on patience.
+    pub max_restarts: usize,
     /// Batches without improvement before the search polishes and, failing that, stops.
     pub patience: usize,
     /// Relative improvement of the best estimate that resets the patience.
@@ -74,7 +88,12 @@ impl Default for LfboParams {
             n_global: 200,
             diversity: 0.5,
             explore_share: 0.125,
-            patience: 12,
+            centre_distance: 3,
+            stall_explore_share: 0.125,
+            basin_distance: 3,
+            max_restarts: 3,
+            restart_fresh: true,
+            patience: 8,
             min_improvement: 0.002,
         }
     }
@@ -161,6 +180,50 @@ impl Lfbo {
     /// Proposes up to `n` new configs for the next batch: the LFBO step (fit, generate
     /// candidates, score, pick with the diversity penalty). Public so it can be benchmarked.
     pub fn propose(&self, s: &Session<'_>, n: usize, rng: &mut Rng) -> Result<Vec<Config>> {
+        self.propose_with(s, n, self.params.explore_share, &[], 0, rng)
+    }
+
+    /// The centres of the neighbourhoods: the best config outside the abandoned basins, then the
+    /// next best ones that are at least `centre_distance` parameters away from every centre chosen
+    /// before. Configs within `basin_distance` parameters of an abandoned basin's centre (`tabu`)
+    /// are not centres.
+    fn centres(&self, s: &Session<'_>, tabu: &[Config], epoch: usize) -> Vec<usize> {
+        let k = self.params.n_incumbents.max(1);
+        let ranked = self.ranked_local(s, tabu, epoch);
+        let mut out: Vec<usize> = Vec::with_capacity(k);
+        for &i in &ranked {
+            if out.len() >= k {
+                break;
+            }
+            let c = &s.observations()[i].config;
+            let far = out
+                .iter()
+                .all(|&j| hamming(c, &s.observations()[j].config) >= self.params.centre_distance);
+            if far {
+                out.push(i);
+            }
+        }
+        // Too few distinct basins: fill up with the plain ranking.
+        for &i in &ranked {
+            if out.len() >= k {
+                break;
+            }
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    fn propose_with(
+        &self,
+        s: &Session<'_>,
+        n: usize,
+        explore_share: f64,
+        tabu: &[Config],
+        epoch: usize,
+        rng: &mut Rng,
+    ) -> Result<Vec<Config>> {
         let p = &self.params;
         if n == 0 {
             return Ok(Vec::new());
@@ -173,7 +236,12 @@ impl Lfbo {
         // are not "visited"), then global random draws.
         let mut seen: HashSet<Config> = HashSet::new();
         let mut cands: Vec<Config> = Vec::new();
-        for &i in s.ranked().iter().take(p.n_incumbents.max(1)) {
+        let centres = self.centres(s, tabu, epoch);
+        if centres.is_empty() {
+            // Every good config lies in an abandoned basin: start afresh from random draws.
+            return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+        }
+        for i in centres {
             let centre = &s.observations()[i].config;
             let mut got = 0;
             for _ in 0..2 * p.neighbours_per_incumbent {
@@ -206,7 +274,7 @@ impl Lfbo {
         }
         // Greedy pick: probability minus diversity × (highest similarity to anything picked).
         let n = n.min(cands.len());
-        let n_explore = ((n as f64) * p.explore_share).round() as usize;
+        let n_explore = ((n as f64) * explore_share).round() as usize;
         // At least one slot is model-picked from everything, however the share rounds.
         let n_explore = n_explore.min(n.saturating_sub(1));
         let mut max_sim = vec![0.0f64; cands.len()];
@@ -244,37 +312,74 @@ impl Lfbo {
         Ok(out)
     }
 
-    /// Evaluates unevaluated one-step neighbours of the best config until none is better (or the
-    /// budget is gone). Returns whether the best improved.
-    fn polish(&self, s: &mut Session<'_>) -> Result<bool> {
-        let start = s.best().map(|(_, t)| t);
-        loop {
-            let Some((i, before)) = s.best() else {
-                return Ok(false);
-            };
-            if s.remaining() == 0 {
-                break;
-            }
-            let here = s.observations()[i].config.clone();
+    /// Pattern search from observation `from` by one-step moves until no neighbour is better
+    /// (or the budget is gone). Returns the index of where it ended and whether that improved on
+    /// `from` by more than `min_improvement`.
+    fn polish(&self, s: &mut Session<'_>, from: usize) -> Result<(usize, bool)> {
+        let Some(start) = s.observations()[from].estimate() else {
+            return Ok((from, false));
+        };
+        let mut at = from;
+        while s.remaining() > 0 {
+            let here = s.observations()[at].config.clone();
+            let before = s.observations()[at].estimate().unwrap_or(f64::INFINITY);
             let moves: Vec<Config> = s
                 .space()
                 .one_step_neighbours(&here)
                 .into_iter()
                 .filter(|c| !s.is_evaluated(c))
                 .collect();
-            if moves.is_empty() || s.evaluate(&moves)?.is_empty() {
-                break;
+            if !moves.is_empty() {
+                s.evaluate(&moves)?;
             }
-            if s.best().is_none_or(|(_, t)| t >= before) {
-                break;
+            let next = s
+                .space()
+                .one_step_neighbours(&here)
+                .iter()
+                .filter_map(|c| s.index_of(c))
+                .filter_map(|j| s.observations()[j].estimate().map(|t| (j, t)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            match next {
+                Some((j, t)) if t < before => at = j,
+                _ => break,
             }
         }
-        Ok(match (start, s.best()) {
-            (Some(a), Some((_, b))) => b < a * (1.0 - self.params.min_improvement),
-            (None, Some(_)) => true,
-            _ => false,
-        })
+        let end = s.observations()[at].estimate().unwrap_or(f64::INFINITY);
+        Ok((at, end < start * (1.0 - self.params.min_improvement)))
     }
+
+    /// Successful observations of the current local search, best first: those made since it
+    /// started (`epoch`, an index into the observations) outside the abandoned basins.
+    fn ranked_local(&self, s: &Session<'_>, tabu: &[Config], epoch: usize) -> Vec<usize> {
+        s.ranked()
+            .into_iter()
+            .filter(|&i| {
+                i >= epoch
+                    && !near_any(
+                        &s.observations()[i].config,
+                        tabu,
+                        self.params.basin_distance,
+                    )
+            })
+            .collect()
+    }
+
+    /// Best observation of the current local search, with its estimate.
+    fn local_best(&self, s: &Session<'_>, tabu: &[Config], epoch: usize) -> Option<(usize, f64)> {
+        self.ranked_local(s, tabu, epoch)
+            .first()
+            .and_then(|&i| s.observations()[i].estimate().map(|t| (i, t)))
+    }
+}
+
+/// Number of parameters in which two configs differ.
+fn hamming(a: &Config, b: &Config) -> usize {
+    a.0.iter().zip(&b.0).filter(|(x, y)| x != y).count()
+}
+
+/// Whether `c` is within `d` differing parameters of any config of `set` (never, for `d == 0`).
+fn near_any(c: &Config, set: &[Config], d: usize) -> bool {
+    d > 0 && set.iter().any(|t| hamming(c, t) < d)
 }
 
 impl Strategy for Lfbo {
@@ -301,34 +406,67 @@ impl Strategy for Lfbo {
                 break;
             }
         }
-        let mut best = s.best().map_or(f64::INFINITY, |(_, t)| t);
+        // One local search at a time: `local` is the best estimate of the current one; when it
+        // stalls for `patience` batches and a polish does not help, its basin is abandoned
+        // (tabu as a centre) and the next local search starts elsewhere, up to `max_restarts`.
+        let mut tabu: Vec<Config> = Vec::new();
+        let mut epoch = 0;
+        let mut local = self
+            .local_best(&s, &tabu, epoch)
+            .map_or(f64::INFINITY, |(_, t)| t);
         let mut stall = 0;
+        let mut restarts = 0;
         while s.remaining() > 0 {
             let want = p.batch.max(1).min(s.remaining());
-            let mut batch = self.propose(&s, want, &mut rng)?;
+            let share = if 2 * stall >= p.patience {
+                p.stall_explore_share
+            } else {
+                p.explore_share
+            };
+            let mut batch = self.propose_with(&s, want, share, &tabu, epoch, &mut rng)?;
             if batch.is_empty() {
                 batch = fresh_samples(&s, want, &mut rng, &none);
             }
             if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
                 break; // the space is exhausted
             }
-            let now = s.best().map_or(f64::INFINITY, |(_, t)| t);
-            if now < best * (1.0 - p.min_improvement) {
+            let now = self
+                .local_best(&s, &tabu, epoch)
+                .map_or(f64::INFINITY, |(_, t)| t);
+            if now < local * (1.0 - p.min_improvement) {
                 stall = 0;
             } else {
                 stall += 1;
             }
-            best = best.min(now);
+            local = local.min(now);
             if stall >= p.patience {
-                if self.polish(&mut s)? {
-                    stall = 0;
-                    best = s.best().map_or(best, |(_, t)| t);
-                } else {
+                stall = 0;
+                let Some((i, _)) = self.local_best(&s, &tabu, epoch) else {
+                    continue;
+                };
+                let (end, improved) = self.polish(&mut s, i)?;
+                if improved {
+                    local = s.observations()[end].estimate().unwrap_or(local);
+                    continue;
+                }
+                if restarts >= p.max_restarts {
                     break; // converged
                 }
+                restarts += 1;
+                tabu.push(s.observations()[end].config.clone());
+                if p.restart_fresh {
+                    // The next local search starts from its own random design, not from what
+                    // the abandoned one left behind.
+                    epoch = s.observations().len();
+                }
+                local = self
+                    .local_best(&s, &tabu, epoch)
+                    .map_or(f64::INFINITY, |(_, t)| t);
             }
         }
-        self.polish(&mut s)?;
+        if let Some((i, _)) = s.best() {
+            self.polish(&mut s, i)?;
+        }
         s.finish()
     }
 }
