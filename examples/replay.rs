@@ -57,6 +57,7 @@ fn parse_lfbo(p: &mut LfboParams, text: &str) -> Result<()> {
             "incumbents" => p.n_incumbents = parse_num(k, v)?,
             "neighbours" => p.neighbours_per_incumbent = parse_num(k, v)?,
             "radius" => p.radius = parse_num(k, v)?,
+            "radius_share" => p.radius_share = parse_num(k, v)?,
             "global" => p.n_global = parse_num(k, v)?,
             "diversity" => p.diversity = parse_num(k, v)?,
             "explore" => p.explore_share = parse_num(k, v)?,

@@ -23,7 +23,7 @@ use super::forest::{Forest, ForestParams};
 use super::random::{evaluate_start, fresh_samples};
 use super::{Evaluator, SearchOptions, SearchResult, Session, Strategy};
 use crate::rng::Rng;
-use crate::space::Config;
+use crate::space::{Config, SearchSpace};
 use crate::Result;
 
 /// Knobs of [`Lfbo`].
@@ -43,6 +43,8 @@ pub struct LfboParams {
     pub neighbours_per_incumbent: usize,
     /// Neighbourhood radius in steps per parameter.
     pub radius: usize,
+    /// Per parameter, the radius is at least this share of its number of values.
+    pub radius_share: f64,
     /// Global random candidates per batch.
     pub n_global: usize,
     /// Weight of the diversity penalty (0 = pure probability ranking).
@@ -85,8 +87,9 @@ impl Default for LfboParams {
             n_incumbents: 4,
             neighbours_per_incumbent: 150,
             radius: 2,
+            radius_share: 0.2,
             n_global: 200,
-            diversity: 0.5,
+            diversity: 1.0,
             explore_share: 0.125,
             centre_distance: 3,
             stall_explore_share: 0.125,
@@ -248,7 +251,7 @@ impl Lfbo {
                 if got >= p.neighbours_per_incumbent {
                     break;
                 }
-                if let Some(c) = space.random_neighbour(centre, p.radius.max(1), rng) {
+                if let Some(c) = self.random_neighbour(space, centre, rng) {
                     if !s.is_evaluated(&c) && seen.insert(c.clone()) {
                         cands.push(c);
                         got += 1;
@@ -346,6 +349,43 @@ impl Lfbo {
         }
         let end = s.observations()[at].estimate().unwrap_or(f64::INFINITY);
         Ok((at, end < start * (1.0 - self.params.min_improvement)))
+    }
+
+    /// A random valid config near `c`: one parameter (half of the time) or two to three moved,
+    /// each by 1..=r steps where r = max(`radius`, `radius_share` × its number of values), so
+    /// long ordered lists (block sizes in steps of 16) are crossed in a few moves, not dozens.
+    fn random_neighbour(&self, space: &SearchSpace, c: &Config, rng: &mut Rng) -> Option<Config> {
+        let params = space.params();
+        let movable: Vec<usize> = (0..params.len())
+            .filter(|&i| params[i].values.len() > 1)
+            .collect();
+        if movable.is_empty() {
+            return None;
+        }
+        for _ in 0..64 {
+            let k = if rng.next_f64() < 0.5 {
+                1
+            } else {
+                2 + rng.index(2)
+            };
+            let mut n = c.clone();
+            for _ in 0..k.min(movable.len()) {
+                let d = movable[rng.index(movable.len())];
+                let len = params[d].values.len();
+                let r = self
+                    .params
+                    .radius
+                    .max(1)
+                    .max((self.params.radius_share * len as f64).round() as usize);
+                let step = 1 + rng.index(r) as i64;
+                let signed = if rng.next_u64() & 1 == 0 { step } else { -step };
+                n.0[d] = (n.0[d] as i64 + signed).clamp(0, len as i64 - 1) as u16;
+            }
+            if n != *c && space.is_valid(&n) {
+                return Some(n);
+            }
+        }
+        space.random_neighbour(c, self.params.radius.max(1), rng)
     }
 
     /// Successful observations of the current local search, best first: those made since it
