@@ -152,11 +152,20 @@ impl Expr {
         for op in &self.ops {
             use std::fmt::Write;
             let _ = match op {
-                Op::Var(i) => write!(s, "${};", self.vars[*i as usize]),
+                Op::Var(i) => write!(s, "${};", self.var_name(*i)),
                 other => write!(s, "{other:?};"),
             };
         }
         s
+    }
+
+    /// The name behind a `Var` operand (a slot once bound, a position in `vars` before).
+    fn var_name(&self, operand: u16) -> &str {
+        let pos = match &self.slots {
+            Some(slots) => slots.iter().position(|s| *s == operand).unwrap_or(0),
+            None => operand as usize,
+        };
+        self.vars.get(pos).map(String::as_str).unwrap_or("?")
     }
 
     /// The names the expression refers to, in order of first appearance.
@@ -174,8 +183,9 @@ impl Expr {
                 None => return Err(v.clone()),
             }
         }
+        // Always bind from the unbound program, so re-binding a bound expression works.
         let ops = self
-            .ops
+            .unbound_ops()
             .iter()
             .map(|op| match op {
                 Op::Var(i) => Op::Var(slots[*i as usize]),
@@ -687,12 +697,14 @@ impl Parser {
                         "ceil_div" => (2, Op::CeilDiv),
                         "log2" => (1, Op::Log2),
                         "pow2" => (1, Op::Pow2),
-                        _ => return Err(ParseError {
-                            column: col,
-                            msg: format!(
+                        _ => {
+                            return Err(ParseError {
+                                column: col,
+                                msg: format!(
                                 "unknown function `{name}` (known: min, max, ceil_div, log2, pow2)"
                             ),
-                        }),
+                            })
+                        }
                     };
                     self.pos += 1;
                     for i in 0..arity {

@@ -69,6 +69,7 @@ impl Bucketing {
         match self {
             Bucketing::Exact => v,
             Bucketing::NextPow2 => {
+                // Values of 1 or less, and values whose next power of two would overflow, stay.
                 if v <= 1 || v > (1i64 << 62) {
                     v
                 } else {
@@ -87,13 +88,7 @@ impl Bucketing {
         match self {
             Bucketing::Exact => "exact".into(),
             Bucketing::NextPow2 => "pow2".into(),
-            Bucketing::Edges(e) => format!(
-                "edges:{}",
-                e.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            Bucketing::Edges(e) => format!("edges:{}", e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
         }
     }
 }
@@ -113,10 +108,7 @@ impl ShapeBucket {
         }
         let mut d = [0i64; MAX_DIMS];
         d[..dims.len()].copy_from_slice(dims);
-        Some(ShapeBucket {
-            dims: d,
-            len: dims.len() as u8,
-        })
+        Some(ShapeBucket { dims: d, len: dims.len() as u8 })
     }
 
     /// The bucketed dimensions.
@@ -126,11 +118,7 @@ impl ShapeBucket {
 
     /// Text form `4096x4096x1024` (stored in the cache, shown in listings).
     pub fn to_text(&self) -> String {
-        self.dims()
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("x")
+        self.dims().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
     }
 
     /// Parses the text form.
@@ -187,12 +175,7 @@ impl DeviceFingerprint {
     pub fn to_text(&self) -> String {
         format!(
             "{}|sm_{}{}|{} SMs|nvrtc {}.{}",
-            self.name,
-            self.compute_capability.0,
-            self.compute_capability.1,
-            self.sm_count,
-            self.nvrtc_version.0,
-            self.nvrtc_version.1
+            self.name, self.compute_capability.0, self.compute_capability.1, self.sm_count, self.nvrtc_version.0, self.nvrtc_version.1
         )
     }
 
@@ -229,12 +212,7 @@ pub struct TuningKey {
 impl TuningKey {
     /// Compact text for logs and listings: `<kernel short id>/<shape>/<device hash>`.
     pub fn display(&self) -> String {
-        format!(
-            "{}/{}/{:016x}",
-            self.kernel.short(),
-            self.shape.to_text(),
-            self.device
-        )
+        format!("{}/{}/{:016x}", self.kernel.short(), self.shape.to_text(), self.device)
     }
 }
 
@@ -300,21 +278,9 @@ mod tests {
 
     #[test]
     fn text_forms_round_trip() {
-        let fp = DeviceFingerprint {
-            name: "NVIDIA H200".into(),
-            compute_capability: (9, 0),
-            sm_count: 132,
-            nvrtc_version: (13, 0),
-        };
-        assert_eq!(
-            DeviceFingerprint::from_text(&fp.to_text()),
-            Some(fp.clone())
-        );
-        let fp2 = DeviceFingerprint {
-            name: "A|B".into(),
-            compute_capability: (12, 1),
-            ..fp
-        };
+        let fp = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+        assert_eq!(DeviceFingerprint::from_text(&fp.to_text()), Some(fp.clone()));
+        let fp2 = DeviceFingerprint { name: "A|B".into(), compute_capability: (12, 1), ..fp };
         assert_eq!(DeviceFingerprint::from_text(&fp2.to_text()), Some(fp2));
         let s = ShapeBucket::new(&[4096, 1, 11008]).unwrap();
         assert_eq!(ShapeBucket::from_text(&s.to_text()), Some(s));

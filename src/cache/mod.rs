@@ -1,0 +1,616 @@
+//! The two-tier cache of tuned configs: a lock-sharded in-memory map in front of SQLite files.
+//!
+//! Every kernel launch asks the memory tier ([`Cache::get_memory`]), so that path is one
+//! `DashMap` shard read and nothing else. Behind it sit one writable user cache (shared by all
+//! processes of the user, see [`store`]) and any number of read-only "shipped" caches (tuned
+//! results distributed with an application). Lookups go memory → user → shipped; the first hit
+//! wins and is remembered in memory. The cache degrades instead of failing: if the user file
+//! cannot be written, results live in memory for the life of the process.
+
+pub mod export;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
+use crate::{Error, Result};
+
+pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
+
+/// Environment variable naming the user cache file (or `memory` for no file).
+pub const CACHE_ENV: &str = "JITUNE_CACHE";
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One tuned winner: which config to launch for a kernel, shape bucket and device, and how it
+/// measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// What the entry is for; `key.device` is `device.hash64()`.
+    pub key: TuningKey,
+    /// Human-readable kernel name (the id is what counts).
+    pub kernel_name: String,
+    /// The device the winner was measured on.
+    pub device: DeviceFingerprint,
+    /// The winner config, canonical text `name=value,name=value` in parameter order.
+    pub config: String,
+    /// Median time of the winner in milliseconds.
+    pub median_ms: f64,
+    /// Interquartile range of the winner's samples, milliseconds.
+    pub spread_ms: f64,
+    /// Number of timing samples of the winner.
+    pub samples: u32,
+    /// Configs evaluated during the search.
+    pub evaluated: u32,
+    /// The search strategy that found it.
+    pub strategy: String,
+    /// First tuned (unix seconds).
+    pub created_at: i64,
+    /// Last updated (unix seconds).
+    pub updated_at: i64,
+    /// The jitune version that wrote it.
+    pub jitune_version: String,
+}
+
+impl Entry {
+    /// An entry measured now by this jitune version; `key.device` is taken from `device`.
+    ///
+    /// ```
+    /// use jitune::cache::Entry;
+    /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
+    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+    /// let e = Entry::new(KernelId([7; 32]), ShapeBucket::new(&[4096, 4096]).unwrap(), dev, "gemm", "BM=128,BN=64", 0.42);
+    /// assert_eq!(e.key.device, e.device.hash64());
+    /// ```
+    pub fn new(
+        kernel: KernelId,
+        shape: crate::key::ShapeBucket,
+        device: DeviceFingerprint,
+        kernel_name: &str,
+        config: &str,
+        median_ms: f64,
+    ) -> Entry {
+        let now = unix_now();
+        Entry {
+            key: TuningKey {
+                kernel,
+                shape,
+                device: device.hash64(),
+            },
+            kernel_name: kernel_name.into(),
+            device,
+            config: config.into(),
+            median_ms,
+            spread_ms: 0.0,
+            samples: 0,
+            evaluated: 0,
+            strategy: String::new(),
+            created_at: now,
+            updated_at: now,
+            jitune_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Checks what the store and merging rely on: the key's device hash matches the fingerprint
+    /// and the timings are finite and non-negative.
+    pub fn validate(&self) -> Result<()> {
+        if self.key.device != self.device.hash64() {
+            return Err(Error::InvalidArgument(format!(
+                "entry {}: key device hash {:016x} is not the hash of `{}` ({:016x})",
+                self.key.display(),
+                self.key.device,
+                self.device.to_text(),
+                self.device.hash64()
+            )));
+        }
+        for (what, v) in [("median_ms", self.median_ms), ("spread_ms", self.spread_ms)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "entry {}: {what} = {v} is not a finite time",
+                    self.key.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the user cache lives.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum UserCache {
+    /// `$JITUNE_CACHE` (a path, or `memory`), else `$XDG_CACHE_HOME/jitune/cache.sqlite`, else
+    /// `$HOME/.cache/jitune/cache.sqlite`.
+    #[default]
+    Default,
+    /// No file: results live in memory only.
+    MemoryOnly,
+    /// This file.
+    At(PathBuf),
+}
+
+/// How to open a [`Cache`].
+///
+/// ```no_run
+/// use jitune::cache::{Cache, CacheOptions};
+/// let cache = Cache::open(CacheOptions::at("/tmp/my-cache.sqlite").with_shipped("/opt/app/tuned.sqlite"))?;
+/// # Ok::<(), jitune::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CacheOptions {
+    /// The writable user cache.
+    pub user: UserCache,
+    /// Read-only shipped caches, searched in order after the user cache.
+    pub shipped: Vec<PathBuf>,
+}
+
+impl CacheOptions {
+    /// Options with the user cache at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> CacheOptions {
+        CacheOptions {
+            user: UserCache::At(path.into()),
+            shipped: Vec::new(),
+        }
+    }
+
+    /// Options without a user file.
+    pub fn memory_only() -> CacheOptions {
+        CacheOptions {
+            user: UserCache::MemoryOnly,
+            shipped: Vec::new(),
+        }
+    }
+
+    /// Adds a shipped (read-only) cache layer.
+    pub fn with_shipped(mut self, path: impl Into<PathBuf>) -> CacheOptions {
+        self.shipped.push(path.into());
+        self
+    }
+
+    /// The user cache path these options resolve to (`None`: memory only), from the
+    /// environment for [`UserCache::Default`].
+    pub fn resolve_user_path(&self) -> Option<PathBuf> {
+        match &self.user {
+            UserCache::MemoryOnly => None,
+            UserCache::At(p) => Some(p.clone()),
+            UserCache::Default => default_user_path(),
+        }
+    }
+}
+
+fn default_user_path() -> Option<PathBuf> {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(v) = non_empty(CACHE_ENV) {
+        if v == "memory" {
+            return None;
+        }
+        return Some(PathBuf::from(v));
+    }
+    // XDG says relative values are invalid and must be ignored.
+    if let Some(x) = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return Some(x.join("jitune").join("cache.sqlite"));
+    }
+    if let Some(h) = non_empty("HOME") {
+        return Some(
+            PathBuf::from(h)
+                .join(".cache")
+                .join("jitune")
+                .join("cache.sqlite"),
+        );
+    }
+    log::warn!("jitune: neither {CACHE_ENV}, XDG_CACHE_HOME nor HOME is set; tuning results will not persist");
+    None
+}
+
+/// The tuning cache: memory tier over a user store over shipped stores.
+///
+/// ```
+/// use jitune::cache::{Cache, Entry};
+/// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
+/// let cache = Cache::memory_only();
+/// let dev = DeviceFingerprint { name: "GPU".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+/// let e = Entry::new(KernelId([1; 32]), ShapeBucket::new(&[1024]).unwrap(), dev, "k", "B=64", 1.5);
+/// let key = e.key;
+/// cache.put(e)?;
+/// assert_eq!(cache.get_memory(&key).unwrap().config, "B=64");
+/// # Ok::<(), jitune::Error>(())
+/// ```
+pub struct Cache {
+    memory: DashMap<TuningKey, Arc<Entry>, KeyHashBuilder>,
+    user: Option<Store>,
+    /// The user file when it could only be opened read-only (degraded mode): still read.
+    user_read_only: Option<Store>,
+    shipped: Vec<Store>,
+    degraded: Option<String>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("memory_entries", &self.memory.len())
+            .field("user", &self.user)
+            .field("user_read_only", &self.user_read_only)
+            .field("shipped", &self.shipped)
+            .field("degraded", &self.degraded)
+            .finish()
+    }
+}
+
+/// Shards of the memory tier: more shards than threads keeps two threads on one shard's lock
+/// word (a shared cache line, even for readers) rare.
+const SHARDS: usize = 256;
+
+impl Cache {
+    /// Opens the cache. Never fails because of the files: an unwritable user cache gives a
+    /// memory-only cache (with a warning; [`Cache::degraded`] says why), a corrupt one is moved
+    /// aside, an unreadable shipped cache is skipped with a warning.
+    pub fn open(opts: CacheOptions) -> Result<Cache> {
+        let mut cache = Cache::memory_only();
+        if let Some(path) = opts.resolve_user_path() {
+            match open_user(&path) {
+                Ok(store) if store.is_writable() => cache.user = Some(store),
+                Ok(store) => {
+                    cache.degraded = Some(format!(
+                        "{} is read-only ({:?})",
+                        path.display(),
+                        store.access()
+                    ));
+                    cache.user_read_only = Some(store);
+                }
+                Err(e) => {
+                    log::warn!("jitune: cannot use cache file {} ({e}); keeping tuning results in memory only", path.display());
+                    cache.degraded = Some(e.to_string());
+                    // The file may still be readable even though we cannot write it.
+                    if path.is_file() {
+                        if let Ok(ro) = Store::open_read_only_live(&path) {
+                            cache.user_read_only = Some(ro);
+                        }
+                    }
+                }
+            }
+        }
+        for p in &opts.shipped {
+            match Store::open_shipped(p) {
+                Ok(s) => cache.shipped.push(s),
+                Err(e) => log::warn!("jitune: skipping shipped cache {} ({e})", p.display()),
+            }
+        }
+        Ok(cache)
+    }
+
+    /// A cache without any file.
+    pub fn memory_only() -> Cache {
+        Cache {
+            memory: DashMap::with_capacity_and_hasher_and_shard_amount(
+                0,
+                KeyHashBuilder::default(),
+                SHARDS,
+            ),
+            user: None,
+            user_read_only: None,
+            shipped: Vec::new(),
+            degraded: None,
+        }
+    }
+
+    /// Why the cache runs without a writable user file although one was asked for, if it does.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    /// The writable user store, if any.
+    pub fn user_store(&self) -> Option<&Store> {
+        self.user.as_ref()
+    }
+
+    /// The read-only shipped stores, in lookup order.
+    pub fn shipped_stores(&self) -> &[Store] {
+        &self.shipped
+    }
+
+    /// Number of entries in the memory tier.
+    pub fn memory_len(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// The hot path: the entry for `key` if it is in the memory tier. One shard read lock, no
+    /// allocation, no I/O.
+    #[inline]
+    pub fn get_memory(&self, key: &TuningKey) -> Option<Arc<Entry>> {
+        self.memory.get(key).map(|r| Arc::clone(r.value()))
+    }
+
+    /// Read layers behind memory, in lookup order.
+    fn layers(&self) -> impl Iterator<Item = &Store> {
+        self.user
+            .iter()
+            .chain(self.user_read_only.iter())
+            .chain(self.shipped.iter())
+    }
+
+    /// The entry for `key`: memory, then the user store, then shipped stores; a hit from a file
+    /// is remembered in memory. On a total miss the reason is logged at debug level (see
+    /// [`Cache::explain_miss`]).
+    pub fn lookup(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
+        if let Some(e) = self.get_memory(key) {
+            return Ok(Some(e));
+        }
+        for store in self.layers() {
+            if let Some(e) = store.get(key)? {
+                // Another thread may have put a fresher entry meanwhile: keep it.
+                let e = self
+                    .memory
+                    .entry(*key)
+                    .or_insert_with(|| Arc::new(e))
+                    .clone();
+                return Ok(Some(e));
+            }
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("jitune cache miss: {}", self.explain_miss(key));
+        }
+        Ok(None)
+    }
+
+    /// Every entry of `kernel` known to any tier (memory first, then user, then shipped; the
+    /// first occurrence of a key wins).
+    fn kernel_entries(&self, kernel: &KernelId) -> Result<BTreeMap<TuningKey, Arc<Entry>>> {
+        let mut out = BTreeMap::new();
+        for r in self.memory.iter() {
+            if r.key().kernel == *kernel {
+                out.insert(*r.key(), Arc::clone(r.value()));
+            }
+        }
+        for store in self.layers() {
+            for e in store.entries_for_kernel(kernel)? {
+                out.entry(e.key).or_insert_with(|| Arc::new(e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry of the same kernel and device with the nearest shape bucket (by
+    /// [`ShapeBucket::distance`](crate::key::ShapeBucket::distance)); the exact key if present.
+    /// Useful to launch something good while the exact bucket is being tuned.
+    pub fn nearest(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
+        if let Some(e) = self.get_memory(key) {
+            return Ok(Some(e));
+        }
+        let all = self.kernel_entries(&key.kernel)?;
+        Ok(all
+            .into_values()
+            .filter(|e| e.key.device == key.device)
+            .map(|e| (key.shape.distance(&e.key.shape), e))
+            .filter(|(d, _)| d.is_finite())
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, e)| e))
+    }
+
+    /// Says why `key` is not in the cache, by comparing it with the nearest entries: the shape
+    /// bucket differs (naming the nearest tuned bucket), the device differs (both fingerprints),
+    /// or the kernel id is unknown (its spec or source changed, or it was never tuned).
+    pub fn explain_miss(&self, key: &TuningKey) -> String {
+        match self.try_explain_miss(key) {
+            Ok(s) => s,
+            Err(e) => format!(
+                "{}: cannot explain the miss, reading the cache failed: {e}",
+                key.display()
+            ),
+        }
+    }
+
+    fn try_explain_miss(&self, key: &TuningKey) -> Result<String> {
+        let all = self.kernel_entries(&key.kernel)?;
+        if all.contains_key(key) {
+            return Ok(format!(
+                "{}: not a miss, the entry is cached",
+                key.display()
+            ));
+        }
+        if all.is_empty() {
+            return Ok(format!(
+                "{}: kernel id {} is unknown to the cache (never tuned, or its spec/source changed so its id changed)",
+                key.display(),
+                key.kernel.short()
+            ));
+        }
+        let mut parts = Vec::new();
+        let same_device: Vec<&Arc<Entry>> = all
+            .values()
+            .filter(|e| e.key.device == key.device)
+            .collect();
+        if let Some((d, near)) = same_device
+            .iter()
+            .map(|e| (key.shape.distance(&e.key.shape), e))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+        {
+            let dist = if d.is_finite() {
+                format!("distance {d:.2}")
+            } else {
+                "different number of dimensions".into()
+            };
+            parts.push(format!(
+                "shape bucket {} not tuned on this device; nearest tuned bucket is {} ({dist}, {} bucket(s) tuned for `{}` here)",
+                key.shape.to_text(),
+                near.key.shape.to_text(),
+                same_device.len(),
+                near.kernel_name
+            ));
+        }
+        let other_devices: Vec<&Arc<Entry>> = all
+            .values()
+            .filter(|e| e.key.device != key.device && e.key.shape == key.shape)
+            .collect();
+        if !other_devices.is_empty() {
+            let this = self
+                .fingerprint_of(key.device)?
+                .map(|f| f.to_text())
+                .unwrap_or_else(|| {
+                    format!(
+                        "device hash {:016x}, fingerprint not in the cache",
+                        key.device
+                    )
+                });
+            let others: Vec<String> = other_devices.iter().map(|e| e.device.to_text()).collect();
+            parts.push(format!(
+                "shape bucket {} is tuned only on other device(s): this device is `{this}`, tuned on `{}`",
+                key.shape.to_text(),
+                others.join("`, `")
+            ));
+        }
+        if parts.is_empty() {
+            // Same kernel, but neither this device nor this shape.
+            let devices: std::collections::BTreeSet<String> =
+                all.values().map(|e| e.device.to_text()).collect();
+            let shapes: std::collections::BTreeSet<String> =
+                all.values().map(|e| e.key.shape.to_text()).collect();
+            parts.push(format!(
+                "kernel is tuned only for other devices (`{}`) and other shapes ({})",
+                devices.into_iter().collect::<Vec<_>>().join("`, `"),
+                shapes.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(format!("{}: {}", key.display(), parts.join("; ")))
+    }
+
+    /// A fingerprint with hash `device` seen in any entry (to show it in explanations).
+    fn fingerprint_of(&self, device: u64) -> Result<Option<DeviceFingerprint>> {
+        for r in self.memory.iter() {
+            if r.key().device == device {
+                return Ok(Some(r.value().device.clone()));
+            }
+        }
+        for store in self.layers() {
+            if let Some(e) = store
+                .entries()?
+                .into_iter()
+                .find(|e| e.key.device == device)
+            {
+                return Ok(Some(e.device));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores a tuned winner: in the user store (one IMMEDIATE transaction replacing the row of
+    /// that key), then in memory. Without a writable user store, in memory only. If the store
+    /// write fails the entry is still put in memory (this process keeps using it) and the
+    /// error is returned so the caller can report that it did not persist.
+    pub fn put(&self, entry: Entry) -> Result<()> {
+        entry.validate()?;
+        let stored = match &self.user {
+            Some(store) => store.put(&entry),
+            None => Ok(()),
+        };
+        self.memory.insert(entry.key, Arc::new(entry));
+        stored
+    }
+
+    /// Drops the memory tier (files are untouched); the next lookups read the files again.
+    pub fn clear_memory(&self) {
+        self.memory.clear();
+    }
+
+    /// Every entry: memory, user, shipped; for a key present in several, the first wins.
+    /// Sorted by key.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let mut out: BTreeMap<TuningKey, Entry> = BTreeMap::new();
+        for r in self.memory.iter() {
+            out.insert(*r.key(), (**r.value()).clone());
+        }
+        for store in self.layers() {
+            for e in store.entries()? {
+                out.entry(e.key).or_insert(e);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Stores a compiled binary in the user store (nothing without one).
+    pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
+        match &self.user {
+            Some(s) => s.put_binary(key, cubin),
+            None => Ok(()),
+        }
+    }
+
+    /// The compiled binary for `key`, from the user store or a shipped one.
+    pub fn get_binary(&self, key: &BinaryKey<'_>) -> Result<Option<Vec<u8>>> {
+        for store in self.layers() {
+            if let Some(b) = store.get_binary(key)? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a failed config in the user store (nothing without one).
+    pub fn record_failure(
+        &self,
+        key: &TuningKey,
+        config: &str,
+        class: &str,
+        message: &str,
+    ) -> Result<()> {
+        match &self.user {
+            Some(s) => s.record_failure(key, config, class, message),
+            None => Ok(()),
+        }
+    }
+
+    /// Failed configs for `key`: `(config, class, message)` from the user store and shipped
+    /// stores (first occurrence of a config wins).
+    pub fn failures_for(&self, key: &TuningKey) -> Result<Vec<(String, String, String)>> {
+        let mut out: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        for store in self.layers() {
+            for f in store.failures_for(key)? {
+                out.entry(f.0.clone()).or_insert(f);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// See [`Store::mark_inflight`]; nothing without a user store.
+    pub fn mark_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
+        match &self.user {
+            Some(s) => s.mark_inflight(key, config),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Store::clear_inflight`]; nothing without a user store.
+    pub fn clear_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
+        match &self.user {
+            Some(s) => s.clear_inflight(key, config),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Store::take_stale_inflight`]; empty without a user store.
+    pub fn take_stale_inflight(&self, key: &TuningKey) -> Result<Vec<String>> {
+        match &self.user {
+            Some(s) => s.take_stale_inflight(key),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Creates the user cache's directory and opens it.
+fn open_user(path: &Path) -> Result<Store> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    Store::open_rw(path)
+}

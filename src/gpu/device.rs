@@ -1,0 +1,79 @@
+//! What the GPU is: its context, fingerprint (for tuning keys) and limits (for spec expressions).
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute as A;
+use cudarc::driver::CudaContext;
+
+use crate::key::DeviceFingerprint;
+use crate::spec::DeviceLimits;
+use crate::{Error, Result};
+
+/// One GPU as jitune sees it.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub limits: DeviceLimits,
+    pub fingerprint: DeviceFingerprint,
+    /// `DeviceFingerprint::hash64`, computed once (it is part of every key).
+    pub fingerprint_hash: u64,
+    /// The NVRTC target, e.g. `sm_90`.
+    pub arch: String,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (its primary context).
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        super::require_cuda()?;
+        let ctx = super::guarded("opening the device", || {
+            CudaContext::new(ordinal).map_err(|e| Error::Cuda(format!("device {ordinal}: {e}")))
+        })?;
+        Gpu::from_context(ctx)
+    }
+
+    /// Describes the device behind an existing context (the caller's).
+    pub fn from_context(ctx: Arc<CudaContext>) -> Result<Gpu> {
+        super::require_cuda()?;
+        super::guarded("reading device attributes", || {
+            let attr = |a: A| {
+                ctx.attribute(a)
+                    .map(|v| v as i64)
+                    .map_err(|e| Error::Cuda(format!("{a:?}: {e}")))
+            };
+            let limits = DeviceLimits {
+                max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+                max_shared_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+                max_shared_per_block_optin: attr(
+                    A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )?,
+                max_shared_per_sm: attr(
+                    A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+                )?,
+                sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                regs_per_sm: attr(A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?,
+                regs_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK)?,
+                warp_size: attr(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?,
+                cc_major: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                cc_minor: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                l2_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
+            };
+            let name = ctx
+                .name()
+                .map_err(|e| Error::Cuda(format!("device name: {e}")))?;
+            let nvrtc_version = super::compile::nvrtc_version()?;
+            let fingerprint = DeviceFingerprint {
+                name,
+                compute_capability: (limits.cc_major as u32, limits.cc_minor as u32),
+                sm_count: limits.sm_count as u32,
+                nvrtc_version,
+            };
+            Ok(Gpu {
+                arch: format!("sm_{}{}", limits.cc_major, limits.cc_minor),
+                fingerprint_hash: fingerprint.hash64(),
+                ctx,
+                limits,
+                fingerprint,
+            })
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! Kernel specs: TOML and Rust forms agree, ids are stable where they must be and change where
+//! they must, and bad specs are clear errors.
+
+use jitune::key::Bucketing;
+use jitune::space::Param;
+use jitune::spec::{DeviceLimits, KernelSpec, SpecBuilder};
+use jitune::Error;
+
+const SRC: &str = "extern \"C\" __global__ void axpy(float a, const float* x, float* y, int n) {}";
+
+const TOML: &str = r#"
+name = "axpy"
+source = "axpy.cu"
+entry = "axpy"
+flags = ["-O3"]
+tolerance = 1e-5
+dims = [{ name = "n", bucket = "pow2" }, { name = "batch", bucket = [1, 8, 64] }]
+
+[params]
+BLOCK = [64, 128, 256, 512]
+UNROLL = [1, 2, 3, 4]
+VEC = [false, true]
+MODE = ["plain", "fused"]
+
+[constraints]
+fits = "BLOCK * UNROLL <= 1024"
+threads = "BLOCK <= max_threads_per_block"
+
+[launch]
+grid = ["ceil_div(n, BLOCK * UNROLL)", "batch", 1]
+block = ["BLOCK", "1", "1"]
+shared_mem = "VEC ? BLOCK * 4 : 0"
+
+[[args]]
+name = "a"
+type = "f32"
+role = "scalar"
+value = "2"
+
+[[args]]
+name = "x"
+type = "f32"
+role = "in"
+len = "n * batch"
+init = "uniform(-1, 1)"
+
+[[args]]
+name = "y"
+type = "f32"
+role = "inout"
+len = "n * batch"
+
+[[args]]
+name = "n"
+type = "i32"
+role = "scalar"
+value = "n"
+
+[default]
+BLOCK = 256
+UNROLL = 1
+VEC = false
+MODE = "plain"
+"#;
+
+fn load(text: &str) -> jitune::Result<KernelSpec> {
+    KernelSpec::from_toml_str(text, &|name| {
+        assert_eq!(name, "axpy.cu");
+        Ok(SRC.to_string())
+    })
+}
+
+fn rust_form() -> SpecBuilder {
+    // Deliberately in another order than the TOML file.
+    SpecBuilder::new("axpy")
+        .source(SRC)
+        .entry("axpy")
+        .flag("-O3")
+        .tolerance(1e-5)
+        .param(Param::choices("MODE", &["plain", "fused"]))
+        .param(Param::boolean("VEC"))
+        .param(Param::ints("BLOCK", &[64, 128, 256, 512]))
+        .param(Param::ints("UNROLL", &[1, 2, 3, 4]))
+        .constraint("threads", "BLOCK<=max_threads_per_block")
+        .constraint("fits", "(BLOCK * UNROLL) <= 1024")
+        .dim("n", Bucketing::NextPow2)
+        .dim("batch", Bucketing::Edges(vec![1, 8, 64]))
+        .grid(["ceil_div(n, BLOCK*UNROLL)", "batch", "1"])
+        .block(["BLOCK", "1", "1"])
+        .shared_mem("VEC ? BLOCK*4 : 0")
+        .arg_scalar("a", "f32", "2")
+        .arg_buffer("x", "f32", "in", "n * batch", "uniform(-1, 1)")
+        .arg_buffer("y", "f32", "inout", "n*batch", "")
+        .arg_scalar("n", "i32", "n")
+        .default_config(&[
+            ("BLOCK", "256"),
+            ("UNROLL", "1"),
+            ("VEC", "false"),
+            ("MODE", "plain"),
+        ])
+}
+
+#[test]
+fn toml_and_rust_forms_are_the_same_spec() {
+    let t = load(TOML).unwrap();
+    let r = rust_form().build().unwrap();
+    assert_eq!(t.canonical(), r.canonical());
+    assert_eq!(t.id(), r.id());
+    assert_eq!(t.default, r.default);
+    assert_eq!(t.params, r.params);
+}
+
+#[test]
+fn id_ignores_whitespace_key_order_name_and_default() {
+    let base = load(TOML).unwrap().id();
+    let spaced = TOML.replace(" = ", "   =   ").replace('\n', "\n\n");
+    assert_eq!(load(&spaced).unwrap().id(), base);
+    // Reorder top-level keys and the parameter table.
+    let reordered = TOML
+        .replace(
+            "BLOCK = [64, 128, 256, 512]\nUNROLL = [1, 2, 3, 4]",
+            "UNROLL = [1, 2, 3, 4]\nBLOCK = [64, 128, 256, 512]",
+        )
+        .replace(
+            "name = \"axpy\"\nsource = \"axpy.cu\"",
+            "source = \"axpy.cu\"\nname = \"axpy\"",
+        );
+    assert_ne!(reordered, TOML);
+    assert_eq!(load(&reordered).unwrap().id(), base);
+    assert_eq!(
+        load(&TOML.replace("name = \"axpy\"", "name = \"renamed\""))
+            .unwrap()
+            .id(),
+        base
+    );
+    assert_eq!(
+        load(&TOML.replace("BLOCK = 256\n", "BLOCK = 128\n"))
+            .unwrap()
+            .id(),
+        base
+    );
+}
+
+#[test]
+fn id_changes_with_what_can_change_the_best_config() {
+    let base = rust_form().build().unwrap().id();
+    let changed = [
+        rust_form().source(&format!("{SRC}\n// v2")).build(),
+        rust_form().flag("--use_fast_math").build(),
+        rust_form()
+            .param(Param::ints("EXTRA", &[1, 2]))
+            .default_config(&[
+                ("BLOCK", "256"),
+                ("UNROLL", "1"),
+                ("VEC", "false"),
+                ("MODE", "plain"),
+                ("EXTRA", "1"),
+            ])
+            .build(),
+        rust_form().constraint("more", "UNROLL != 3").build(),
+        rust_form()
+            .grid(["ceil_div(n, BLOCK)", "batch", "1"])
+            .build(),
+        rust_form().block(["BLOCK", "2", "1"]).build(),
+        rust_form().shared_mem("0").build(),
+        rust_form().tolerance(1e-3).build(),
+    ];
+    let mut ids = vec![base];
+    for c in changed {
+        let id = c.unwrap().id();
+        assert!(!ids.contains(&id), "a change left the id the same");
+        ids.push(id);
+    }
+    // Values of a parameter changing is a different space too.
+    let other = load(&TOML.replace("UNROLL = [1, 2, 3, 4]", "UNROLL = [1, 2, 4]")).unwrap();
+    assert_ne!(other.id(), base);
+}
+
+#[test]
+fn geometry_and_space_evaluate() {
+    let s = load(TOML).unwrap();
+    let limits = DeviceLimits::h100();
+    let space = s.space_for(&[10_000, 8], &limits).unwrap();
+    // BLOCK x UNROLL pairs with product <= 1024: 64:4, 128:4, 256:4, 512:2 => 14, times VEC x MODE.
+    assert_eq!(space.count(), 14 * 4);
+    let c = space
+        .parse_config_text("BLOCK=128,UNROLL=3,VEC=True,MODE=fused")
+        .unwrap();
+    let vals: Vec<i64> = (0..s.params.len())
+        .map(|d| space.int_value(&c, d))
+        .collect();
+    let g = s.geometry(&vals, &[10_000, 8], &limits).unwrap();
+    assert_eq!(g.grid, [27, 8, 1]);
+    assert_eq!(g.block, [128, 1, 1]);
+    assert_eq!(g.shared_mem, 512);
+    assert_eq!(s.bucket(&[10_000, 5]).unwrap().dims(), &[16384, 8]);
+    assert!(s.bucket(&[1]).is_none());
+    assert!(s.space_for(&[1], &limits).is_err());
+    assert_eq!(
+        s.defines(&c),
+        vec!["-DBLOCK=128", "-DMODE=fused", "-DUNROLL=3", "-DVEC=1"]
+    );
+    assert_eq!(s.arg_value(&s.args[1], &[100, 3], &limits).unwrap(), 300);
+}
+
+fn err_text(text: &str) -> String {
+    load(text).unwrap_err().to_string()
+}
+
+#[test]
+fn bad_specs_are_clear_errors() {
+    let e = load(&TOML.replace("BLOCK * UNROLL <= 1024", "BLOCK * * UNROLL")).unwrap_err();
+    match e {
+        Error::Expr {
+            spec,
+            field,
+            column,
+            ..
+        } => {
+            assert_eq!(spec, "axpy");
+            assert_eq!(field, "constraints.fits");
+            assert_eq!(column, 9);
+        }
+        other => panic!("wrong error {other}"),
+    }
+    assert!(
+        err_text(&TOML.replace("\"BLOCK\", \"1\"", "\"BLOCKS\", \"1\""))
+            .contains("unknown name `BLOCKS`")
+    );
+    assert!(
+        err_text(&TOML.replace("len = \"n * batch\"\ninit", "len = \"n * BLOCK\"\ninit"))
+            .contains("tunable parameter")
+    );
+    assert!(err_text(&TOML.replace(
+        "type = \"f32\"\nrole = \"in\"",
+        "type = \"f33\"\nrole = \"in\""
+    ))
+    .contains("unknown type"));
+    assert!(err_text(&TOML.replace("BLOCK = 256\n", "BLOCK = 257\n"))
+        .contains("not a value of `BLOCK`"));
+    assert!(err_text(&TOML.replace("VEC = false\n", "")).contains("no value for `VEC`"));
+    assert!(err_text(&TOML.replace("[launch]", "[lunch]")).contains("unknown field"));
+    assert!(err_text("this is = = not toml").contains("not valid TOML"));
+    assert!(err_text(&TOML.replace("uniform(-1, 1)", "uniform(1, -1)")).contains("lo < hi"));
+    assert!(
+        err_text(&TOML.replace("MODE = [\"plain\", \"fused\"]", "MODE = [\"plain\", 3]"))
+            .contains("params.MODE")
+    );
+    assert!(err_text(&TOML.replace(
+        "grid = [\"ceil_div(n, BLOCK * UNROLL)\", \"batch\", 1]",
+        "grid = [\"1\"]"
+    ))
+    .contains("three"));
+    // A constraint that excludes every config is an error when the space is built.
+    let s = load(&TOML.replace("BLOCK * UNROLL <= 1024", "BLOCK > 4096")).unwrap();
+    let e = s
+        .space_for(&[100, 1], &DeviceLimits::h100())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exclude every config"), "{e}");
+    // A missing source file names the field.
+    let e = KernelSpec::from_toml_str(TOML, &|_| Err(Error::Search("nope".into())))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`source`"), "{e}");
+}
+
+#[test]
+fn shipped_sgemm_spec_loads_with_a_large_space() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let s = KernelSpec::from_toml_file(dir.join("sgemm.toml")).unwrap();
+    assert_eq!(s.name, "sgemm");
+    let space = s
+        .space_for(&[4096, 4096, 4096], &DeviceLimits::h100())
+        .unwrap();
+    assert!(space.count() >= 500, "only {} valid configs", space.count());
+    assert!(space.is_valid(&s.default));
+    // Reading the same file twice gives the same id; the source is part of it.
+    assert_eq!(
+        KernelSpec::from_toml_file(dir.join("sgemm.toml"))
+            .unwrap()
+            .id(),
+        s.id()
+    );
+    assert!(KernelSpec::from_toml_file(dir.join("missing.toml")).is_err());
+}
