@@ -4,17 +4,23 @@
 //! 2022), "A General Recipe for Likelihood-free Bayesian Optimization": instead of a Gaussian
 //! process, a classifier learns "is this config below the threshold τ" from the observations,
 //! with positives weighted by how far below τ they are (the EI utility), failures as negatives.
-//! Its class probability ranks candidates. Candidates are random neighbours (radius 2) of the few
-//! best configs plus some global random draws; the batch is picked greedily by probability minus
-//! a diversity penalty (the share of trees in which two candidates share a leaf), so one batch
-//! does not spend itself on near-copies. The search stops after `patience` batches without
-//! improvement (after a one-step polish around the best) or when the budget is spent, and ends
-//! with a one-step polish around the winner.
+//! Its class probability ranks candidates. Candidates are random neighbours (radius 2, or 20% of a
+//! parameter's list if longer) of a few good configs spread over different basins, plus global
+//! random draws; the batch is picked greedily by probability minus a diversity penalty (the share
+//! of trees in which two candidates share a leaf), so one batch does not spend itself on
+//! near-copies.
+//!
+//! Recorded GPU data shows strong attractors far from the optimum (a transposed block shape, a
+//! swapped A/B layout), so a local search that stalls for `patience` batches is polished
+//! (one-step moves), then abandoned: the next one starts from fresh random draws, up to
+//! `max_restarts` times, after which the search stops. The budget (evaluations and/or time)
+//! bounds everything; the search ends with a one-step polish around the overall best.
 //!
 //! Pitfalls Helion found in its own implementation and avoided here: unbenchmarked neighbours are
 //! not marked visited (only evaluated configs are excluded), a batch share that rounds to zero
-//! cannot end the search (at least one model-picked slot per batch), the incumbent is always among
-//! the neighbourhood centres, and labels are rebuilt from current estimates every batch so
+//! cannot end the search (at least one model-picked slot per batch), the current local search's
+//! incumbent is always a neighbourhood centre and the overall best is never dropped (a restart only
+//! stops using it as a centre; the final polish returns to it), and labels are rebuilt from current estimates every batch so
 //! re-measured configs carry their updated times.
 
 use std::collections::HashSet;
