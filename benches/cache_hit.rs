@@ -62,7 +62,9 @@ fn hit(
         device,
     };
     // Read what a launch needs from the entry, without taking a reference to it.
-    cache.with_memory(&key, |e| black_box(e.config.len())).is_some()
+    cache
+        .with_memory(&key, |e| black_box(e.config.len()))
+        .is_some()
 }
 
 fn main() {

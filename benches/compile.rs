@@ -22,7 +22,8 @@ fn main() {
 }
 
 fn run() -> jitune::Result<()> {
-    let spec = KernelSpec::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))?;
+    let spec =
+        KernelSpec::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))?;
     let space = spec.space_for(&[4096, 4096, 4096], &DeviceLimits::h100())?;
     let mut rng = jitune::rng::Rng::new(7);
     let mut configs = std::collections::BTreeSet::new();
@@ -32,8 +33,14 @@ fn run() -> jitune::Result<()> {
         }
     }
     let arch = std::env::var("JITUNE_ARCH").unwrap_or_else(|_| "sm_90".into());
-    let reqs: Vec<CompileRequest> = configs.iter().map(|c| CompileRequest::new(&spec, c, &arch)).collect();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
+    let reqs: Vec<CompileRequest> = configs
+        .iter()
+        .map(|c| CompileRequest::new(&spec, c, &arch))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(16);
 
     let t = Instant::now();
     let mut ok = 0;
@@ -44,7 +51,8 @@ fn run() -> jitune::Result<()> {
     }
     let serial = t.elapsed().as_secs_f64();
 
-    let cmd = jitune::gpu::pool::worker_command().ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
+    let cmd = jitune::gpu::pool::worker_command()
+        .ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
     let pool = CompilePool::with_mode(PoolMode::Processes(cmd), workers);
     let t = Instant::now();
     let out = pool.compile_all(reqs.clone());
@@ -56,8 +64,14 @@ fn run() -> jitune::Result<()> {
     let warm = t.elapsed().as_secs_f64();
 
     println!("configs                 100 ({ok} compiled serially, {pooled_ok} in the pool)");
-    println!("serial NVRTC, 1 process {serial:7.2} s  ({:.1} ms/config)", serial * 10.0);
+    println!(
+        "serial NVRTC, 1 process {serial:7.2} s  ({:.1} ms/config)",
+        serial * 10.0
+    );
     println!("pool, {workers:2} workers (cold) {pooled:7.2} s  speed-up {:.2}x (process start-up included)", serial / pooled);
-    println!("pool, {workers:2} workers (warm) {warm:7.2} s  speed-up {:.2}x  (target >= 5x)", serial / warm);
+    println!(
+        "pool, {workers:2} workers (warm) {warm:7.2} s  speed-up {:.2}x  (target >= 5x)",
+        serial / warm
+    );
     Ok(())
 }

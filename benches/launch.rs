@@ -67,25 +67,53 @@ fn run() -> jitune::Result<()> {
     let kernel = Kernel::new(spec);
     let ctx = CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
-    tuner.set_tune_options(TuneOptions { max_evals: 3, ..Default::default() });
-    let stream = ctx.new_stream().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 3,
+        ..Default::default()
+    });
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     let n = 256usize;
-    let x = stream.clone_htod(&vec![1.0f32; n]).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
-    let mut y = stream.alloc_zeros::<f32>(n).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let x = stream
+        .clone_htod(&vec![1.0f32; n])
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let mut y = stream
+        .alloc_zeros::<f32>(n)
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     let shape = [n as i64];
     // First launch tunes; then every launch is a hit.
-    tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(n as i32)])?;
-    stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
-    let plan = tuner.plan(&kernel, &shape).ok_or_else(|| jitune::Error::Search("no plan".into()))?;
+    tuner.launch(
+        &kernel,
+        &stream,
+        &shape,
+        &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(n as i32)],
+    )?;
+    stream
+        .synchronize()
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let plan = tuner
+        .plan(&kernel, &shape)
+        .ok_or_else(|| jitune::Error::Search("no plan".into()))?;
     // The raw baseline launches the same compiled config through cudarc's launch builder.
     let space = kernel.spec.space_for(&shape, &tuner.gpu().limits)?;
     let cfg = space.parse_config_text(&plan.config)?;
-    let img = jitune::gpu::compile::compile_in_process(&jitune::gpu::compile::CompileRequest::new(&kernel.spec, &cfg, &tuner.gpu().arch))?
-        .map_err(|log| jitune::Error::Compile { log })?;
-    let module = ctx.load_module(img.to_ptx()).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
-    let func = module.load_function("tiny").map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let img = jitune::gpu::compile::compile_in_process(
+        &jitune::gpu::compile::CompileRequest::new(&kernel.spec, &cfg, &tuner.gpu().arch),
+    )?
+    .map_err(|log| jitune::Error::Compile { log })?;
+    let module = ctx
+        .load_module(img.to_ptx())
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let func = module
+        .load_function("tiny")
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     let b = space.int_value(&cfg, 0) as u32;
-    let lc = LaunchConfig { grid_dim: ((n as u32).div_ceil(b), 1, 1), block_dim: (b, 1, 1), shared_mem_bytes: 0 };
+    let lc = LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(b), 1, 1),
+        block_dim: (b, 1, 1),
+        shared_mem_bytes: 0,
+    };
 
     const BATCH: usize = 500;
     const ROUNDS: usize = 40;
@@ -95,7 +123,9 @@ fn run() -> jitune::Result<()> {
         // Alternate the order so neither side always runs on a fuller queue.
         for side in 0..2 {
             let raw_side = (side + round) % 2 == 0;
-            stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+            stream
+                .synchronize()
+                .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
             let t = Instant::now();
             for _ in 0..BATCH {
                 if raw_side {
@@ -103,20 +133,36 @@ fn run() -> jitune::Result<()> {
                     l.arg(&x).arg(&mut y).arg(&ni);
                     unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
                 } else {
-                    tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)])?;
+                    tuner.launch(
+                        &kernel,
+                        &stream,
+                        &shape,
+                        &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
+                    )?;
                 }
             }
             let ns = t.elapsed().as_nanos() as f64 / BATCH as f64;
-            stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+            stream
+                .synchronize()
+                .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
             if round > 2 {
-                if raw_side { raw_ns.push(ns) } else { jit_ns.push(ns) }
+                if raw_side {
+                    raw_ns.push(ns)
+                } else {
+                    jit_ns.push(ns)
+                }
             }
         }
     }
     // Allocations on the hit path (cudarc's builder allocates; jitune's launch must not).
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..1000 {
-        tuner.launch(&kernel, &stream, &shape, &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)])?;
+        tuner.launch(
+            &kernel,
+            &stream,
+            &shape,
+            &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
+        )?;
     }
     let jit_allocs = ALLOCS.load(Ordering::Relaxed) - before;
     let before = ALLOCS.load(Ordering::Relaxed);
@@ -126,13 +172,28 @@ fn run() -> jitune::Result<()> {
         unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     }
     let raw_allocs = ALLOCS.load(Ordering::Relaxed) - before;
-    stream.synchronize().map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    stream
+        .synchronize()
+        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
     let raw = median(&mut raw_ns);
     let jit = median(&mut jit_ns);
-    println!("device                 {}", tuner.gpu().fingerprint.to_text());
-    println!("raw cudarc launch      {raw:8.1} ns/launch (median of {} batches of {BATCH})", raw_ns.len());
+    println!(
+        "device                 {}",
+        tuner.gpu().fingerprint.to_text()
+    );
+    println!(
+        "raw cudarc launch      {raw:8.1} ns/launch (median of {} batches of {BATCH})",
+        raw_ns.len()
+    );
     println!("jitune launch (hit)    {jit:8.1} ns/launch");
-    println!("hit overhead           {:8.1} ns/launch  (target <= 200)", jit - raw);
-    println!("allocations per launch jitune {:.3}, raw cudarc {:.3}", jit_allocs as f64 / 1000.0, raw_allocs as f64 / 1000.0);
+    println!(
+        "hit overhead           {:8.1} ns/launch  (target <= 200)",
+        jit - raw
+    );
+    println!(
+        "allocations per launch jitune {:.3}, raw cudarc {:.3}",
+        jit_allocs as f64 / 1000.0,
+        raw_allocs as f64 / 1000.0
+    );
     Ok(())
 }

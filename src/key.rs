@@ -88,7 +88,13 @@ impl Bucketing {
         match self {
             Bucketing::Exact => "exact".into(),
             Bucketing::NextPow2 => "pow2".into(),
-            Bucketing::Edges(e) => format!("edges:{}", e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
+            Bucketing::Edges(e) => format!(
+                "edges:{}",
+                e.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
 }
@@ -108,7 +114,10 @@ impl ShapeBucket {
         }
         let mut d = [0i64; MAX_DIMS];
         d[..dims.len()].copy_from_slice(dims);
-        Some(ShapeBucket { dims: d, len: dims.len() as u8 })
+        Some(ShapeBucket {
+            dims: d,
+            len: dims.len() as u8,
+        })
     }
 
     /// The bucketed dimensions.
@@ -118,7 +127,11 @@ impl ShapeBucket {
 
     /// Text form `4096x4096x1024` (stored in the cache, shown in listings).
     pub fn to_text(&self) -> String {
-        self.dims().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+        self.dims()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
     }
 
     /// Parses the text form.
@@ -175,7 +188,12 @@ impl DeviceFingerprint {
     pub fn to_text(&self) -> String {
         format!(
             "{}|sm_{}{}|{} SMs|nvrtc {}.{}",
-            self.name, self.compute_capability.0, self.compute_capability.1, self.sm_count, self.nvrtc_version.0, self.nvrtc_version.1
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.sm_count,
+            self.nvrtc_version.0,
+            self.nvrtc_version.1
         )
     }
 
@@ -212,7 +230,12 @@ pub struct TuningKey {
 impl TuningKey {
     /// Compact text for logs and listings: `<kernel short id>/<shape>/<device hash>`.
     pub fn display(&self) -> String {
-        format!("{}/{}/{:016x}", self.kernel.short(), self.shape.to_text(), self.device)
+        format!(
+            "{}/{}/{:016x}",
+            self.kernel.short(),
+            self.shape.to_text(),
+            self.device
+        )
     }
 }
 
@@ -278,9 +301,21 @@ mod tests {
 
     #[test]
     fn text_forms_round_trip() {
-        let fp = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
-        assert_eq!(DeviceFingerprint::from_text(&fp.to_text()), Some(fp.clone()));
-        let fp2 = DeviceFingerprint { name: "A|B".into(), compute_capability: (12, 1), ..fp };
+        let fp = DeviceFingerprint {
+            name: "NVIDIA H200".into(),
+            compute_capability: (9, 0),
+            sm_count: 132,
+            nvrtc_version: (13, 0),
+        };
+        assert_eq!(
+            DeviceFingerprint::from_text(&fp.to_text()),
+            Some(fp.clone())
+        );
+        let fp2 = DeviceFingerprint {
+            name: "A|B".into(),
+            compute_capability: (12, 1),
+            ..fp
+        };
         assert_eq!(DeviceFingerprint::from_text(&fp2.to_text()), Some(fp2));
         let s = ShapeBucket::new(&[4096, 1, 11008]).unwrap();
         assert_eq!(ShapeBucket::from_text(&s.to_text()), Some(s));

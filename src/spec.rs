@@ -394,9 +394,17 @@ impl KernelSpec {
 
     /// Launch geometry for a config (given as its parameter values) and a raw shape.
     /// Allocation-free; errors when an expression fails or gives a value out of range.
-    pub fn geometry(&self, config_values: &[i64], shape: &[i64], limits: &DeviceLimits) -> Result<Geometry> {
+    pub fn geometry(
+        &self,
+        config_values: &[i64],
+        shape: &[i64],
+        limits: &DeviceLimits,
+    ) -> Result<Geometry> {
         if config_values.len() != self.params.len() || shape.len() != self.dims.len() {
-            return Err(Error::InvalidArgument(format!("kernel `{}`: config or shape of the wrong length", self.name)));
+            return Err(Error::InvalidArgument(format!(
+                "kernel `{}`: config or shape of the wrong length",
+                self.name
+            )));
         }
         let mut env = [0i64; MAX_VARS];
         self.fill_env(config_values, shape, limits, &mut env);
@@ -406,15 +414,33 @@ impl KernelSpec {
     /// Launch geometry from a variable table filled by [`KernelSpec::fill_env`].
     pub fn geometry_in(&self, env: &[i64; MAX_VARS]) -> Result<Geometry> {
         let eval = |e: &Expr, what: &'static str, min: i64| -> Result<u32> {
-            let v = e.eval(env).map_err(|err| Error::Eval(format!("kernel `{}`, {what} `{}`: {err}", self.name, e.source())))?;
+            let v = e.eval(env).map_err(|err| {
+                Error::Eval(format!(
+                    "kernel `{}`, {what} `{}`: {err}",
+                    self.name,
+                    e.source()
+                ))
+            })?;
             if v < min || v > u32::MAX as i64 {
-                return Err(Error::Eval(format!("kernel `{}`, {what} `{}` = {v} is out of range", self.name, e.source())));
+                return Err(Error::Eval(format!(
+                    "kernel `{}`, {what} `{}` = {v} is out of range",
+                    self.name,
+                    e.source()
+                )));
             }
             Ok(v as u32)
         };
         Ok(Geometry {
-            grid: [eval(&self.grid[0], "grid", 1)?, eval(&self.grid[1], "grid", 1)?, eval(&self.grid[2], "grid", 1)?],
-            block: [eval(&self.block[0], "block", 1)?, eval(&self.block[1], "block", 1)?, eval(&self.block[2], "block", 1)?],
+            grid: [
+                eval(&self.grid[0], "grid", 1)?,
+                eval(&self.grid[1], "grid", 1)?,
+                eval(&self.grid[2], "grid", 1)?,
+            ],
+            block: [
+                eval(&self.block[0], "block", 1)?,
+                eval(&self.block[1], "block", 1)?,
+                eval(&self.block[2], "block", 1)?,
+            ],
             shared_mem: eval(&self.shared_mem, "shared_mem", 0)?,
         })
     }

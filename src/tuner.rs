@@ -18,7 +18,10 @@
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    SyncOnDrop,
+};
 use dashmap::DashMap;
 use once_cell::sync::OnceCell;
 
@@ -68,7 +71,9 @@ impl Mode {
 
     /// The mode named by `JITUNE_MODE`, if it names one.
     pub fn from_env() -> Option<Mode> {
-        std::env::var("JITUNE_MODE").ok().and_then(|v| Mode::parse(&v))
+        std::env::var("JITUNE_MODE")
+            .ok()
+            .and_then(|v| Mode::parse(&v))
     }
 }
 
@@ -81,7 +86,9 @@ pub struct Kernel {
 impl Kernel {
     /// Wraps a spec.
     pub fn new(spec: KernelSpec) -> Kernel {
-        Kernel { spec: Arc::new(spec) }
+        Kernel {
+            spec: Arc::new(spec),
+        }
     }
 
     /// Loads `kernels/NAME.toml`-style spec files.
@@ -208,7 +215,11 @@ impl LaunchMemo {
         if s1 == 0 || s1 & 1 == 1 {
             return None;
         }
-        if shape.iter().zip(&self.shape).any(|(d, m)| m.load(Ordering::Relaxed) != *d) {
+        if shape
+            .iter()
+            .zip(&self.shape)
+            .any(|(d, m)| m.load(Ordering::Relaxed) != *d)
+        {
             return None;
         }
         let g: [u32; 7] = std::array::from_fn(|i| self.geometry[i].load(Ordering::Relaxed));
@@ -219,19 +230,36 @@ impl LaunchMemo {
         if self.seq.load(Ordering::Relaxed) != s1 {
             return None;
         }
-        Some(Geometry { grid: [g[0], g[1], g[2]], block: [g[3], g[4], g[5]], shared_mem: g[6] })
+        Some(Geometry {
+            grid: [g[0], g[1], g[2]],
+            block: [g[3], g[4], g[5]],
+            shared_mem: g[6],
+        })
     }
 
     fn write(&self, shape: &[i64], g: &Geometry, need: &[i64]) {
         let s = self.seq.load(Ordering::Relaxed);
-        if s & 1 == 1 || self.seq.compare_exchange(s, s + 1, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if s & 1 == 1
+            || self
+                .seq
+                .compare_exchange(s, s + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
         fence(Ordering::Release);
         for (m, d) in self.shape.iter().zip(shape) {
             m.store(*d, Ordering::Relaxed);
         }
-        let vals = [g.grid[0], g.grid[1], g.grid[2], g.block[0], g.block[1], g.block[2], g.shared_mem];
+        let vals = [
+            g.grid[0],
+            g.grid[1],
+            g.grid[2],
+            g.block[0],
+            g.block[1],
+            g.block[2],
+            g.shared_mem,
+        ];
         for (m, v) in self.geometry.iter().zip(vals) {
             m.store(v, Ordering::Relaxed);
         }
@@ -257,7 +285,12 @@ pub struct Plan {
 
 impl Plan {
     /// Geometry and required buffer lengths for `shape`, from the memo or evaluated.
-    fn resolve(&self, spec: &KernelSpec, shape: &[i64], need: &mut [i64; MAX_ARGS]) -> Result<Geometry> {
+    fn resolve(
+        &self,
+        spec: &KernelSpec,
+        shape: &[i64],
+        need: &mut [i64; MAX_ARGS],
+    ) -> Result<Geometry> {
         if let Some(g) = self.memo.read(shape, spec.args.len(), need) {
             return Ok(g);
         }
@@ -266,19 +299,39 @@ impl Plan {
         env[base..base + shape.len()].copy_from_slice(shape);
         let g = spec.geometry_in(&env)?;
         for (n, a) in need.iter_mut().zip(&spec.args) {
-            *n = a.len.eval(&env).map_err(|e| Error::Eval(format!("kernel `{}`, argument `{}`: {e}", spec.name, a.name)))?;
+            *n = a.len.eval(&env).map_err(|e| {
+                Error::Eval(format!(
+                    "kernel `{}`, argument `{}`: {e}",
+                    spec.name, a.name
+                ))
+            })?;
         }
         self.memo.write(shape, &g, &need[..spec.args.len()]);
         Ok(g)
     }
 
     /// Launches on `stream`. Allocation-free unless it fails.
-    fn launch(&self, spec: &KernelSpec, stream: &CudaStream, shape: &[i64], args: &mut [Arg<'_>]) -> Result<()> {
+    fn launch(
+        &self,
+        spec: &KernelSpec,
+        stream: &CudaStream,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> Result<()> {
         if args.len() != spec.args.len() || args.len() > MAX_ARGS {
-            return Err(Error::InvalidArgument(format!("kernel `{}` takes {} arguments, got {}", spec.name, spec.args.len(), args.len())));
+            return Err(Error::InvalidArgument(format!(
+                "kernel `{}` takes {} arguments, got {}",
+                spec.name,
+                spec.args.len(),
+                args.len()
+            )));
         }
         if shape.len() != spec.dims.len() {
-            return Err(Error::Shape(format!("kernel `{}` takes {} dims", spec.name, spec.dims.len())));
+            return Err(Error::Shape(format!(
+                "kernel `{}` takes {} dims",
+                spec.name,
+                spec.dims.len()
+            )));
         }
         let mut need = [0i64; MAX_ARGS];
         let geometry = self.resolve(spec, shape, &mut need)?;
@@ -323,13 +376,28 @@ impl Plan {
         }
         let r = unsafe { launch_raw(&self.func, &geometry, stream, &mut raw[..n_args]) };
         drop(guards);
-        r.map_err(|e| Error::Cuda(format!("launching `{}` with {}: {e}", spec.name, self.config)))
+        r.map_err(|e| {
+            Error::Cuda(format!(
+                "launching `{}` with {}: {e}",
+                spec.name, self.config
+            ))
+        })
     }
 }
 
-fn check_buffer(spec: &KernelSpec, a: &crate::spec::ArgSpec, b: &dyn BufferArg, need: i64) -> Result<()> {
+fn check_buffer(
+    spec: &KernelSpec,
+    a: &crate::spec::ArgSpec,
+    b: &dyn BufferArg,
+    need: i64,
+) -> Result<()> {
     if !b.holds(a.ty) {
-        return Err(Error::InvalidArgument(format!("kernel `{}`: argument `{}` must hold {}", spec.name, a.name, a.ty.name())));
+        return Err(Error::InvalidArgument(format!(
+            "kernel `{}`: argument `{}` must hold {}",
+            spec.name,
+            a.name,
+            a.ty.name()
+        )));
     }
     if (b.elems() as i64) < need {
         return Err(Error::InvalidArgument(format!(
@@ -356,7 +424,12 @@ pub struct TuneOptions {
 
 impl Default for TuneOptions {
     fn default() -> Self {
-        TuneOptions { strategy: "lfbo".into(), max_evals: 120, max_time_s: Some(60.0), seed: 1 }
+        TuneOptions {
+            strategy: "lfbo".into(),
+            max_evals: 120,
+            max_time_s: Some(60.0),
+            seed: 1,
+        }
     }
 }
 
@@ -415,7 +488,12 @@ pub fn default_tuner() -> Result<&'static Tuner> {
 }
 
 /// Launches through the process-wide tuner; see [`Tuner::launch`].
-pub fn launch(kernel: &Kernel, stream: &CudaStream, shape: &[i64], args: &mut [Arg<'_>]) -> Result<()> {
+pub fn launch(
+    kernel: &Kernel,
+    stream: &CudaStream,
+    shape: &[i64],
+    args: &mut [Arg<'_>],
+) -> Result<()> {
     default_tuner()?.launch(kernel, stream, shape, args)
 }
 
@@ -490,8 +568,18 @@ impl Tuner {
 
     /// The tuning key of a launch.
     pub fn key(&self, kernel: &Kernel, shape: &[i64]) -> Result<TuningKey> {
-        let bucket = kernel.spec.bucket(shape).ok_or_else(|| Error::Shape(format!("kernel `{}` takes {} dims", kernel.spec.name, kernel.spec.dims.len())))?;
-        Ok(TuningKey { kernel: kernel.spec.id(), shape: bucket, device: self.inner.gpu.fingerprint_hash })
+        let bucket = kernel.spec.bucket(shape).ok_or_else(|| {
+            Error::Shape(format!(
+                "kernel `{}` takes {} dims",
+                kernel.spec.name,
+                kernel.spec.dims.len()
+            ))
+        })?;
+        Ok(TuningKey {
+            kernel: kernel.spec.id(),
+            shape: bucket,
+            device: self.inner.gpu.fingerprint_hash,
+        })
     }
 
     /// The plan launches of this shape use now, if any.
@@ -502,7 +590,13 @@ impl Tuner {
 
     /// Launches `kernel` for `shape` on the caller's `stream` with the caller's `args` (in the
     /// spec's argument order), tuning on a miss as the mode says.
-    pub fn launch(&self, kernel: &Kernel, stream: &CudaStream, shape: &[i64], args: &mut [Arg<'_>]) -> Result<()> {
+    pub fn launch(
+        &self,
+        kernel: &Kernel,
+        stream: &CudaStream,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> Result<()> {
         let key = self.key(kernel, shape)?;
         // The hit path: one shard read, an Arc clone, the launch.
         let hit = self.inner.plans.get(&key).map(|p| p.value().clone());
@@ -518,12 +612,17 @@ impl Tuner {
         if let Some(entry) = self.inner.cache.lookup(&key)? {
             match self.plan_for_text(spec, &entry.config, shape, true) {
                 Ok(plan) => return Ok(self.install(key, plan)),
-                Err(e) => log::warn!("jitune: cached config `{}` for {} is unusable ({e}); retuning", entry.config, spec.name),
+                Err(e) => log::warn!(
+                    "jitune: cached config `{}` for {} is unusable ({e}); retuning",
+                    entry.config,
+                    spec.name
+                ),
             }
         }
         match self.mode() {
             Mode::CacheOnly => {
-                let plan = self.plan_for(spec, &self.fallback_config(spec, shape)?, shape, false)?;
+                let plan =
+                    self.plan_for(spec, &self.fallback_config(spec, shape)?, shape, false)?;
                 Ok(self.install(key, plan))
             }
             Mode::Blocking => {
@@ -552,11 +651,19 @@ impl Tuner {
         if space.is_valid(&spec.default) {
             return Ok(spec.default.clone());
         }
-        space.iter().next().ok_or_else(|| Error::Space("empty space".into()))
+        space
+            .iter()
+            .next()
+            .ok_or_else(|| Error::Space("empty space".into()))
     }
 
     /// The nearest shape's tuned winner when it is valid here, else the fallback config.
-    fn provisional_config(&self, spec: &KernelSpec, key: TuningKey, shape: &[i64]) -> Result<Config> {
+    fn provisional_config(
+        &self,
+        spec: &KernelSpec,
+        key: TuningKey,
+        shape: &[i64],
+    ) -> Result<Config> {
         let space = spec.space_for(shape, &self.inner.gpu.limits)?;
         if let Ok(Some(near)) = self.inner.cache.nearest(&key) {
             if let Ok(c) = space.parse_config_text(&near.config) {
@@ -574,41 +681,70 @@ impl Tuner {
             return;
         }
         let this = self.clone();
-        let spawned = std::thread::Builder::new().name("jitune-tune".into()).spawn(move || {
-            let result = this.tune(&kernel, &shape).and_then(|r| this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true));
-            match result {
-                Ok(plan) => {
-                    this.install(key, plan);
-                    this.inner.swaps.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("jitune-tune".into())
+            .spawn(move || {
+                let result = this
+                    .tune(&kernel, &shape)
+                    .and_then(|r| this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true));
+                match result {
+                    Ok(plan) => {
+                        this.install(key, plan);
+                        this.inner.swaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => log::warn!(
+                        "jitune: background tuning of {} {:?} failed: {e}",
+                        kernel.spec.name,
+                        shape
+                    ),
                 }
-                Err(e) => log::warn!("jitune: background tuning of {} {:?} failed: {e}", kernel.spec.name, shape),
-            }
-            this.inner.tuning.remove(&key);
-        });
+                this.inner.tuning.remove(&key);
+            });
         if let Err(e) = spawned {
             log::warn!("jitune: cannot start a background tuning thread: {e}");
             self.inner.tuning.remove(&key);
         }
     }
 
-    fn plan_for_text(&self, spec: &KernelSpec, text: &str, shape: &[i64], tuned: bool) -> Result<Plan> {
+    fn plan_for_text(
+        &self,
+        spec: &KernelSpec,
+        text: &str,
+        shape: &[i64],
+        tuned: bool,
+    ) -> Result<Plan> {
         let space = spec.space_for(shape, &self.inner.gpu.limits)?;
         let config = space.parse_config_text(text)?;
         self.plan_for(spec, &config, shape, tuned)
     }
 
     /// Loads (from the binary table) or compiles the config and resolves its function.
-    fn plan_for(&self, spec: &KernelSpec, config: &Config, shape: &[i64], tuned: bool) -> Result<Plan> {
+    fn plan_for(
+        &self,
+        spec: &KernelSpec,
+        config: &Config,
+        shape: &[i64],
+        tuned: bool,
+    ) -> Result<Plan> {
         let gpu = &self.inner.gpu;
         let space = spec.space_for(shape, &gpu.limits)?;
         let text = space.config_text(config);
-        let nvrtc = format!("{}.{}", gpu.fingerprint.nvrtc_version.0, gpu.fingerprint.nvrtc_version.1);
-        let bkey = BinaryKey { kernel: spec.id(), config: &text, arch: &gpu.arch, nvrtc: &nvrtc };
+        let nvrtc = format!(
+            "{}.{}",
+            gpu.fingerprint.nvrtc_version.0, gpu.fingerprint.nvrtc_version.1
+        );
+        let bkey = BinaryKey {
+            kernel: spec.id(),
+            config: &text,
+            arch: &gpu.arch,
+            nvrtc: &nvrtc,
+        };
         let image = match self.inner.cache.get_binary(&bkey) {
             Ok(Some(b)) => Image::from_bytes(b),
             _ => {
                 self.inner.compiles.fetch_add(1, Ordering::Relaxed);
-                let img = compile_in_process(&CompileRequest::new(spec, config, &gpu.arch))?.map_err(|log| Error::Compile { log })?;
+                let img = compile_in_process(&CompileRequest::new(spec, config, &gpu.arch))?
+                    .map_err(|log| Error::Compile { log })?;
                 if let Err(e) = self.inner.cache.put_binary(&bkey, &img.to_bytes()) {
                     log::warn!("jitune: could not store a CUBIN: {e}");
                 }
@@ -617,15 +753,26 @@ impl Tuner {
         };
         let ctx = gpu.ctx.clone();
         let func = crate::gpu::guarded("loading a module", || {
-            let m = ctx.load_module(image.to_ptx()).map_err(|e| Error::Cuda(format!("loading {}: {e}", spec.name)))?;
-            m.load_function(&spec.entry).map_err(|e| Error::Cuda(format!("function `{}`: {e}", spec.entry)))
+            let m = ctx
+                .load_module(image.to_ptx())
+                .map_err(|e| Error::Cuda(format!("loading {}: {e}", spec.name)))?;
+            m.load_function(&spec.entry)
+                .map_err(|e| Error::Cuda(format!("function `{}`: {e}", spec.entry)))
         })?;
-        let values: Vec<i64> = (0..spec.params.len()).map(|d| space.int_value(config, d)).collect();
+        let values: Vec<i64> = (0..spec.params.len())
+            .map(|d| space.int_value(config, d))
+            .collect();
         let mut env = [0i64; MAX_VARS];
         spec.fill_env(&values, shape, &gpu.limits, &mut env);
         let g = spec.geometry_in(&env)?;
         allow_shared(&func, &g).map_err(|e| Error::Cuda(format!("shared memory limit: {e}")))?;
-        Ok(Plan { func, env, memo: LaunchMemo::new(), config: text, tuned })
+        Ok(Plan {
+            func,
+            env,
+            memo: LaunchMemo::new(),
+            config: text,
+            tuned,
+        })
     }
 
     /// Tunes `kernel` at `shape` now (whatever the mode), stores the winner and returns it.
@@ -635,14 +782,27 @@ impl Tuner {
     }
 
     /// Tunes with explicit options.
-    pub fn tune_with(&self, kernel: &Kernel, shape: &[i64], opts: &TuneOptions) -> Result<TuneReport> {
+    pub fn tune_with(
+        &self,
+        kernel: &Kernel,
+        shape: &[i64],
+        opts: &TuneOptions,
+    ) -> Result<TuneReport> {
         let start = std::time::Instant::now();
         let spec = kernel.spec.clone();
         let gpu = self.inner.gpu.clone();
-        let mut eval = GpuEvaluator::new(gpu.clone(), spec.clone(), shape, self.inner.cache.clone(), self.inner.pool.clone())?;
+        let mut eval = GpuEvaluator::new(
+            gpu.clone(),
+            spec.clone(),
+            shape,
+            self.inner.cache.clone(),
+            self.inner.pool.clone(),
+        )?;
         let key = eval.key();
         let space = spec.space_for(shape, &gpu.limits)?;
-        let strategy = strategy_by_name(&opts.strategy).ok_or_else(|| Error::InvalidArgument(format!("unknown strategy `{}`", opts.strategy)))?;
+        let strategy = strategy_by_name(&opts.strategy).ok_or_else(|| {
+            Error::InvalidArgument(format!("unknown strategy `{}`", opts.strategy))
+        })?;
         let mut sopts = SearchOptions::new(opts.seed, opts.max_evals);
         sopts.max_time_s = opts.max_time_s;
         // Warm start: the spec's default, then the nearest tuned shape's winner.
@@ -653,12 +813,21 @@ impl Tuner {
             }
         }
         let result = strategy.search(&mut eval, &sopts);
-        self.inner.compiles.fetch_add(eval.compiled, Ordering::Relaxed);
+        self.inner
+            .compiles
+            .fetch_add(eval.compiled, Ordering::Relaxed);
         let result = result?;
-        let (best, _) = result.best.clone().ok_or_else(|| Error::Search(format!("no config of `{}` ran correctly", spec.name)))?;
+        let (best, _) = result
+            .best
+            .clone()
+            .ok_or_else(|| Error::Search(format!("no config of `{}` ran correctly", spec.name)))?;
         let obs = result.observations.iter().find(|o| o.config == best);
         let samples: Vec<f64> = obs.map(|o| o.samples.clone()).unwrap_or_default();
-        let default_ms = result.observations.iter().find(|o| o.config == spec.default).and_then(|o| o.estimate());
+        let default_ms = result
+            .observations
+            .iter()
+            .find(|o| o.config == spec.default)
+            .and_then(|o| o.estimate());
         let mut curve = Vec::new();
         let mut best_so_far = f64::INFINITY;
         let n = result.observations.len().max(1) as f64;
@@ -668,7 +837,14 @@ impl Tuner {
             }
             curve.push((result.elapsed_s * (i + 1) as f64 / n, best_so_far));
         }
-        let mut entry = Entry::new(spec.id(), key.shape, gpu.fingerprint.clone(), &spec.name, &space.config_text(&best), median(&samples));
+        let mut entry = Entry::new(
+            spec.id(),
+            key.shape,
+            gpu.fingerprint.clone(),
+            &spec.name,
+            &space.config_text(&best),
+            median(&samples),
+        );
         entry.spread_ms = iqr(&samples);
         entry.samples = samples.len() as u32;
         entry.evaluated = result.observations.len() as u32;
@@ -683,12 +859,23 @@ impl Tuner {
             entry.evaluated,
             start.elapsed().as_secs_f64()
         );
-        Ok(TuneReport { entry, default_ms, wall_s: start.elapsed().as_secs_f64(), compiled: eval.compiled, curve })
+        Ok(TuneReport {
+            entry,
+            default_ms,
+            wall_s: start.elapsed().as_secs_f64(),
+            compiled: eval.compiled,
+            curve,
+        })
     }
 
     /// Tunes every shape not yet in the cache (ahead of serving), reporting progress through
     /// `log` and `progress(done, total, report)`; returns the reports of the shapes it tuned.
-    pub fn warmup(&self, kernel: &Kernel, shapes: &[Vec<i64>], mut progress: impl FnMut(usize, usize, Option<&TuneReport>)) -> Result<Vec<TuneReport>> {
+    pub fn warmup(
+        &self,
+        kernel: &Kernel,
+        shapes: &[Vec<i64>],
+        mut progress: impl FnMut(usize, usize, Option<&TuneReport>),
+    ) -> Result<Vec<TuneReport>> {
         let mut reports = Vec::new();
         for (i, shape) in shapes.iter().enumerate() {
             let key = self.key(kernel, shape)?;
@@ -712,7 +899,11 @@ mod tests {
 
     fn geometry_of(shape: &[i64]) -> Geometry {
         let x = shape[0] as u32;
-        Geometry { grid: [x, x + 1, 1], block: [x * 2, 1, 1], shared_mem: x * 3 }
+        Geometry {
+            grid: [x, x + 1, 1],
+            block: [x * 2, 1, 1],
+            shared_mem: x * 3,
+        }
     }
 
     #[test]
@@ -723,7 +914,10 @@ mod tests {
         m.write(&[5, 6], &geometry_of(&[5]), &[50, 60]);
         assert_eq!(m.read(&[5, 6], 2, &mut need), Some(geometry_of(&[5])));
         assert_eq!(&need[..2], &[50, 60]);
-        assert!(m.read(&[5, 7], 2, &mut need).is_none(), "another shape misses");
+        assert!(
+            m.read(&[5, 7], 2, &mut need).is_none(),
+            "another shape misses"
+        );
     }
 
     #[test]

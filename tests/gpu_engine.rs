@@ -26,7 +26,8 @@ fn gpu_or_skip(test: &str) -> bool {
 }
 
 fn sgemm() -> Kernel {
-    Kernel::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml")).expect("sgemm spec")
+    Kernel::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))
+        .expect("sgemm spec")
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -77,7 +78,14 @@ fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usiz
             kernel,
             &stream,
             &[m as i64, n as i64, k as i64],
-            &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)],
+            &mut [
+                Arg::from(&da),
+                Arg::from(&db),
+                Arg::from(&mut dc),
+                Arg::from(m as i32),
+                Arg::from(n as i32),
+                Arg::from(k as i32),
+            ],
         )
         .unwrap();
     let c = stream.clone_dtoh(&dc).unwrap();
@@ -90,13 +98,24 @@ fn gpu_compile_launch_and_check_against_cpu() {
     if !gpu_or_skip("gpu_compile_launch_and_check_against_cpu") {
         return;
     }
-    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), Cache::memory_only(), Mode::Blocking).unwrap();
-    tuner.set_tune_options(TuneOptions { max_evals: 12, max_time_s: Some(30.0), ..Default::default() });
+    let tuner = Tuner::with_context(
+        cudarc::driver::CudaContext::new(0).unwrap(),
+        Cache::memory_only(),
+        Mode::Blocking,
+    )
+    .unwrap();
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 12,
+        max_time_s: Some(30.0),
+        ..Default::default()
+    });
     let kernel = sgemm();
     // Edge shapes: not multiples of any tile, and a single decode row.
     for (m, n, k) in [(257, 129, 65), (1, 300, 77), (128, 128, 128)] {
         sgemm_matches_cpu(&tuner, &kernel, m, n, k);
-        let plan = tuner.plan(&kernel, &[m as i64, n as i64, k as i64]).unwrap();
+        let plan = tuner
+            .plan(&kernel, &[m as i64, n as i64, k as i64])
+            .unwrap();
         assert!(plan.tuned, "Blocking mode launches a tuned winner");
         println!("{m}x{n}x{k}: winner {}", plan.config);
     }
@@ -105,17 +124,33 @@ fn gpu_compile_launch_and_check_against_cpu() {
     let small = stream.alloc_zeros::<f32>(4).unwrap();
     let mut out = stream.alloc_zeros::<f32>(4).unwrap();
     let e = tuner
-        .launch(&kernel, &stream, &[128, 128, 128], &mut [Arg::from(&small), Arg::from(&small), Arg::from(&mut out), Arg::from(128), Arg::from(128), Arg::from(128)])
+        .launch(
+            &kernel,
+            &stream,
+            &[128, 128, 128],
+            &mut [
+                Arg::from(&small),
+                Arg::from(&small),
+                Arg::from(&mut out),
+                Arg::from(128),
+                Arg::from(128),
+                Arg::from(128),
+            ],
+        )
         .unwrap_err();
     assert!(e.to_string().contains("elements"), "{e}");
-    let e = tuner.launch(&kernel, &stream, &[128, 128], &mut []).unwrap_err();
+    let e = tuner
+        .launch(&kernel, &stream, &[128, 128], &mut [])
+        .unwrap_err();
     assert!(e.to_string().contains("dims"), "{e}");
 }
 
 /// The child half of the warm-start test: a fresh process launches from the cache.
 #[test]
 fn gpu_child_warm_start() {
-    let Ok(path) = std::env::var("JITUNE_TEST_WARM_CACHE") else { return };
+    let Ok(path) = std::env::var("JITUNE_TEST_WARM_CACHE") else {
+        return;
+    };
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
     let cache = Cache::open(CacheOptions::at(&path)).unwrap();
     let tuner = Tuner::with_context(ctx, cache, Mode::CacheOnly).unwrap();
@@ -130,12 +165,30 @@ fn gpu_child_warm_start() {
     stream.synchronize().unwrap();
     let t = Instant::now();
     tuner
-        .launch(&kernel, &stream, &[m as i64, n as i64, k as i64], &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)])
+        .launch(
+            &kernel,
+            &stream,
+            &[m as i64, n as i64, k as i64],
+            &mut [
+                Arg::from(&da),
+                Arg::from(&db),
+                Arg::from(&mut dc),
+                Arg::from(m as i32),
+                Arg::from(n as i32),
+                Arg::from(k as i32),
+            ],
+        )
         .unwrap();
     stream.synchronize().unwrap();
     let first_ms = t.elapsed().as_secs_f64() * 1e3;
-    let plan = tuner.plan(&kernel, &[m as i64, n as i64, k as i64]).unwrap();
-    println!("WARM first launch {first_ms:.3} ms, config {}, nvrtc compiles {}", plan.config, tuner.nvrtc_compiles());
+    let plan = tuner
+        .plan(&kernel, &[m as i64, n as i64, k as i64])
+        .unwrap();
+    println!(
+        "WARM first launch {first_ms:.3} ms, config {}, nvrtc compiles {}",
+        plan.config,
+        tuner.nvrtc_compiles()
+    );
     assert!(plan.tuned, "the cached winner is used");
     assert_eq!(tuner.nvrtc_compiles(), 0, "a warm process never compiles");
     let c = stream.clone_dtoh(&dc).unwrap();
@@ -150,10 +203,22 @@ fn gpu_second_process_hits_the_cache_without_nvrtc() {
     let path = temp_cache("warm");
     {
         let cache = Cache::open(CacheOptions::at(&path)).unwrap();
-        let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), cache, Mode::Blocking).unwrap();
-        tuner.set_tune_options(TuneOptions { max_evals: 10, max_time_s: Some(30.0), ..Default::default() });
+        let tuner = Tuner::with_context(
+            cudarc::driver::CudaContext::new(0).unwrap(),
+            cache,
+            Mode::Blocking,
+        )
+        .unwrap();
+        tuner.set_tune_options(TuneOptions {
+            max_evals: 10,
+            max_time_s: Some(30.0),
+            ..Default::default()
+        });
         let r = tuner.tune(&sgemm(), &[512, 512, 512]).unwrap();
-        println!("tuned 512^3: {} {:.4} ms", r.entry.config, r.entry.median_ms);
+        println!(
+            "tuned 512^3: {} {:.4} ms",
+            r.entry.config, r.entry.median_ms
+        );
         assert!(r.compiled > 0);
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -172,8 +237,17 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
     if !gpu_or_skip("gpu_background_mode_swaps_in_the_winner_while_launching") {
         return;
     }
-    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), Cache::memory_only(), Mode::Background).unwrap();
-    tuner.set_tune_options(TuneOptions { max_evals: 16, max_time_s: Some(30.0), ..Default::default() });
+    let tuner = Tuner::with_context(
+        cudarc::driver::CudaContext::new(0).unwrap(),
+        Cache::memory_only(),
+        Mode::Background,
+    )
+    .unwrap();
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 16,
+        max_time_s: Some(30.0),
+        ..Default::default()
+    });
     let kernel = sgemm();
     let shape = [1024i64, 1024, 1024];
     let stop = Arc::new(AtomicBool::new(false));
@@ -192,12 +266,27 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
             let mut configs = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
                 tuner
-                    .launch(&kernel, &stream, &shape, &mut [Arg::from(&da), Arg::from(&db), Arg::from(&mut dc), Arg::from(m as i32), Arg::from(n as i32), Arg::from(k as i32)])
+                    .launch(
+                        &kernel,
+                        &stream,
+                        &shape,
+                        &mut [
+                            Arg::from(&da),
+                            Arg::from(&db),
+                            Arg::from(&mut dc),
+                            Arg::from(m as i32),
+                            Arg::from(n as i32),
+                            Arg::from(k as i32),
+                        ],
+                    )
                     .unwrap();
                 launches += 1;
                 if launches % 50 == 1 {
                     let c = stream.clone_dtoh(&dc).unwrap();
-                    assert!(rel_err(&c, &reference) < 1e-5, "wrong result while tuning in the background");
+                    assert!(
+                        rel_err(&c, &reference) < 1e-5,
+                        "wrong result while tuning in the background"
+                    );
                     configs.insert(tuner.plan(&kernel, &shape).unwrap().config.clone());
                 }
             }
@@ -212,7 +301,10 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let (launches, configs) = launcher.join().unwrap();
-    println!("background: {launches} launches, configs seen {configs:?}, swapped after {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "background: {launches} launches, configs seen {configs:?}, swapped after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(tuner.swaps(), 1, "one key is tuned once");
     let plan = tuner.plan(&kernel, &shape).unwrap();
     assert!(plan.tuned);
@@ -250,16 +342,42 @@ extern "C" __global__ void twice(const float* x, float* y, int n) {
     let kernel = Kernel::new(spec);
     let path = temp_cache("failures");
     let cache = Cache::open(CacheOptions::at(&path)).unwrap();
-    let tuner = Tuner::with_context(cudarc::driver::CudaContext::new(0).unwrap(), cache, Mode::Blocking).unwrap();
-    let r = tuner.tune_with(&kernel, &[1 << 20], &TuneOptions { strategy: "exhaustive".into(), max_evals: 100, max_time_s: None, seed: 1 }).unwrap();
+    let tuner = Tuner::with_context(
+        cudarc::driver::CudaContext::new(0).unwrap(),
+        cache,
+        Mode::Blocking,
+    )
+    .unwrap();
+    let r = tuner
+        .tune_with(
+            &kernel,
+            &[1 << 20],
+            &TuneOptions {
+                strategy: "exhaustive".into(),
+                max_evals: 100,
+                max_time_s: None,
+                seed: 1,
+            },
+        )
+        .unwrap();
     println!("winner {}", r.entry.config);
-    assert!(r.entry.config.contains("BAD=0"), "a bad config won: {}", r.entry.config);
+    assert!(
+        r.entry.config.contains("BAD=0"),
+        "a bad config won: {}",
+        r.entry.config
+    );
     let key = tuner.key(&kernel, &[1 << 20]).unwrap();
     let failures = tuner.cache().failures_for(&key).unwrap();
     for (c, class, msg) in &failures {
         println!("failure {c}: {class}: {}", msg.lines().next().unwrap_or(""));
     }
-    let class_of = |bad: &str| failures.iter().filter(|f| f.0.contains(&format!("BAD={bad}"))).map(|f| f.1.clone()).collect::<Vec<_>>();
+    let class_of = |bad: &str| {
+        failures
+            .iter()
+            .filter(|f| f.0.contains(&format!("BAD={bad}")))
+            .map(|f| f.1.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(class_of("1"), vec!["compile", "compile"]);
     assert_eq!(class_of("2"), vec!["launch", "launch"]);
     assert_eq!(class_of("3"), vec!["wrong_result", "wrong_result"]);

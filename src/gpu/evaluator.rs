@@ -39,7 +39,12 @@ pub struct MeasureOptions {
 
 impl Default for MeasureOptions {
     fn default() -> Self {
-        MeasureOptions { first_budget_ms: 20.0, min_reps: 5, max_reps: 50, too_slow_factor: 10.0 }
+        MeasureOptions {
+            first_budget_ms: 20.0,
+            min_reps: 5,
+            max_reps: 50,
+            too_slow_factor: 10.0,
+        }
     }
 }
 
@@ -73,14 +78,29 @@ pub struct GpuEvaluator {
 impl GpuEvaluator {
     /// Prepares synthetic inputs for `spec` at `shape`; configs the store knows to have failed
     /// (stale in-flight markers included) are failures without being run again.
-    pub fn new(gpu: Arc<Gpu>, spec: Arc<KernelSpec>, shape: &[i64], cache: Arc<Cache>, pool: Arc<CompilePool>) -> Result<GpuEvaluator> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        spec: Arc<KernelSpec>,
+        shape: &[i64],
+        cache: Arc<Cache>,
+        pool: Arc<CompilePool>,
+    ) -> Result<GpuEvaluator> {
         let space = spec.space_for(shape, &gpu.limits)?;
-        let bucket = spec.bucket(shape).ok_or_else(|| Error::Shape(format!("kernel `{}`: bad shape", spec.name)))?;
-        let key = TuningKey { kernel: spec.id(), shape: bucket, device: gpu.fingerprint_hash };
+        let bucket = spec
+            .bucket(shape)
+            .ok_or_else(|| Error::Shape(format!("kernel `{}`: bad shape", spec.name)))?;
+        let key = TuningKey {
+            kernel: spec.id(),
+            shape: bucket,
+            device: gpu.fingerprint_hash,
+        };
         let bench = Bench::new(&gpu, &spec, shape, 0x5EED ^ spec.id().0[0] as u64)?;
         let mut failed = HashMap::new();
         for c in cache.take_stale_inflight(&key).unwrap_or_default() {
-            log::warn!("jitune: {} config {c} was running when a process died; it will not be tried again", spec.name);
+            log::warn!(
+                "jitune: {} config {c} was running when a process died; it will not be tried again",
+                spec.name
+            );
             failed.insert(c, FailureClass::Launch);
         }
         for (c, class, _) in cache.failures_for(&key).unwrap_or_default() {
@@ -118,27 +138,44 @@ impl GpuEvaluator {
     }
 
     fn binary_key<'a>(&'a self, config_text: &'a str, nvrtc: &'a str) -> BinaryKey<'a> {
-        BinaryKey { kernel: self.spec.id(), config: config_text, arch: &self.gpu.arch, nvrtc }
+        BinaryKey {
+            kernel: self.spec.id(),
+            config: config_text,
+            arch: &self.gpu.arch,
+            nvrtc,
+        }
     }
 
     fn nvrtc_text(&self) -> String {
-        format!("{}.{}", self.gpu.fingerprint.nvrtc_version.0, self.gpu.fingerprint.nvrtc_version.1)
+        format!(
+            "{}.{}",
+            self.gpu.fingerprint.nvrtc_version.0, self.gpu.fingerprint.nvrtc_version.1
+        )
     }
 
     fn fail(&mut self, config: &Config, class: FailureClass, detail: String) -> Outcome {
         let text = self.space.config_text(config);
         let class_name = class_name(class);
-        if let Err(e) = self.cache.record_failure(&self.key, &text, class_name, &detail) {
+        if let Err(e) = self
+            .cache
+            .record_failure(&self.key, &text, class_name, &detail)
+        {
             log::warn!("jitune: could not record a failure: {e}");
         }
-        log::debug!("jitune: {} {text}: {class}: {}", self.spec.name, detail.lines().next().unwrap_or(""));
+        log::debug!(
+            "jitune: {} {text}: {class}: {}",
+            self.spec.name,
+            detail.lines().next().unwrap_or("")
+        );
         self.failed.insert(text, class);
         Outcome::Failed(Failure { class, detail })
     }
 
     /// Loads an image and checks the config's output; `Ok(None)` when it passed.
     fn load_and_check(&mut self, config: &Config, image: Image) -> Result<Option<Outcome>> {
-        let values: Vec<i64> = (0..self.spec.params.len()).map(|d| self.space.int_value(config, d)).collect();
+        let values: Vec<i64> = (0..self.spec.params.len())
+            .map(|d| self.space.int_value(config, d))
+            .collect();
         let geometry = match self.spec.geometry(&values, &self.shape, &self.gpu.limits) {
             Ok(g) => g,
             Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, e.to_string()))),
@@ -146,12 +183,22 @@ impl GpuEvaluator {
         let ctx = self.gpu.ctx.clone();
         let entry = self.spec.entry.clone();
         let func = super::guarded("loading a module", || {
-            let module = ctx.load_module(image.to_ptx()).map_err(|e| Error::Cuda(e.to_string()))?;
-            module.load_function(&entry).map_err(|e| Error::Cuda(e.to_string()))
+            let module = ctx
+                .load_module(image.to_ptx())
+                .map_err(|e| Error::Cuda(e.to_string()))?;
+            module
+                .load_function(&entry)
+                .map_err(|e| Error::Cuda(e.to_string()))
         });
         let func = match func {
             Ok(f) => f,
-            Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, format!("loading the module: {e}")))),
+            Err(e) => {
+                return Ok(Some(self.fail(
+                    config,
+                    FailureClass::Launch,
+                    format!("loading the module: {e}"),
+                )))
+            }
         };
         let text = self.space.config_text(config);
         self.cache.mark_inflight(&self.key, &text)?;
@@ -162,7 +209,9 @@ impl GpuEvaluator {
                 // The context is unusable: record the config as crashed and stop the search.
                 let _ = self.cache.record_failure(&self.key, &text, "crashed", &m);
                 let _ = self.cache.clear_inflight(&self.key, &text);
-                return Err(Error::Cuda(format!("config {text} broke the CUDA context: {m}")));
+                return Err(Error::Cuda(format!(
+                    "config {text} broke the CUDA context: {m}"
+                )));
             }
             Ok(outputs) => match &self.reference {
                 None => {
@@ -179,8 +228,16 @@ impl GpuEvaluator {
                         }
                     }
                     if bad || worst > self.spec.tolerance {
-                        let what = if bad { "NaN, infinity or unwritten elements".to_string() } else { format!("relative error {worst:.3e}") };
-                        Some(self.fail(config, FailureClass::WrongResult, format!("{what} (tolerance {:.1e})", self.spec.tolerance)))
+                        let what = if bad {
+                            "NaN, infinity or unwritten elements".to_string()
+                        } else {
+                            format!("relative error {worst:.3e}")
+                        };
+                        Some(self.fail(
+                            config,
+                            FailureClass::WrongResult,
+                            format!("{what} (tolerance {:.1e})", self.spec.tolerance),
+                        ))
                     } else {
                         None
                     }
@@ -189,12 +246,19 @@ impl GpuEvaluator {
         };
         self.cache.clear_inflight(&self.key, &text)?;
         if outcome.is_none() {
-            self.loaded.insert(config.clone(), Loaded { func, geometry });
+            self.loaded
+                .insert(config.clone(), Loaded { func, geometry });
         }
         Ok(outcome)
     }
 
-    fn time(&mut self, config: &Config, budget_ms: f64, min_reps: usize, max_reps: usize) -> Result<Outcome> {
+    fn time(
+        &mut self,
+        config: &Config,
+        budget_ms: f64,
+        min_reps: usize,
+        max_reps: usize,
+    ) -> Result<Outcome> {
         let Some(l) = self.loaded.get(config) else {
             return Err(Error::Search("timing a config that was not loaded".into()));
         };
@@ -202,23 +266,36 @@ impl GpuEvaluator {
         // A first look: if the candidate is far slower than the best, do not spend more on it.
         let probe = match self.bench.time(&func, &g, 1)? {
             Ok(s) => s,
-            Err(LaunchFailure::Invalid(m)) => return Ok(self.fail(config, FailureClass::Launch, m)),
+            Err(LaunchFailure::Invalid(m)) => {
+                return Ok(self.fail(config, FailureClass::Launch, m))
+            }
             Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
         };
         if probe[0] > self.options.too_slow_factor * self.best_ms {
             return Ok(Outcome::Failed(Failure {
                 class: FailureClass::Timeout,
-                detail: format!("too slow: {:.3} ms against a best of {:.3} ms", probe[0], self.best_ms),
+                detail: format!(
+                    "too slow: {:.3} ms against a best of {:.3} ms",
+                    probe[0], self.best_ms
+                ),
             }));
         }
-        let samples = match self.bench.time_budgeted(&func, &g, budget_ms, min_reps, max_reps)? {
+        let samples = match self
+            .bench
+            .time_budgeted(&func, &g, budget_ms, min_reps, max_reps)?
+        {
             Ok(s) => s,
-            Err(LaunchFailure::Invalid(m)) => return Ok(self.fail(config, FailureClass::Launch, m)),
+            Err(LaunchFailure::Invalid(m)) => {
+                return Ok(self.fail(config, FailureClass::Launch, m))
+            }
             Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
         };
         let m = median(&samples);
         self.best_ms = self.best_ms.min(m);
-        Ok(Outcome::Measured(Measurement { time_ms: m, samples }))
+        Ok(Outcome::Measured(Measurement {
+            time_ms: m,
+            samples,
+        }))
     }
 
     /// Makes sure the reference exists: the spec's default config (or the first valid config
@@ -230,7 +307,10 @@ impl GpuEvaluator {
         let default = if self.space.is_valid(&self.spec.default) {
             self.spec.default.clone()
         } else {
-            self.space.iter().next().ok_or_else(|| Error::Space("empty space".into()))?
+            self.space
+                .iter()
+                .next()
+                .ok_or_else(|| Error::Space("empty space".into()))?
         };
         let outcomes = self.evaluate_inner(std::slice::from_ref(&default), false)?;
         if self.reference.is_none() {
@@ -258,7 +338,10 @@ impl GpuEvaluator {
             let o = self.options.clone();
             self.time(c, o.first_budget_ms, o.min_reps, o.max_reps)
         } else {
-            Ok(Outcome::Measured(Measurement { time_ms: f64::NAN, samples: vec![] }))
+            Ok(Outcome::Measured(Measurement {
+                time_ms: f64::NAN,
+                samples: vec![],
+            }))
         }
     }
 
@@ -270,7 +353,10 @@ impl GpuEvaluator {
         for (i, c) in batch.iter().enumerate() {
             let text = self.space.config_text(c);
             if let Some(class) = self.failed.get(&text) {
-                out[i] = Some(Outcome::Failed(Failure { class: *class, detail: "failed before (recorded in the store)".into() }));
+                out[i] = Some(Outcome::Failed(Failure {
+                    class: *class,
+                    detail: "failed before (recorded in the store)".into(),
+                }));
             } else if self.loaded.contains_key(c) {
                 ready.push((i, Image::Cubin(Vec::new()))); // already loaded: only timing left
             } else if let Ok(Some(bin)) = self.cache.get_binary(&self.binary_key(&text, &nvrtc)) {
@@ -280,10 +366,17 @@ impl GpuEvaluator {
                 to_compile.push(i);
             }
         }
-        let reqs: Vec<CompileRequest> = to_compile.iter().map(|&i| CompileRequest::new(&self.spec, &batch[i], &self.gpu.arch)).collect();
+        let reqs: Vec<CompileRequest> = to_compile
+            .iter()
+            .map(|&i| CompileRequest::new(&self.spec, &batch[i], &self.gpu.arch))
+            .collect();
         let rx = self.pool.submit(reqs);
         for (i, img) in ready {
-            let image = if self.loaded.contains_key(&batch[i]) { None } else { Some(img) };
+            let image = if self.loaded.contains_key(&batch[i]) {
+                None
+            } else {
+                Some(img)
+            };
             out[i] = Some(self.process(&batch[i], image, timed)?);
         }
         for (j, result) in rx.iter() {
@@ -292,7 +385,10 @@ impl GpuEvaluator {
                 Ok(image) => {
                     self.compiled += 1;
                     let text = self.space.config_text(&batch[i]);
-                    if let Err(e) = self.cache.put_binary(&self.binary_key(&text, &nvrtc), &image.to_bytes()) {
+                    if let Err(e) = self
+                        .cache
+                        .put_binary(&self.binary_key(&text, &nvrtc), &image.to_bytes())
+                    {
                         log::warn!("jitune: could not store a CUBIN: {e}");
                     }
                     out[i] = Some(self.process(&batch[i], Some(image), timed)?);
@@ -302,7 +398,14 @@ impl GpuEvaluator {
         }
         Ok(out
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Failed(Failure { class: FailureClass::Compile, detail: "no result".into() })))
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Failed(Failure {
+                        class: FailureClass::Compile,
+                        detail: "no result".into(),
+                    })
+                })
+            })
             .collect())
     }
 }
@@ -345,13 +448,18 @@ impl Evaluator for GpuEvaluator {
                     continue;
                 }
                 let Some(l) = self.loaded.get(c) else {
-                    failed[i] = Some(Outcome::Failed(Failure { class: FailureClass::Launch, detail: "not measured before".into() }));
+                    failed[i] = Some(Outcome::Failed(Failure {
+                        class: FailureClass::Launch,
+                        detail: "not measured before".into(),
+                    }));
                     continue;
                 };
                 let (func, g) = (l.func.clone(), l.geometry);
                 match self.bench.time(&func, &g, 1)? {
                     Ok(s) => collected[i].extend(s),
-                    Err(LaunchFailure::Invalid(m)) => failed[i] = Some(self.fail(c, FailureClass::Launch, m)),
+                    Err(LaunchFailure::Invalid(m)) => {
+                        failed[i] = Some(self.fail(c, FailureClass::Launch, m))
+                    }
                     Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
                 }
             }
@@ -359,7 +467,14 @@ impl Evaluator for GpuEvaluator {
         Ok(collected
             .into_iter()
             .zip(failed)
-            .map(|(s, f)| f.unwrap_or_else(|| Outcome::Measured(Measurement { time_ms: median(&s), samples: s })))
+            .map(|(s, f)| {
+                f.unwrap_or_else(|| {
+                    Outcome::Measured(Measurement {
+                        time_ms: median(&s),
+                        samples: s,
+                    })
+                })
+            })
             .collect())
     }
 

@@ -11,7 +11,10 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute_enum, CUresult};
-use cudarc::driver::{result as cu, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
+use cudarc::driver::{
+    result as cu, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    DriverError,
+};
 
 use super::device::Gpu;
 use crate::rng::Rng;
@@ -62,7 +65,12 @@ fn classify(e: DriverError, what: &str) -> LaunchFailure {
 /// # Safety
 /// The pointers must be valid device allocations large enough for the kernel, and the values
 /// must match the kernel's parameter types.
-pub unsafe fn launch_raw(func: &CudaFunction, g: &Geometry, stream: &CudaStream, values: &mut [u64]) -> std::result::Result<(), DriverError> {
+pub unsafe fn launch_raw(
+    func: &CudaFunction,
+    g: &Geometry,
+    stream: &CudaStream,
+    values: &mut [u64],
+) -> std::result::Result<(), DriverError> {
     let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
     let n = values.len().min(MAX_ARGS);
     for i in 0..n {
@@ -81,7 +89,10 @@ pub unsafe fn launch_raw(func: &CudaFunction, g: &Geometry, stream: &CudaStream,
 /// Raises a function's dynamic shared memory limit when the geometry asks for more than 48 KiB.
 pub fn allow_shared(func: &CudaFunction, g: &Geometry) -> std::result::Result<(), DriverError> {
     if g.shared_mem > 48 * 1024 {
-        func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, g.shared_mem as i32)?;
+        func.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            g.shared_mem as i32,
+        )?;
     }
     Ok(())
 }
@@ -124,7 +135,11 @@ pub fn f32_to_f16(x: f32) -> u16 {
         return sign | rounded as u16;
     }
     let rounded = man + 0xfff + ((man >> 13) & 1);
-    let (e, m) = if rounded & 0x80_0000 != 0 { (e + 1, 0) } else { (e, rounded >> 13) };
+    let (e, m) = if rounded & 0x80_0000 != 0 {
+        (e + 1, 0)
+    } else {
+        (e, rounded >> 13)
+    };
     if e >= 0x1f {
         return sign | 0x7c00;
     }
@@ -195,13 +210,27 @@ fn generate(ty: ElemType, gen: &Generator, n: usize, rng: &mut Rng) -> Vec<u8> {
 pub fn to_f64(ty: ElemType, bytes: &[u8]) -> Vec<f64> {
     let chunks = bytes.chunks_exact(ty.size());
     match ty {
-        ElemType::F32 => chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        ElemType::F64 => chunks.map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
-        ElemType::F16 => chunks.map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64).collect(),
-        ElemType::Bf16 => chunks.map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64).collect(),
-        ElemType::I32 => chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        ElemType::U32 => chunks.map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        ElemType::I64 => chunks.map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64).collect(),
+        ElemType::F32 => chunks
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        ElemType::F64 => chunks
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+        ElemType::F16 => chunks
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
+            .collect(),
+        ElemType::Bf16 => chunks
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
+            .collect(),
+        ElemType::I32 => chunks
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        ElemType::U32 => chunks
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        ElemType::I64 => chunks
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
+            .collect(),
         ElemType::U8 => bytes.iter().map(|b| *b as f64).collect(),
     }
 }
@@ -252,18 +281,26 @@ impl Bench {
     pub fn new(gpu: &Gpu, spec: &KernelSpec, shape: &[i64], seed: u64) -> Result<Bench> {
         super::guarded("allocating tuning buffers", || {
             if spec.args.len() > MAX_ARGS {
-                return Err(Error::InvalidArgument(format!("kernel `{}` has more than {MAX_ARGS} arguments", spec.name)));
+                return Err(Error::InvalidArgument(format!(
+                    "kernel `{}` has more than {MAX_ARGS} arguments",
+                    spec.name
+                )));
             }
             let ctx = gpu.ctx.clone();
-            let stream = ctx.new_stream().map_err(cuda("creating the tuning stream"))?;
+            let stream = ctx
+                .new_stream()
+                .map_err(cuda("creating the tuning stream"))?;
             let mut rng = Rng::new(seed);
             let mut lens = Vec::new();
             let mut input_bytes = 0usize;
             for a in &spec.args {
                 let v = spec.arg_value(a, shape, &gpu.limits)?;
                 if a.role != Role::Scalar {
-                    if v < 0 || v > (1i64 << 40) {
-                        return Err(Error::Shape(format!("argument `{}` would have {v} elements", a.name)));
+                    if !(0..=(1i64 << 40)).contains(&v) {
+                        return Err(Error::Shape(format!(
+                            "argument `{}` would have {v} elements",
+                            a.name
+                        )));
                     }
                     if matches!(a.role, Role::In | Role::InOut) {
                         input_bytes += v as usize * a.ty.size();
@@ -273,7 +310,11 @@ impl Bench {
             }
             // Rotate input sets when they would otherwise stay in L2 between runs.
             let l2 = gpu.limits.l2_bytes.max(1) as usize;
-            let sets = if input_bytes > 0 && input_bytes < l2 { (2 * l2).div_ceil(input_bytes).clamp(1, 4) } else { 1 };
+            let sets = if input_bytes > 0 && input_bytes < l2 {
+                (2 * l2).div_ceil(input_bytes).clamp(1, 4)
+            } else {
+                1
+            };
             let mut buffers = Vec::new();
             for (i, a) in spec.args.iter().enumerate() {
                 if a.role == Role::Scalar {
@@ -290,14 +331,27 @@ impl Bench {
                             let host = generate(a.ty, g, n.max(1), &mut rng);
                             let dev = stream.clone_htod(&host).map_err(cuda("uploading inputs"))?;
                             if a.role == Role::InOut && pristine.is_none() {
-                                pristine = Some(stream.clone_htod(&host).map_err(cuda("uploading inputs"))?);
+                                pristine = Some(
+                                    stream.clone_htod(&host).map_err(cuda("uploading inputs"))?,
+                                );
                             }
                             slices.push(dev);
                         }
-                        _ => slices.push(stream.alloc_zeros::<u8>(bytes).map_err(cuda("allocating outputs"))?),
+                        _ => slices.push(
+                            stream
+                                .alloc_zeros::<u8>(bytes)
+                                .map_err(cuda("allocating outputs"))?,
+                        ),
                     }
                 }
-                buffers.push(DeviceBuffer { arg: i, ty: a.ty, role: a.role, bytes, sets: slices, pristine });
+                buffers.push(DeviceBuffer {
+                    arg: i,
+                    ty: a.ty,
+                    role: a.role,
+                    bytes,
+                    sets: slices,
+                    pristine,
+                });
             }
             let mut values = Vec::new();
             for s in 0..sets {
@@ -314,15 +368,31 @@ impl Bench {
                 }
                 values.push(v);
             }
-            let flush = stream.alloc_zeros::<u8>(2 * l2).map_err(cuda("allocating the L2 flush buffer"))?;
-            Ok(Bench { stream, ctx, buffers, values, flush, events: Vec::new(), rotation: 0 })
+            let flush = stream
+                .alloc_zeros::<u8>(2 * l2)
+                .map_err(cuda("allocating the L2 flush buffer"))?;
+            Ok(Bench {
+                stream,
+                ctx,
+                buffers,
+                values,
+                flush,
+                events: Vec::new(),
+                rotation: 0,
+            })
         })
     }
 
     fn event_pair(&mut self, i: usize) -> Result<()> {
         while self.events.len() <= i {
-            let a = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda("creating events"))?;
-            let b = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda("creating events"))?;
+            let a = self
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda("creating events"))?;
+            let b = self
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda("creating events"))?;
             self.events.push((a, b));
         }
         Ok(())
@@ -335,17 +405,23 @@ impl Bench {
 
     /// Runs the kernel once on poisoned outputs (and restored in-out buffers) and returns each
     /// output buffer as f64 values, in argument order.
-    pub fn run_checked(&mut self, func: &CudaFunction, g: &Geometry) -> Result<std::result::Result<Vec<Vec<f64>>, LaunchFailure>> {
+    pub fn run_checked(
+        &mut self,
+        func: &CudaFunction,
+        g: &Geometry,
+    ) -> Result<std::result::Result<Vec<Vec<f64>>, LaunchFailure>> {
         super::guarded("checking a candidate", || {
             for b in &self.buffers {
                 if b.role == Role::Out || b.role == Role::InOut {
                     let (p, _s) = b.sets[0].device_ptr(&self.stream);
-                    unsafe { cu::memset_d8_async(p, 0xFF, b.bytes, self.stream.cu_stream()) }.map_err(cuda("poisoning outputs"))?;
+                    unsafe { cu::memset_d8_async(p, 0xFF, b.bytes, self.stream.cu_stream()) }
+                        .map_err(cuda("poisoning outputs"))?;
                 }
                 if let Some(orig) = &b.pristine {
                     let (src, _s1) = orig.device_ptr(&self.stream);
                     let (dst, _s2) = b.sets[0].device_ptr(&self.stream);
-                    unsafe { cu::memcpy_dtod_async(dst, src, b.bytes, self.stream.cu_stream()) }.map_err(cuda("restoring in-out buffers"))?;
+                    unsafe { cu::memcpy_dtod_async(dst, src, b.bytes, self.stream.cu_stream()) }
+                        .map_err(cuda("restoring in-out buffers"))?;
                 }
             }
             if let Err(e) = allow_shared(func, g) {
@@ -373,7 +449,12 @@ impl Bench {
     }
 
     /// Times `reps` runs, each after an L2 flush, with CUDA events; milliseconds per run.
-    pub fn time(&mut self, func: &CudaFunction, g: &Geometry, reps: usize) -> Result<std::result::Result<Vec<f64>, LaunchFailure>> {
+    pub fn time(
+        &mut self,
+        func: &CudaFunction,
+        g: &Geometry,
+        reps: usize,
+    ) -> Result<std::result::Result<Vec<f64>, LaunchFailure>> {
         let reps = reps.max(1);
         self.event_pair(reps)?;
         super::guarded("timing a candidate", || {
@@ -385,11 +466,14 @@ impl Bench {
                 self.rotation += 1;
                 let mut values = self.values[set].clone();
                 let (start, end) = &self.events[i];
-                start.record(&self.stream).map_err(cuda("recording an event"))?;
+                start
+                    .record(&self.stream)
+                    .map_err(cuda("recording an event"))?;
                 if let Err(e) = unsafe { launch_raw(func, g, &self.stream, &mut values) } {
                     return Ok(Err(classify(e, "launch")));
                 }
-                end.record(&self.stream).map_err(cuda("recording an event"))?;
+                end.record(&self.stream)
+                    .map_err(cuda("recording an event"))?;
             }
             if let Err(e) = self.stream.synchronize() {
                 return Ok(Err(classify(e, "running the kernel")));
@@ -494,10 +578,21 @@ mod tests {
     #[test]
     fn synthetic_inputs_are_not_zeros() {
         let mut rng = Rng::new(1);
-        let v = to_f64(ElemType::F32, &generate(ElemType::F32, &Generator::Uniform(-1.0, 1.0), 1000, &mut rng));
+        let v = to_f64(
+            ElemType::F32,
+            &generate(
+                ElemType::F32,
+                &Generator::Uniform(-1.0, 1.0),
+                1000,
+                &mut rng,
+            ),
+        );
         assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
         assert!(v.iter().filter(|x| **x == 0.0).count() == 0);
-        let i = to_f64(ElemType::I32, &generate(ElemType::I32, &Generator::IntRange(1, 9), 1000, &mut rng));
+        let i = to_f64(
+            ElemType::I32,
+            &generate(ElemType::I32, &Generator::IntRange(1, 9), 1000, &mut rng),
+        );
         assert!(i.iter().all(|x| (1.0..=9.0).contains(x)));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert!((iqr(&[1.0, 2.0, 3.0, 4.0, 5.0]) - 2.0).abs() < 1e-12);

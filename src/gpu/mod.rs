@@ -32,18 +32,29 @@ use crate::{Error, Result};
 pub fn require_cuda() -> Result<()> {
     // Checked once per process: each check dlopens the libraries, which is slow when nothing
     // else holds them open.
-    static PRESENT: once_cell::sync::OnceCell<std::result::Result<(), String>> = once_cell::sync::OnceCell::new();
-    PRESENT.get_or_init(check_libraries).clone().map_err(Error::NoCuda)
+    static PRESENT: once_cell::sync::OnceCell<std::result::Result<(), String>> =
+        once_cell::sync::OnceCell::new();
+    PRESENT
+        .get_or_init(check_libraries)
+        .clone()
+        .map_err(Error::NoCuda)
 }
 
 fn check_libraries() -> std::result::Result<(), String> {
-    let driver = catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
+    let driver =
+        catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
     if !driver {
-        return Err("libcuda (the NVIDIA driver library) was not found; is there an NVIDIA GPU and driver?".into());
+        return Err(
+            "libcuda (the NVIDIA driver library) was not found; is there an NVIDIA GPU and driver?"
+                .into(),
+        );
     }
     let nvrtc = catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
     if !nvrtc {
-        return Err("libnvrtc (the CUDA runtime compiler) was not found; install the CUDA toolkit's NVRTC".into());
+        return Err(
+            "libnvrtc (the CUDA runtime compiler) was not found; install the CUDA toolkit's NVRTC"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -1,0 +1,106 @@
+//! The interface between the search and whatever measures configs.
+//!
+//! A strategy proposes a batch of configs; an [`Evaluator`] measures them and returns, for each,
+//! a [`Measurement`] (a time with the samples behind it) or a [`Failure`] with its class. The GPU
+//! engine and the replay evaluator over recorded Kernel Tuner data both implement it, so a
+//! strategy never knows (and cannot depend on) which one it is talking to. Evaluators also draw
+//! more samples of a config on request (the fidelity ladder against noisy measurements) and report
+//! the time spent so far, real or simulated, so searches can run on a time budget.
+
+use std::fmt;
+
+use crate::space::{Config, SearchSpace};
+use crate::Result;
+
+/// Why a config could not be measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// The kernel did not compile for this config.
+    Compile,
+    /// The launch failed: too many resources (registers, shared memory, threads) or a launch error.
+    Launch,
+    /// The kernel ran but its output did not match the reference.
+    WrongResult,
+    /// The kernel ran past its time limit.
+    Timeout,
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::Compile => "compile error",
+            FailureClass::Launch => "launch/resource error",
+            FailureClass::WrongResult => "wrong result",
+            FailureClass::Timeout => "timeout",
+        })
+    }
+}
+
+/// A failed evaluation: its class and a human-readable detail (compiler log, CUDA error, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    /// What kind of failure.
+    pub class: FailureClass,
+    /// Details for logs.
+    pub detail: String,
+}
+
+/// A successful measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    /// The evaluator's summary of `samples`, in milliseconds (lower is better).
+    pub time_ms: f64,
+    /// The individual run times in milliseconds this measurement consists of (at least one).
+    pub samples: Vec<f64>,
+}
+
+impl Measurement {
+    /// A measurement summarised by the mean of its samples; `None` if there are none or any is
+    /// not a finite, non-negative number.
+    pub fn from_samples(samples: Vec<f64>) -> Option<Measurement> {
+        if samples.is_empty() || samples.iter().any(|s| !s.is_finite() || *s < 0.0) {
+            return None;
+        }
+        let time_ms = samples.iter().sum::<f64>() / samples.len() as f64;
+        Some(Measurement { time_ms, samples })
+    }
+}
+
+/// What an evaluation of one config gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// It ran correctly; here is its time.
+    Measured(Measurement),
+    /// It failed.
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// The measured time, if any.
+    pub fn time_ms(&self) -> Option<f64> {
+        match self {
+            Outcome::Measured(m) => Some(m.time_ms),
+            Outcome::Failed(_) => None,
+        }
+    }
+}
+
+/// Measures configs of one search space. The returned outer `Err` is for failures of the
+/// measuring machinery itself (the GPU went away, a data file is unreadable): the search stops.
+/// A config that does not work is not an `Err` but an [`Outcome::Failed`].
+pub trait Evaluator {
+    /// The space the configs belong to.
+    fn space(&self) -> &SearchSpace;
+
+    /// Measures every config of `batch` (a short first measurement) and returns one outcome per
+    /// config, in order.
+    fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>>;
+
+    /// Draws `samples` further samples of each config of `batch` (interleaved across the batch
+    /// where the evaluator can, so drifting clocks hit all configs alike). The measurements hold
+    /// only the new samples; callers pool them with the earlier ones.
+    fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>>;
+
+    /// Seconds spent measuring so far: wall-clock on a GPU, simulated in replay.
+    fn elapsed_s(&self) -> f64;
+}

@@ -1,0 +1,409 @@
+//! Search strategies over a [`SearchSpace`], and the bookkeeping they share.
+//!
+//! Every strategy is batch-based and deterministic for a seed. It talks to an [`Evaluator`]
+//! only through a [`Session`], which owns what all strategies must get right the same way:
+//! the budget counts unique configs (re-measurements are free of budget), a config is measured
+//! once, failures are never a winner, the fidelity ladder re-measures configs close to the best
+//! so one lucky sample cannot win, and a final interleaved shootout of the top few picks the
+//! winner.
+
+pub mod evaluator;
+pub mod exhaustive;
+pub mod forest;
+pub mod lfbo;
+pub mod pattern;
+pub mod random;
+
+use std::collections::HashMap;
+
+pub use evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
+pub use exhaustive::Exhaustive;
+pub use lfbo::{Lfbo, LfboParams};
+pub use pattern::PatternSearch;
+pub use random::RandomSearch;
+
+use crate::space::{Config, SearchSpace};
+use crate::{Error, Result};
+
+/// The noise-handling ladder: a short first measurement, more samples for configs near the best,
+/// a final shootout of the top few.
+#[derive(Clone, Debug)]
+pub struct Fidelity {
+    /// Configs whose estimate is within this factor of the best estimate are re-measured.
+    pub remeasure_within: f64,
+    /// Samples a config near the best is brought up to (counting its first measurement's).
+    pub near_best_samples: usize,
+    /// How many of the best configs enter the final shootout (0 or 1 disables it).
+    pub shootout_top: usize,
+    /// Rounds of the shootout; each round draws one more sample of every finalist, interleaved.
+    pub shootout_rounds: usize,
+}
+
+impl Default for Fidelity {
+    fn default() -> Self {
+        Fidelity {
+            remeasure_within: 1.5,
+            near_best_samples: 3,
+            shootout_top: 4,
+            shootout_rounds: 3,
+        }
+    }
+}
+
+impl Fidelity {
+    /// No re-measurement at all: every config keeps its first measurement.
+    pub fn off() -> Self {
+        Fidelity {
+            remeasure_within: 0.0,
+            near_best_samples: 0,
+            shootout_top: 0,
+            shootout_rounds: 0,
+        }
+    }
+}
+
+/// What every strategy is given.
+#[derive(Clone, Debug)]
+pub struct SearchOptions {
+    /// Seed; a strategy's proposals are a function of the seed and the outcomes it sees.
+    pub seed: u64,
+    /// Most unique configs to evaluate.
+    pub max_evals: usize,
+    /// Stop proposing once the evaluator reports this many seconds spent (real or simulated).
+    pub max_time_s: Option<f64>,
+    /// Configs to evaluate first: the spec's default config, then warm-start configs (from other
+    /// shapes or devices). Invalid ones are skipped.
+    pub start: Vec<Config>,
+    /// The noise-handling ladder.
+    pub fidelity: Fidelity,
+}
+
+impl SearchOptions {
+    /// Options with a seed and an evaluation budget, no time budget, no start configs and the
+    /// default fidelity ladder.
+    pub fn new(seed: u64, max_evals: usize) -> Self {
+        SearchOptions {
+            seed,
+            max_evals,
+            max_time_s: None,
+            start: Vec::new(),
+            fidelity: Fidelity::default(),
+        }
+    }
+}
+
+/// Everything known about one evaluated config.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// The config.
+    pub config: Config,
+    /// All samples drawn so far (empty for a failure).
+    pub samples: Vec<f64>,
+    /// The failure, if it failed.
+    pub failure: Option<Failure>,
+}
+
+impl Observation {
+    /// The current time estimate (mean of all samples), `None` for a failure.
+    pub fn estimate(&self) -> Option<f64> {
+        if self.failure.is_some() || self.samples.is_empty() {
+            return None;
+        }
+        Some(self.samples.iter().sum::<f64>() / self.samples.len() as f64)
+    }
+}
+
+/// The result of a search.
+#[derive(Clone, Debug)]
+pub struct SearchResult {
+    /// The winner and its estimated time in ms; `None` when no config ran successfully.
+    pub best: Option<(Config, f64)>,
+    /// Every unique config evaluated, in evaluation order, with all of its samples.
+    pub observations: Vec<Observation>,
+    /// How many re-measurement requests (config × call) were made on top of the evaluations.
+    pub remeasurements: usize,
+    /// Seconds the evaluator reported at the end.
+    pub elapsed_s: f64,
+}
+
+impl SearchResult {
+    /// The evaluation trace: each unique config with its first-measurement time (`None` for a
+    /// failure), in evaluation order.
+    pub fn trace(&self) -> impl Iterator<Item = (&Config, Option<f64>)> + '_ {
+        self.observations.iter().map(|o| {
+            (
+                &o.config,
+                if o.failure.is_some() {
+                    None
+                } else {
+                    o.samples.first().copied()
+                },
+            )
+        })
+    }
+}
+
+/// A search strategy.
+pub trait Strategy {
+    /// Short name for logs and traces (`lfbo`, `random`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Runs the search to completion (budget spent, space exhausted, or converged).
+    fn search(&self, eval: &mut dyn Evaluator, opts: &SearchOptions) -> Result<SearchResult>;
+}
+
+/// Strategy by name: `lfbo`, `random`, `pattern`, `exhaustive`.
+pub fn strategy_by_name(name: &str) -> Option<Box<dyn Strategy>> {
+    match name {
+        "lfbo" => Some(Box::new(Lfbo::default())),
+        "random" => Some(Box::new(RandomSearch::default())),
+        "pattern" => Some(Box::new(PatternSearch::default())),
+        "exhaustive" => Some(Box::new(Exhaustive::default())),
+        _ => None,
+    }
+}
+
+/// The bookkeeping between a strategy and an evaluator (see the module docs).
+pub struct Session<'a> {
+    eval: &'a mut dyn Evaluator,
+    opts: &'a SearchOptions,
+    obs: Vec<Observation>,
+    index: HashMap<Config, usize>,
+    remeasurements: usize,
+    /// Bumped whenever an estimate changes, so strategies can see re-measured labels.
+    version: u64,
+}
+
+impl<'a> Session<'a> {
+    /// A session over `eval` under `opts`.
+    pub fn new(eval: &'a mut dyn Evaluator, opts: &'a SearchOptions) -> Self {
+        Session {
+            eval,
+            opts,
+            obs: Vec::new(),
+            index: HashMap::new(),
+            remeasurements: 0,
+            version: 0,
+        }
+    }
+
+    /// The space searched.
+    pub fn space(&self) -> &SearchSpace {
+        self.eval.space()
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SearchOptions {
+        self.opts
+    }
+
+    /// Unique evaluations still allowed (0 once the time budget is spent).
+    pub fn remaining(&self) -> usize {
+        if self
+            .opts
+            .max_time_s
+            .is_some_and(|t| self.eval.elapsed_s() >= t)
+        {
+            return 0;
+        }
+        self.opts.max_evals.saturating_sub(self.obs.len())
+    }
+
+    /// Whether `c` was evaluated already.
+    pub fn is_evaluated(&self, c: &Config) -> bool {
+        self.index.contains_key(c)
+    }
+
+    /// Index of `c`'s observation, if it was evaluated.
+    pub fn index_of(&self, c: &Config) -> Option<usize> {
+        self.index.get(c).copied()
+    }
+
+    /// All observations, in evaluation order.
+    pub fn observations(&self) -> &[Observation] {
+        &self.obs
+    }
+
+    /// Changes whenever an observation is added or re-measured.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Index (into [`Session::observations`]) and estimate of the best successful config.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, o) in self.obs.iter().enumerate() {
+            if let Some(t) = o.estimate() {
+                if best.is_none_or(|(_, b)| t < b) {
+                    best = Some((i, t));
+                }
+            }
+        }
+        best
+    }
+
+    /// Indices of successful observations sorted by estimate, best first.
+    pub fn ranked(&self) -> Vec<usize> {
+        let mut v: Vec<(usize, f64)> = self
+            .obs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.estimate().map(|t| (i, t)))
+            .collect();
+        v.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        v.into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// Evaluates the configs of `batch` that are valid and new (duplicates dropped), up to the
+    /// remaining budget, then applies the fidelity ladder. Returns the indices of the new
+    /// observations (empty when nothing was left to evaluate).
+    pub fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<usize>> {
+        let room = self.remaining();
+        let mut todo: Vec<Config> = Vec::new();
+        for c in batch {
+            if todo.len() >= room {
+                break;
+            }
+            if !self.index.contains_key(c) && !todo.contains(c) && self.eval.space().is_valid(c) {
+                todo.push(c.clone());
+            }
+        }
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self.eval.evaluate(&todo)?;
+        if outcomes.len() != todo.len() {
+            return Err(Error::Search(format!(
+                "evaluator returned {} outcomes for {} configs",
+                outcomes.len(),
+                todo.len()
+            )));
+        }
+        let mut new = Vec::with_capacity(todo.len());
+        for (c, out) in todo.into_iter().zip(outcomes) {
+            let i = self.obs.len();
+            let o = match out {
+                Outcome::Measured(m) => Observation {
+                    config: c.clone(),
+                    samples: m.samples,
+                    failure: None,
+                },
+                Outcome::Failed(f) => Observation {
+                    config: c.clone(),
+                    samples: Vec::new(),
+                    failure: Some(f),
+                },
+            };
+            // A "successful" measurement without samples carries no time: treat it as a failure
+            // rather than let it win.
+            let o = if o.failure.is_none() && o.estimate().is_none() {
+                Observation {
+                    failure: Some(Failure {
+                        class: FailureClass::Launch,
+                        detail: "no samples".into(),
+                    }),
+                    ..o
+                }
+            } else {
+                o
+            };
+            self.obs.push(o);
+            self.index.insert(c, i);
+            new.push(i);
+        }
+        self.version += 1;
+        self.refine_near_best()?;
+        Ok(new)
+    }
+
+    /// Re-measures configs (by observation index), pooling the new samples; returns nothing but
+    /// updates estimates (and [`Session::version`]).
+    pub fn remeasure(&mut self, which: &[usize], samples: usize) -> Result<()> {
+        let which: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| i < self.obs.len() && self.obs[i].failure.is_none())
+            .collect();
+        if which.is_empty() || samples == 0 {
+            return Ok(());
+        }
+        let batch: Vec<Config> = which.iter().map(|&i| self.obs[i].config.clone()).collect();
+        let outcomes = self.eval.remeasure(&batch, samples)?;
+        if outcomes.len() != batch.len() {
+            return Err(Error::Search(format!(
+                "evaluator returned {} outcomes for {} re-measurements",
+                outcomes.len(),
+                batch.len()
+            )));
+        }
+        for (i, out) in which.into_iter().zip(outcomes) {
+            match out {
+                Outcome::Measured(m) => self.obs[i].samples.extend(m.samples),
+                // A config that fails when measured again is flaky: it must not win.
+                Outcome::Failed(f) => self.obs[i].failure = Some(f),
+            }
+        }
+        self.remeasurements += batch.len();
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The fidelity ladder's middle rung: bring configs within `remeasure_within` of the best
+    /// up to `near_best_samples` samples. Repeats until stable, since a re-measured best can get
+    /// worse and pull more configs into range.
+    fn refine_near_best(&mut self) -> Result<()> {
+        let f = &self.opts.fidelity;
+        let (within, want) = (f.remeasure_within, f.near_best_samples);
+        if want <= 1 || within <= 0.0 {
+            return Ok(());
+        }
+        for _ in 0..8 {
+            let Some((_, best)) = self.best() else {
+                return Ok(());
+            };
+            let todo: Vec<usize> = self
+                .obs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| {
+                    o.estimate().is_some_and(|t| t <= best * within) && o.samples.len() < want
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if todo.is_empty() {
+                return Ok(());
+            }
+            // Bring each up to `want` in one call per missing count (usually just one call).
+            let need = todo
+                .iter()
+                .map(|&i| want - self.obs[i].samples.len())
+                .min()
+                .unwrap_or(1);
+            self.remeasure(&todo, need)?;
+        }
+        Ok(())
+    }
+
+    /// The last rung: interleaved rounds over the top few, then the result.
+    pub fn finish(mut self) -> Result<SearchResult> {
+        let (top, rounds) = (
+            self.opts.fidelity.shootout_top,
+            self.opts.fidelity.shootout_rounds,
+        );
+        if top > 1 && rounds > 0 {
+            let finalists: Vec<usize> = self.ranked().into_iter().take(top).collect();
+            if finalists.len() > 1 {
+                for _ in 0..rounds {
+                    self.remeasure(&finalists, 1)?;
+                }
+            }
+        }
+        let best = self.best().map(|(i, t)| (self.obs[i].config.clone(), t));
+        Ok(SearchResult {
+            best,
+            observations: self.obs,
+            remeasurements: self.remeasurements,
+            elapsed_s: self.eval.elapsed_s(),
+        })
+    }
+}
