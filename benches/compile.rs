@@ -53,6 +53,20 @@ fn run() -> jitune::Result<()> {
 
     let cmd = jitune::gpu::pool::worker_command()
         .ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
+    // The same in-process loop with a CUDA context alive (as in a tuning process), 20 configs.
+    let _ctx =
+        cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let t = Instant::now();
+    for r in &reqs[..20] {
+        let _ = compile_in_process(r)?;
+    }
+    let with_ctx_ms = t.elapsed().as_secs_f64() * 1e3 / 20.0;
+    println!("in process, context alive: {with_ctx_ms:.1} ms/config (20 configs)");
+    // The same worker path with one worker: serial compilation without this process's state.
+    let one = CompilePool::with_mode(PoolMode::Processes(cmd.clone()), 1);
+    let t = Instant::now();
+    let _ = one.compile_all(reqs.clone());
+    let serial_worker = t.elapsed().as_secs_f64();
     let pool = CompilePool::with_mode(PoolMode::Processes(cmd), workers);
     let t = Instant::now();
     let out = pool.compile_all(reqs.clone());
@@ -67,6 +81,10 @@ fn run() -> jitune::Result<()> {
     println!(
         "serial NVRTC, 1 process {serial:7.2} s  ({:.1} ms/config)",
         serial * 10.0
+    );
+    println!(
+        "serial NVRTC, 1 worker  {serial_worker:7.2} s  ({:.1} ms/config)",
+        serial_worker * 10.0
     );
     println!("pool, {workers:2} workers (cold) {pooled:7.2} s  speed-up {:.2}x (process start-up included)", serial / pooled);
     println!(

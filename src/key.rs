@@ -219,12 +219,31 @@ impl DeviceFingerprint {
 }
 
 /// The full key of one tuned entry. `Copy`, fixed-size: building and hashing it never allocates.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
 pub struct TuningKey {
     pub kernel: KernelId,
     pub shape: ShapeBucket,
     /// [`DeviceFingerprint::hash64`] of the device.
     pub device: u64,
+}
+
+impl Hash for TuningKey {
+    /// Hashes a few words instead of every byte: the kernel id is already a blake3 hash, so its
+    /// first 16 bytes identify it as well as all 32 (equality still compares everything). This
+    /// is on the launch hot path.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let k = &self.kernel.0;
+        state.write_u64(u64::from_le_bytes([
+            k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7],
+        ]));
+        state.write_u64(u64::from_le_bytes([
+            k[8], k[9], k[10], k[11], k[12], k[13], k[14], k[15],
+        ]));
+        for d in self.shape.dims() {
+            state.write_i64(*d);
+        }
+        state.write_u64(self.device ^ self.shape.len as u64);
+    }
 }
 
 impl TuningKey {

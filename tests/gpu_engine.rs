@@ -383,3 +383,36 @@ extern "C" __global__ void twice(const float* x, float* y, int n) {
     assert_eq!(class_of("3"), vec!["wrong_result", "wrong_result"]);
     assert!(class_of("0").is_empty());
 }
+
+#[test]
+fn gpu_warmup_tunes_ahead_and_reports_progress() {
+    if !gpu_or_skip("gpu_warmup_tunes_ahead_and_reports_progress") {
+        return;
+    }
+    let tuner = Tuner::with_context(
+        cudarc::driver::CudaContext::new(0).unwrap(),
+        Cache::memory_only(),
+        Mode::CacheOnly,
+    )
+    .unwrap();
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 8,
+        max_time_s: Some(20.0),
+        ..Default::default()
+    });
+    let kernel = sgemm();
+    let shapes = vec![vec![256, 256, 256], vec![512, 256, 128]];
+    let mut seen = Vec::new();
+    let reports = tuner
+        .warmup(&kernel, &shapes, |done, total, r| {
+            seen.push((done, total, r.is_some()))
+        })
+        .unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(seen, vec![(1, 2, true), (2, 2, true)]);
+    // Cached now: a second warmup tunes nothing, and CacheOnly launches use the tuned winners.
+    let again = tuner.warmup(&kernel, &shapes, |_, _, _| {}).unwrap();
+    assert!(again.is_empty());
+    sgemm_matches_cpu(&tuner, &kernel, 256, 256, 256);
+    assert!(tuner.plan(&kernel, &[256, 256, 256]).unwrap().tuned);
+}
