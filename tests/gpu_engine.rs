@@ -65,31 +65,78 @@ fn temp_cache(name: &str) -> std::path::PathBuf {
     dir.join("cache.sqlite")
 }
 
-/// Runs sgemm through `tuner` at an edge shape and checks it against the CPU.
-fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usize) {
-    let stream = tuner.gpu().ctx.default_stream();
-    let a = random(m * k, 1);
-    let b = random(k * n, 2);
-    let da = stream.clone_htod(&a).unwrap();
-    let db = stream.clone_htod(&b).unwrap();
-    let mut dc = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
-    tuner
-        .launch(
+/// One SGEMM problem: random inputs on the host and the device, an output buffer, and the
+/// CPU reference.
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    reference: Vec<f64>,
+    da: cudarc::driver::CudaSlice<f32>,
+    db: cudarc::driver::CudaSlice<f32>,
+    dc: cudarc::driver::CudaSlice<f32>,
+}
+
+impl Gemm {
+    fn new(
+        stream: &Arc<cudarc::driver::CudaStream>,
+        m: usize,
+        n: usize,
+        k: usize,
+        seed: u64,
+    ) -> Gemm {
+        let a = random(m * k, seed);
+        let b = random(k * n, seed + 1);
+        Gemm {
+            m,
+            n,
+            k,
+            reference: cpu_gemm(&a, &b, m, n, k),
+            da: stream.clone_htod(&a).unwrap(),
+            db: stream.clone_htod(&b).unwrap(),
+            // Poisoned: an element the kernel does not write stays NaN and fails the check.
+            dc: stream.clone_htod(&vec![f32::NAN; m * n]).unwrap(),
+        }
+    }
+
+    fn shape(&self) -> [i64; 3] {
+        [self.m as i64, self.n as i64, self.k as i64]
+    }
+
+    fn launch(
+        &mut self,
+        tuner: &Tuner,
+        kernel: &Kernel,
+        stream: &cudarc::driver::CudaStream,
+    ) -> jitune::Result<()> {
+        let shape = self.shape();
+        let (m, n, k) = (self.m as i32, self.n as i32, self.k as i32);
+        tuner.launch(
             kernel,
-            &stream,
-            &[m as i64, n as i64, k as i64],
+            stream,
+            &shape,
             &mut [
-                Arg::from(&da),
-                Arg::from(&db),
-                Arg::from(&mut dc),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
+                Arg::from(&self.da),
+                Arg::from(&self.db),
+                Arg::from(&mut self.dc),
+                Arg::from(m),
+                Arg::from(n),
+                Arg::from(k),
             ],
         )
-        .unwrap();
-    let c = stream.clone_dtoh(&dc).unwrap();
-    let err = rel_err(&c, &cpu_gemm(&a, &b, m, n, k));
+    }
+
+    fn error(&self, stream: &Arc<cudarc::driver::CudaStream>) -> f64 {
+        rel_err(&stream.clone_dtoh(&self.dc).unwrap(), &self.reference)
+    }
+}
+
+/// Runs sgemm through `tuner` at a shape and checks it against the CPU.
+fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usize) {
+    let stream = tuner.gpu().ctx.default_stream();
+    let mut g = Gemm::new(&stream, m, n, k, 1);
+    g.launch(tuner, kernel, &stream).unwrap();
+    let err = g.error(&stream);
     assert!(err < 1e-5, "relative error {err} at {m}x{n}x{k}");
 }
 
@@ -156,34 +203,13 @@ fn gpu_child_warm_start() {
     let tuner = Tuner::with_context(ctx, cache, Mode::CacheOnly).unwrap();
     let kernel = sgemm();
     let stream = tuner.gpu().ctx.default_stream();
-    let (m, n, k) = (512usize, 512usize, 512usize);
-    let a = random(m * k, 1);
-    let b = random(k * n, 2);
-    let da = stream.clone_htod(&a).unwrap();
-    let db = stream.clone_htod(&b).unwrap();
-    let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+    let mut g = Gemm::new(&stream, 512, 512, 512, 1);
     stream.synchronize().unwrap();
     let t = Instant::now();
-    tuner
-        .launch(
-            &kernel,
-            &stream,
-            &[m as i64, n as i64, k as i64],
-            &mut [
-                Arg::from(&da),
-                Arg::from(&db),
-                Arg::from(&mut dc),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
-            ],
-        )
-        .unwrap();
+    g.launch(&tuner, &kernel, &stream).unwrap();
     stream.synchronize().unwrap();
     let first_ms = t.elapsed().as_secs_f64() * 1e3;
-    let plan = tuner
-        .plan(&kernel, &[m as i64, n as i64, k as i64])
-        .unwrap();
+    let plan = tuner.plan(&kernel, &g.shape()).unwrap();
     println!(
         "WARM first launch {first_ms:.3} ms, config {}, nvrtc compiles {}",
         plan.config,
@@ -191,8 +217,7 @@ fn gpu_child_warm_start() {
     );
     assert!(plan.tuned, "the cached winner is used");
     assert_eq!(tuner.nvrtc_compiles(), 0, "a warm process never compiles");
-    let c = stream.clone_dtoh(&dc).unwrap();
-    assert!(rel_err(&c, &cpu_gemm(&a, &b, m, n, k)) < 1e-5);
+    assert!(g.error(&stream) < 1e-5);
 }
 
 #[test]
@@ -255,36 +280,16 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
         let (tuner, kernel, stop) = (tuner.clone(), kernel.clone(), stop.clone());
         std::thread::spawn(move || {
             let stream = tuner.gpu().ctx.new_stream().unwrap();
-            let (m, n, k) = (1024usize, 1024usize, 1024usize);
-            let a = random(m * k, 3);
-            let b = random(k * n, 4);
-            let reference = cpu_gemm(&a, &b, m, n, k);
-            let da = stream.clone_htod(&a).unwrap();
-            let db = stream.clone_htod(&b).unwrap();
-            let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+            let mut g = Gemm::new(&stream, 1024, 1024, 1024, 3);
+            assert_eq!(g.shape(), shape);
             let mut launches = 0usize;
             let mut configs = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
-                tuner
-                    .launch(
-                        &kernel,
-                        &stream,
-                        &shape,
-                        &mut [
-                            Arg::from(&da),
-                            Arg::from(&db),
-                            Arg::from(&mut dc),
-                            Arg::from(m as i32),
-                            Arg::from(n as i32),
-                            Arg::from(k as i32),
-                        ],
-                    )
-                    .unwrap();
+                g.launch(&tuner, &kernel, &stream).unwrap();
                 launches += 1;
                 if launches % 50 == 1 {
-                    let c = stream.clone_dtoh(&dc).unwrap();
                     assert!(
-                        rel_err(&c, &reference) < 1e-5,
+                        g.error(&stream) < 1e-5,
                         "wrong result while tuning in the background"
                     );
                     configs.insert(tuner.plan(&kernel, &shape).unwrap().config.clone());

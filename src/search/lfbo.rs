@@ -332,15 +332,7 @@ impl Lfbo {
         while s.remaining() > 0 {
             let here = s.observations()[at].config.clone();
             let before = s.observations()[at].estimate().unwrap_or(f64::INFINITY);
-            let moves: Vec<Config> = s
-                .space()
-                .one_step_neighbours(&here)
-                .into_iter()
-                .filter(|c| !s.is_evaluated(c))
-                .collect();
-            if !moves.is_empty() {
-                s.evaluate(&moves)?;
-            }
+            s.evaluate_one_step_moves(&here)?;
             let next = s
                 .space()
                 .one_step_neighbours(&here)

@@ -316,6 +316,21 @@ impl<'a> Session<'a> {
         Ok(new)
     }
 
+    /// Evaluates the one-step neighbours of `config` that have not been evaluated yet (the
+    /// pattern move of pattern search and of LFBO's final polish).
+    pub fn evaluate_one_step_moves(&mut self, config: &Config) -> Result<()> {
+        let moves: Vec<Config> = self
+            .space()
+            .one_step_neighbours(config)
+            .into_iter()
+            .filter(|c| !self.is_evaluated(c))
+            .collect();
+        if !moves.is_empty() {
+            self.evaluate(&moves)?;
+        }
+        Ok(())
+    }
+
     /// Re-measures configs (by observation index), pooling the new samples; returns nothing but
     /// updates estimates (and [`Session::version`]).
     pub fn remeasure(&mut self, which: &[usize], samples: usize) -> Result<()> {

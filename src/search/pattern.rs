@@ -44,15 +44,7 @@ impl Strategy for PatternSearch {
                 continue;
             };
             let here = s.observations()[i].config.clone();
-            let moves: Vec<_> = s
-                .space()
-                .one_step_neighbours(&here)
-                .into_iter()
-                .filter(|c| !s.is_evaluated(c))
-                .collect();
-            if !moves.is_empty() {
-                s.evaluate(&moves)?;
-            }
+            s.evaluate_one_step_moves(&here)?;
             // Estimates may have moved with re-measurement: compare on current values.
             let cur = s.observations()[i].estimate().unwrap_or(f64::INFINITY);
             let best_nb = s
