@@ -684,9 +684,14 @@ impl Tuner {
         let spawned = std::thread::Builder::new()
             .name("jitune-tune".into())
             .spawn(move || {
-                let result = this
-                    .tune(&kernel, &shape)
-                    .and_then(|r| this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true));
+                // A panic inside tuning (a bug, or a library that panics) must neither leave the
+                // key marked as tuning forever nor take anything else down: it becomes an error.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    this.tune(&kernel, &shape).and_then(|r| {
+                        this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true)
+                    })
+                }))
+                .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
                     Ok(plan) => {
                         this.install(key, plan);

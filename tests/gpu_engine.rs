@@ -321,19 +321,26 @@ fn gpu_failure_classes_are_recorded_and_never_win() {
     if !gpu_or_skip("gpu_failure_classes_are_recorded_and_never_win") {
         return;
     }
-    // BAD = 1 does not compile, 2 launches 2048 threads per block, 3 computes the wrong thing.
+    // BAD = 1 does not compile, 2 launches 2048 threads per block, 3 computes the wrong thing,
+    // 4 is correct but far too slow.
     let src = r#"
 extern "C" __global__ void twice(const float* x, float* y, int n) {
 #if BAD == 1
     this is not C++;
 #endif
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = x[i] * (BAD == 3 ? 3.0f : 2.0f);
+    if (i >= n) return;
+    float spin = x[i];
+#if BAD == 4
+    // Correct but far slower than the rest: stops being timed as too slow.
+    for (int r = 0; r < 20000; ++r) spin = spin * 0.9999f + 0.0001f;
+#endif
+    y[i] = x[i] * (BAD == 3 ? 3.0f : 2.0f) + (spin - spin);
 }"#;
     let spec = SpecBuilder::new("planted")
         .source(src)
         .entry("twice")
-        .param(Param::ints("BAD", &[0, 1, 2, 3]))
+        .param(Param::ints("BAD", &[0, 1, 2, 3, 4]))
         .param(Param::ints("B", &[128, 256]))
         .dim("n", jitune::key::Bucketing::Exact)
         .grid(["ceil_div(n, B)", "1", "1"])
@@ -386,6 +393,7 @@ extern "C" __global__ void twice(const float* x, float* y, int n) {
     assert_eq!(class_of("1"), vec!["compile", "compile"]);
     assert_eq!(class_of("2"), vec!["launch", "launch"]);
     assert_eq!(class_of("3"), vec!["wrong_result", "wrong_result"]);
+    assert_eq!(class_of("4"), vec!["too_slow", "too_slow"]);
     assert!(class_of("0").is_empty());
 }
 
