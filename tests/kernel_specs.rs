@@ -103,7 +103,11 @@ fn every_valid_config_has_a_legal_geometry() {
                     .geometry(&values, shape, &limits)
                     .unwrap_or_else(|e| panic!("{} {}: {e}", spec.name, space.config_text(&c)));
                 let text = space.config_text(&c);
-                assert!(g.grid.iter().all(|&d| d >= 1), "{} {text}: {g:?}", spec.name);
+                assert!(
+                    g.grid.iter().all(|&d| d >= 1),
+                    "{} {text}: {g:?}",
+                    spec.name
+                );
                 assert!(g.grid[0] <= i32::MAX as u32 && g.grid[1] <= 65535 && g.grid[2] <= 65535);
                 let threads: u64 = g.block.iter().map(|&b| b as u64).product();
                 assert!(
@@ -134,7 +138,10 @@ fn rows_kernels_cover_every_row() {
                     .map(|d| space.int_value(&c, d))
                     .collect();
                 let g = spec.geometry(&values, &shape, &limits).unwrap();
-                assert!(g.grid[0] as i64 * values[rpb] >= shape[0], "{name} {shape:?}");
+                assert!(
+                    g.grid[0] as i64 * values[rpb] >= shape[0],
+                    "{name} {shape:?}"
+                );
             }
         }
     }
