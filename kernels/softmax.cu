@@ -36,7 +36,7 @@
 // Lanes taking part in a shuffle reduction: the row's threads, at most a warp.
 #define SHFL_WIDTH (TPR < 32 ? TPR : 32)
 
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float neg_inf() { return __int_as_float((int)0xff800000); }
 
 template <int V> __device__ __forceinline__ void load_v(const float* __restrict__ p, float* v);
 template <> __device__ __forceinline__ void load_v<1>(const float* __restrict__ p, float* v)
