@@ -79,6 +79,15 @@ impl From<Error> for CliError {
     }
 }
 
+/// For inputs that are not cache files (specs, shapes, traces, output folders): every error,
+/// I/O included, is a runtime error (exit 1), but a missing CUDA stays exit 3.
+pub fn input_err(e: Error) -> CliError {
+    match e {
+        Error::NoCuda(_) => e.into(),
+        e => CliError::new(exit::RUNTIME, e.to_string()),
+    }
+}
+
 /// `Result` of a subcommand.
 pub type CliResult<T = ()> = std::result::Result<T, CliError>;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{cache_path, exit, open_writable, print_json, CliError, CliResult};
+use super::{cache_path, exit, input_err, open_writable, print_json, CliError, CliResult};
 use crate::cache::Entry;
 use crate::key::KernelId;
 use crate::spec::KernelSpec;
@@ -75,7 +75,7 @@ pub fn run(cache: Option<PathBuf>, args: PruneArgs) -> CliResult {
     } else {
         let mut ids = BTreeMap::new();
         for p in &args.specs {
-            let s = KernelSpec::from_toml_file(p)?;
+            let s = KernelSpec::from_toml_file(p).map_err(input_err)?;
             ids.insert(s.id(), s.name.clone());
         }
         Some(ids)

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::Value;
 
-use super::{exit, load_cache, CliError, CliResult};
+use super::{exit, input_err, load_cache, CliError, CliResult};
 use crate::Error;
 
 /// Arguments of `jitune report`.
@@ -74,7 +74,7 @@ pub fn read_traces(files: &[PathBuf]) -> CliResult<(Plot, Defaults)> {
     let mut replay: BTreeMap<String, BTreeMap<String, Vec<Vec<f64>>>> = BTreeMap::new();
     let mut defaults = Defaults::new();
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| CliError::from(Error::io(f, e)))?;
+        let text = std::fs::read_to_string(f).map_err(|e| input_err(Error::io(f, e)))?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;

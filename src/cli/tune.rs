@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use super::{cache_path, exit, print_json, print_table, CliError, CliResult, Strategy};
+use super::{cache_path, exit, input_err, print_json, print_table, CliError, CliResult, Strategy};
 use crate::cache::{Cache, CacheOptions};
 use crate::tuner::{Kernel, Mode, TuneOptions, TuneReport, Tuner};
 use crate::Error;
@@ -52,7 +52,7 @@ pub struct TuneArgs {
 
 /// Reads the shapes file: for each spec name, its shapes.
 pub fn read_shapes(path: &Path, names: &[String]) -> CliResult<Vec<Vec<Vec<i64>>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::from(Error::io(path, e)))?;
+    let text = std::fs::read_to_string(path).map_err(|e| input_err(Error::io(path, e)))?;
     let bad = |m: String| CliError::new(exit::RUNTIME, format!("{}: {m}", path.display()));
     let doc: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
@@ -90,7 +90,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
     // Inputs first: a bad spec or shapes file is reported before anything touches the GPU.
     let mut kernels = Vec::new();
     for p in &args.specs {
-        kernels.push(Kernel::from_toml_file(p)?);
+        kernels.push(Kernel::from_toml_file(p).map_err(input_err)?);
     }
     let names: Vec<String> = kernels.iter().map(|k| k.spec.name.clone()).collect();
     let shapes = read_shapes(&args.shapes, &names)?;
@@ -138,7 +138,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| CliError::from(Error::io(p, e)))?,
+                .map_err(|e| input_err(Error::io(p, e)))?,
         ),
         None => None,
     };
@@ -192,9 +192,8 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                     "default_ms": report.default_ms,
                     "curve": report.curve,
                 });
-                writeln!(f, "{line}").map_err(|e| {
-                    CliError::from(Error::io(args.trace.clone().unwrap_or_default(), e))
-                })?;
+                writeln!(f, "{line}")
+                    .map_err(|e| input_err(Error::io(args.trace.clone().unwrap_or_default(), e)))?;
             }
             results.push((k.spec.name.clone(), s.clone(), report));
             if interrupted {
