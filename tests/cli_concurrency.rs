@@ -37,7 +37,12 @@ fn concurrent_imports_with_sigkill_leave_a_healthy_cache() {
     let db = dir.join("shared.sqlite");
     let spawn = |f: &PathBuf| -> Child {
         Command::new(env!("CARGO_BIN_EXE_jitune"))
-            .args(["import", f.to_str().unwrap(), "--cache", db.to_str().unwrap()])
+            .args([
+                "import",
+                f.to_str().unwrap(),
+                "--cache",
+                db.to_str().unwrap(),
+            ])
             .env("JITUNE_CACHE", dir.join("unused.sqlite"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,15 +81,28 @@ fn concurrent_imports_with_sigkill_leave_a_healthy_cache() {
         if survived.contains(&p) {
             assert_eq!(n, PER_FILE, "survivor {p} lost entries");
         } else {
-            assert!(n == 0 || n == PER_FILE, "killed import {p} left {n} entries (torn)");
+            assert!(
+                n == 0 || n == PER_FILE,
+                "killed import {p} left {n} entries (torn)"
+            );
         }
     }
     // The file is still writable by a fresh process after the kills.
     let out = Command::new(env!("CARGO_BIN_EXE_jitune"))
-        .args(["import", files[1].to_str().unwrap(), "--cache", db.to_str().unwrap()])
+        .args([
+            "import",
+            files[1].to_str().unwrap(),
+            "--cache",
+            db.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = Store::open_read_only_live(&db).unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
     let _ = std::fs::remove_dir_all(&dir);

@@ -40,9 +40,9 @@ pub mod exit {
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
   0    success
-  1    runtime error (bad spec or shapes file, CUDA failure, failed write)
+  1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write)
   2    usage error (unknown option, missing argument)
-  3    no GPU, or libcuda / libnvrtc missing (tune)
+  3    no GPU, or libcuda / libnvrtc missing (tune, prune --this-gpu)
   4    cache file problem: missing, unreadable, corrupt, malformed JSON, newer schema
   5    nothing matched (show KEY)
   130  tune interrupted by Ctrl-C (finished shapes are kept in the cache)";

@@ -6,8 +6,8 @@
 //! seconds) and the replay example's lines (`{"space", "strategy", "run", "evals": [[key,
 //! ms|null], ...]}`: one line per strategy, the mean over spaces and runs, x is the evaluation
 //! index). y is the best time so far divided by the best any run found for that space or
-//! kernel and shape (1 = the best known). The SVG and PNG are drawn by hand; the PNG carries no
-//! text (no font is bundled): its legend colours match the SVG's and the HTML's.
+//! kernel and shape (1 = the best known). The SVG and PNG are drawn by hand; the PNG's text uses
+//! a built-in 3x5 pixel font (digits, letters shown as capitals, a little punctuation).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -67,11 +67,15 @@ const COLORS: [(u8, u8, u8); 8] = [
 /// Default-config times from tune traces, by (kernel name, shape text).
 type Defaults = BTreeMap<(String, String), f64>;
 
+/// One tune trace line: kernel, shape, strategy, (seconds, best ms) points.
+type TuneRun = (String, String, String, Vec<(f64, f64)>);
+/// Replay traces: space -> strategy -> runs of best-so-far per evaluation index.
+type ReplayRuns = BTreeMap<String, BTreeMap<String, Vec<Vec<f64>>>>;
+
 /// Reads trace files into a plot (and the default times tune traces carry).
 pub fn read_traces(files: &[PathBuf]) -> CliResult<(Plot, Defaults)> {
-    let mut tune_runs: Vec<(String, String, String, Vec<(f64, f64)>)> = Vec::new();
-    // space -> strategy -> runs of best-so-far per evaluation index
-    let mut replay: BTreeMap<String, BTreeMap<String, Vec<Vec<f64>>>> = BTreeMap::new();
+    let mut tune_runs: Vec<TuneRun> = Vec::new();
+    let mut replay = ReplayRuns::new();
     let mut defaults = Defaults::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|e| input_err(Error::io(f, e)))?;
@@ -160,7 +164,7 @@ pub fn read_traces(files: &[PathBuf]) -> CliResult<(Plot, Defaults)> {
     ))
 }
 
-fn replay_plot(replay: &BTreeMap<String, BTreeMap<String, Vec<Vec<f64>>>>) -> Plot {
+fn replay_plot(replay: &ReplayRuns) -> Plot {
     // Per strategy: at each evaluation index, the mean over (space, run) of best-so-far divided
     // by the best any strategy found in that space; indices before every run has a result are
     // left out.
@@ -239,7 +243,7 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 100.0 || (v >= 10.0 && (v - v.round()).abs() < 1e-9) {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
@@ -367,7 +371,103 @@ impl Canvas {
     }
 }
 
-/// The plot rasterised (same layout as the SVG, without text) and PNG-encoded.
+/// A 3x5 pixel font: each glyph is five rows of three bits, the high bit leftmost.
+fn glyph(ch: char) -> [u8; 5] {
+    const DIGITS: [[u8; 5]; 10] = [
+        [7, 5, 5, 5, 7],
+        [2, 6, 2, 2, 7],
+        [7, 1, 7, 4, 7],
+        [7, 1, 7, 1, 7],
+        [5, 5, 7, 1, 1],
+        [7, 4, 7, 1, 7],
+        [7, 4, 7, 5, 7],
+        [7, 1, 2, 2, 2],
+        [7, 5, 7, 5, 7],
+        [7, 5, 7, 1, 7],
+    ];
+    const LETTERS: [[u8; 5]; 26] = [
+        [2, 5, 7, 5, 5],
+        [6, 5, 6, 5, 6],
+        [3, 4, 4, 4, 3],
+        [6, 5, 5, 5, 6],
+        [7, 4, 6, 4, 7],
+        [7, 4, 6, 4, 4],
+        [3, 4, 5, 5, 3],
+        [5, 5, 7, 5, 5],
+        [7, 2, 2, 2, 7],
+        [1, 1, 1, 5, 2],
+        [5, 5, 6, 5, 5],
+        [4, 4, 4, 4, 7],
+        [5, 7, 7, 5, 5],
+        [6, 5, 5, 5, 5],
+        [2, 5, 5, 5, 2],
+        [6, 5, 6, 4, 4],
+        [2, 5, 5, 6, 3],
+        [6, 5, 6, 5, 5],
+        [3, 4, 2, 1, 6],
+        [7, 2, 2, 2, 2],
+        [5, 5, 5, 5, 7],
+        [5, 5, 5, 5, 2],
+        [5, 5, 7, 7, 5],
+        [5, 5, 2, 5, 5],
+        [5, 5, 2, 2, 2],
+        [7, 1, 2, 4, 7],
+    ];
+    match ch {
+        '0'..='9' => DIGITS[ch as usize - '0' as usize],
+        'a'..='z' => LETTERS[ch as usize - 'a' as usize],
+        'A'..='Z' => LETTERS[ch as usize - 'A' as usize],
+        '.' => [0, 0, 0, 0, 2],
+        '-' => [0, 0, 7, 0, 0],
+        '_' => [0, 0, 0, 0, 7],
+        '/' => [1, 1, 2, 4, 4],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        ':' => [0, 2, 0, 2, 0],
+        '=' => [0, 7, 0, 7, 0],
+        ',' => [0, 0, 0, 2, 4],
+        '+' => [0, 2, 7, 2, 0],
+        ' ' => [0; 5],
+        _ => [7, 5, 5, 5, 7],
+    }
+}
+
+/// Text scale: each font pixel is `SCALE` x `SCALE` image pixels.
+const SCALE: i64 = 2;
+/// Horizontal advance per character in image pixels.
+const ADVANCE: i64 = 4 * SCALE;
+
+impl Canvas {
+    /// Draws `text` with its top-left corner at (x, y).
+    fn text(&mut self, x: f64, y: f64, text: &str, c: (u8, u8, u8)) {
+        let (x0, y0) = (x.round() as i64, y.round() as i64);
+        for (i, ch) in text.chars().enumerate() {
+            let g = glyph(ch);
+            for (row, bits) in g.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        for dx in 0..SCALE {
+                            for dy in 0..SCALE {
+                                self.set(
+                                    x0 + i as i64 * ADVANCE + col * SCALE + dx,
+                                    y0 + row as i64 * SCALE + dy,
+                                    c,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn text_width(text: &str) -> f64 {
+    (text.chars().count() as i64 * ADVANCE - SCALE).max(0) as f64
+}
+
+/// The plot rasterised (same layout as the SVG; the y title sits above the plot) and
+/// PNG-encoded.
 pub fn png_bytes(p: &Plot) -> CliResult<Vec<u8>> {
     let (x0, x1, y0, y1) = ranges(p);
     let (pl, pr, pt, pb) = (LEFT, W as f64 - RIGHT, TOP, H as f64 - BOTTOM);
@@ -378,16 +478,27 @@ pub fn png_bytes(p: &Plot) -> CliResult<Vec<u8>> {
         let (x, _) = to_px(p, (t, y0));
         c.line((x, pt), (x, pb), grid, 1);
         c.line((x, pb), (x, pb + 5.0), black, 1);
+        let t = fmt_tick(t);
+        c.text(x - text_width(&t) / 2.0, pb + 9.0, &t, black);
     }
     for t in ticks(y0, y1) {
         let (_, y) = to_px(p, (x0, t));
         c.line((pl, y), (pr, y), grid, 1);
         c.line((pl - 5.0, y), (pl, y), black, 1);
+        let t = fmt_tick(t);
+        c.text(pl - 9.0 - text_width(&t), y - 5.0, &t, black);
     }
     c.line((pl, pt), (pr, pt), black, 1);
     c.line((pl, pb), (pr, pb), black, 1);
     c.line((pl, pt), (pl, pb), black, 1);
     c.line((pr, pt), (pr, pb), black, 1);
+    c.text(
+        (pl + pr) / 2.0 - text_width(&p.x_label) / 2.0,
+        H as f64 - 20.0,
+        &p.x_label,
+        black,
+    );
+    c.text(pl - 40.0, 8.0, &p.y_label, black);
     for (i, ser) in p.series.iter().enumerate() {
         let col = COLORS[i % COLORS.len()];
         for w in ser.points.windows(2) {
@@ -395,6 +506,9 @@ pub fn png_bytes(p: &Plot) -> CliResult<Vec<u8>> {
         }
         let ly = pt + 10.0 + 20.0 * i as f64;
         c.line((pr + 12.0, ly), (pr + 36.0, ly), col, 3);
+        let max_chars = ((W as f64 - pr - 46.0) / ADVANCE as f64) as usize;
+        let label: String = ser.label.chars().take(max_chars).collect();
+        c.text(pr + 42.0, ly - 5.0, &label, black);
     }
     let mut out = Vec::new();
     {
