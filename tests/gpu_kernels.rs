@@ -115,6 +115,36 @@ fn report(tuner: &Tuner, kernel: &Kernel, shape: &[i64], err: f64) {
     );
 }
 
+/// Launches softmax on `x` (rows × cols) through `tuner` and returns the shape and the relative
+/// error against the float64 CPU softmax.
+fn softmax_error(
+    tuner: &Tuner,
+    kernel: &Kernel,
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+) -> ([i64; 2], f64) {
+    let stream = tuner.gpu().ctx.default_stream();
+    let reference = cpu_softmax(x, rows, cols);
+    let dx = upload(&stream, x);
+    let mut dy = poisoned(&stream, rows * cols);
+    let shape = [rows as i64, cols as i64];
+    tuner
+        .launch(
+            kernel,
+            &stream,
+            &shape,
+            &mut [
+                Arg::from(&dx),
+                Arg::from(&mut dy),
+                Arg::from(rows as i32),
+                Arg::from(cols as i32),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("softmax {shape:?}: {e}"));
+    (shape, rel_err(&stream.clone_dtoh(&dy).unwrap(), &reference))
+}
+
 #[test]
 fn gpu_softmax_matches_cpu() {
     if !gpu_or_skip("gpu_softmax_matches_cpu") {
@@ -122,28 +152,10 @@ fn gpu_softmax_matches_cpu() {
     }
     let tuner = tuner();
     let kernel = kernel("softmax");
-    let stream = tuner.gpu().ctx.default_stream();
     for (i, &(rows, cols)) in ROW_SHAPES.iter().enumerate() {
         // Spread [-8, 8): exp() over a wide range, so a missing max subtraction would show.
         let x = random(rows * cols, -8.0, 8.0, 10 + i as u64);
-        let reference = cpu_softmax(&x, rows, cols);
-        let dx = upload(&stream, &x);
-        let mut dy = poisoned(&stream, rows * cols);
-        let shape = [rows as i64, cols as i64];
-        tuner
-            .launch(
-                &kernel,
-                &stream,
-                &shape,
-                &mut [
-                    Arg::from(&dx),
-                    Arg::from(&mut dy),
-                    Arg::from(rows as i32),
-                    Arg::from(cols as i32),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("softmax {shape:?}: {e}"));
-        let err = rel_err(&stream.clone_dtoh(&dy).unwrap(), &reference);
+        let (shape, err) = softmax_error(&tuner, &kernel, &x, rows, cols);
         assert!(err <= 1e-5, "softmax {shape:?}: relative error {err:e}");
         report(&tuner, &kernel, &shape, err);
     }
@@ -157,27 +169,9 @@ fn gpu_softmax_is_stable_for_large_inputs() {
     // exp(100) overflows FP32: only a max-subtracting softmax gets this right.
     let tuner = tuner();
     let kernel = kernel("softmax");
-    let stream = tuner.gpu().ctx.default_stream();
     let (rows, cols) = (5usize, 333usize);
     let x: Vec<f32> = random(rows * cols, 90.0, 110.0, 3);
-    let reference = cpu_softmax(&x, rows, cols);
-    let dx = upload(&stream, &x);
-    let mut dy = poisoned(&stream, rows * cols);
-    let shape = [rows as i64, cols as i64];
-    tuner
-        .launch(
-            &kernel,
-            &stream,
-            &shape,
-            &mut [
-                Arg::from(&dx),
-                Arg::from(&mut dy),
-                Arg::from(rows as i32),
-                Arg::from(cols as i32),
-            ],
-        )
-        .unwrap();
-    let err = rel_err(&stream.clone_dtoh(&dy).unwrap(), &reference);
+    let (_, err) = softmax_error(&tuner, &kernel, &x, rows, cols);
     assert!(err <= 1e-5, "relative error {err:e}");
 }
 
