@@ -229,10 +229,27 @@ pub fn main_with_args() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("jitune: {}", e.msg);
+            eprintln!("jitune: {}", one_line(&e.msg));
             e.code
         }
     }
+}
+
+/// An error message on one line, as scripts reading stderr expect: multi-line messages (a TOML
+/// parser's caret diagram, a compiler log) keep their text lines joined with `; ` and lose the
+/// diagram lines (`  |`, `2 | [params`, `  |   ^`).
+pub fn one_line(msg: &str) -> String {
+    let diagram = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !diagram(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs a parsed command line; `Ok` holds the exit code (0; 130 after Ctrl-C; 6 when `verify`
@@ -591,6 +608,17 @@ fn cmd_merge(a: &Path, b: &Path, into: &Path, json: bool) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::format_time;
+
+    #[test]
+    fn messages_become_one_line_without_diagrams() {
+        let toml = "not valid TOML: TOML parse error at line 2, column 8\n  |\n2 | [params\n  |        ^\nunclosed table, expected `]`\n";
+        assert_eq!(
+            super::one_line(toml),
+            "not valid TOML: TOML parse error at line 2, column 8; unclosed table, expected `]`"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
+        assert_eq!(super::one_line("a\n\n  b  "), "a; b");
+    }
 
     #[test]
     fn formats_unix_time() {
