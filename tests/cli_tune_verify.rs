@@ -216,7 +216,7 @@ fn compile_worker_survives_sigint_and_exits_on_eof() {
     // Give it time to install its handler (the worker reads stdin until then and beyond).
     std::thread::sleep(Duration::from_millis(500));
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-s", "INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
