@@ -4,6 +4,8 @@
 //! the speed-up). Ctrl-C sets the search's cancellation flag: the shape in flight ends after
 //! its current batch and its best config so far is stored, marked partial; finished shapes are
 //! already stored; no further shape starts; the summary prints and the exit code is 130.
+//! `--trace` writes each shape's convergence curve as measured: seconds and best time so far
+//! after every batch.
 //!
 //! Shapes file (TOML): one array of shapes per kernel name, e.g.
 //! `sgemm = [[1024, 1024, 1024], [4096, 4096, 4096]]`.
@@ -176,9 +178,10 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             bar.set_style(style.clone());
             bar.set_prefix(format!("{} {}", k.spec.name, dims_text(s)));
             bar.set_message("compiling the reference");
+            let curve: Arc<parking_lot::Mutex<Vec<(f64, f64)>>> = Arc::default();
             let hooks = Hooks {
                 cancel: Some(stop.clone()),
-                progress: Some(progress_hook(bar.clone())),
+                progress: Some(progress_hook(bar.clone(), curve.clone())),
             };
             let report = tuner.tune_with_hooks(k, s, &opts, hooks);
             if stop.load(Ordering::SeqCst) {
@@ -221,7 +224,8 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                     "shape": report.entry.key.shape.to_text(),
                     "strategy": report.entry.strategy,
                     "default_ms": report.default_ms,
-                    "curve": report.curve,
+                    "evaluated": report.entry.evaluated,
+                    "curve": *curve.lock(),
                 });
                 writeln!(f, "{line}")
                     .map_err(|e| input_err(Error::io(args.trace.clone().unwrap_or_default(), e)))?;
@@ -263,13 +267,24 @@ fn bar_style(time_limit: Option<f64>) -> CliResult<indicatif::ProgressStyle> {
     .progress_chars("=> "))
 }
 
-/// The search's progress callback driving one bar (the search layer knows nothing of bars).
-fn progress_hook(bar: indicatif::ProgressBar) -> ProgressHook {
+/// The search's progress callback driving one bar (the search layer knows nothing of bars),
+/// and recording the convergence curve for `--trace`: after each batch, the seconds spent and
+/// the best time so far. These are real times per batch; [`TuneReport::curve`] spreads its
+/// per-evaluation points evenly over the run's duration instead.
+fn progress_hook(
+    bar: indicatif::ProgressBar,
+    curve: Arc<parking_lot::Mutex<Vec<(f64, f64)>>>,
+) -> ProgressHook {
     ProgressHook::new(move |p: &Progress| {
         bar.set_length(p.budget as u64);
         bar.set_position(p.evaluated as u64);
         if let Some(b) = p.best_ms {
             bar.set_message(format!("best {b:.4} ms"));
+            let mut c = curve.lock();
+            // Best so far never gets worse on the plot, even when re-measurement moves an
+            // estimate up.
+            let b = c.last().map_or(b, |l| l.1.min(b));
+            c.push((p.elapsed_s, b));
         } else if p.evaluated > 0 {
             bar.set_message("nothing ran correctly yet");
         }
