@@ -236,8 +236,8 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             }
         }
     }
-    // The bars are done; the summary goes to stdout below them.
-    let _ = multi.clear();
+    // Every bar is finished or abandoned and stays on stderr with its final message; the
+    // summary goes to stdout below them.
     summary(&results, args.json)?;
     Ok(if interrupted {
         exit::INTERRUPTED
