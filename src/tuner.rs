@@ -33,7 +33,7 @@ use crate::gpu::evaluator::GpuEvaluator;
 use crate::gpu::measure::{allow_shared, iqr, launch_raw, median, scalar_bits, MAX_ARGS};
 use crate::gpu::pool::CompilePool;
 use crate::key::{KeyHashBuilder, TuningKey, MAX_DIMS};
-use crate::search::{strategy_by_name, SearchOptions};
+use crate::search::{strategy_by_name, Hooks, SearchOptions};
 use crate::space::Config;
 use crate::spec::{ElemType, Geometry, KernelSpec, Role, MAX_VARS};
 use crate::{Error, Result};
@@ -443,6 +443,9 @@ pub struct TuneReport {
     pub compiled: usize,
     /// Best-so-far after each evaluation: (seconds since the start, ms).
     pub curve: Vec<(f64, f64)>,
+    /// Whether the search was cancelled through [`Hooks::cancel`] and the stored winner is the
+    /// best of what was measured until then (its entry's strategy says `partial`).
+    pub partial: bool,
 }
 
 struct Inner {
@@ -793,6 +796,20 @@ impl Tuner {
         shape: &[i64],
         opts: &TuneOptions,
     ) -> Result<TuneReport> {
+        self.tune_with_hooks(kernel, shape, opts, Hooks::default())
+    }
+
+    /// Tunes with explicit options and the search's [`Hooks`]: a progress callback after each
+    /// batch, and a cancellation flag that ends the search after the batch in flight. A
+    /// cancelled search still stores the best config measured so far (when one ran correctly),
+    /// marked `partial` in the entry's strategy, with its honest evaluation count.
+    pub fn tune_with_hooks(
+        &self,
+        kernel: &Kernel,
+        shape: &[i64],
+        opts: &TuneOptions,
+        hooks: Hooks,
+    ) -> Result<TuneReport> {
         let start = std::time::Instant::now();
         let spec = kernel.spec.clone();
         let gpu = self.inner.gpu.clone();
@@ -810,6 +827,7 @@ impl Tuner {
         })?;
         let mut sopts = SearchOptions::new(opts.seed, opts.max_evals);
         sopts.max_time_s = opts.max_time_s;
+        sopts.hooks = hooks;
         // Warm start: the spec's default, then the nearest tuned shape's winner.
         sopts.start.push(spec.default.clone());
         if let Ok(Some(near)) = self.inner.cache.nearest(&key) {
@@ -853,7 +871,11 @@ impl Tuner {
         entry.spread_ms = iqr(&samples);
         entry.samples = samples.len() as u32;
         entry.evaluated = result.observations.len() as u32;
-        entry.strategy = strategy.name().to_string();
+        entry.strategy = if result.cancelled {
+            format!("{} (partial: cancelled)", strategy.name())
+        } else {
+            strategy.name().to_string()
+        };
         self.inner.cache.put(entry.clone())?;
         log::info!(
             "jitune: tuned {} {:?}: {} at {:.4} ms ({} configs, {:.1} s)",
@@ -870,6 +892,7 @@ impl Tuner {
             wall_s: start.elapsed().as_secs_f64(),
             compiled: eval.compiled,
             curve,
+            partial: result.cancelled,
         })
     }
 

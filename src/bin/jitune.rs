@@ -1,10 +1,18 @@
-//! The `jitune` command-line tool: tune kernels, list, show, export, import, merge and prune
-//! cache entries, and draw reports. The work is in `jitune::cli`; `jitune --help` lists the
-//! subcommands and the exit codes.
+//! The `jitune` command-line tool: tune kernels, verify cached winners, list, show, export,
+//! import, merge and prune cache entries, and draw reports. The work is in `jitune::cli`;
+//! `jitune --help` lists the subcommands and the exit codes.
 //!
 //! The binary doubles as a parallel-compile worker (`run_if_worker` returns at once otherwise).
 
 fn main() {
+    // A Ctrl-C in a terminal reaches the whole foreground process group, compile workers
+    // included. The tuning process decides what a Ctrl-C means (finish the batch in flight,
+    // store the best so far), so a worker ignores it: a worker killed mid-batch would make the
+    // pool retry on dead idle workers and record working configs as compile failures. Workers
+    // still end when the parent closes their stdin or kills them.
+    if std::env::var_os("JITUNE_WORKER").is_some_and(|v| v == "compile") {
+        let _ = ctrlc::set_handler(|| {});
+    }
     jitune::gpu::pool::run_if_worker();
     std::process::exit(jitune::cli::main_with_args());
 }

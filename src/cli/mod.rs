@@ -1,6 +1,7 @@
 //! The `jitune` command line: argument definitions (clap), exit codes, and the subcommands that
 //! read and write cache files (`ls`, `show`, `export`, `import`, `merge`, `prune`), tune on the
-//! GPU (`tune`), and draw reports (`report`, in [`report`]).
+//! GPU (`tune`), re-measure cached winners on the GPU (`verify`), and draw reports (`report`,
+//! in [`report`]).
 //!
 //! Every failure becomes a [`CliError`] with one of the documented [`exit`] codes and a one-line
 //! message; nothing a user or a file can get wrong panics.
@@ -8,6 +9,7 @@
 pub mod prune;
 pub mod report;
 pub mod tune;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,12 @@ pub mod exit {
     pub const NO_CUDA: i32 = 3;
     /// A cache file problem: missing, unreadable, corrupt, malformed JSON, or a newer schema.
     pub const CACHE: i32 = 4;
-    /// Nothing matched (`show KEY` with no such entry).
+    /// Nothing matched (`show KEY` with no such entry, `verify` with no cached winner of the
+    /// given specs for this GPU).
     pub const NOT_FOUND: i32 = 5;
+    /// `verify` flagged at least one entry (drift beyond the threshold, slower than the
+    /// default, or no longer working).
+    pub const DRIFT: i32 = 6;
     /// Tuning was interrupted with Ctrl-C (finished shapes are stored).
     pub const INTERRUPTED: i32 = 130;
 }
@@ -42,10 +48,12 @@ pub const EXIT_CODES: &str = "Exit codes:
   0    success
   1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write)
   2    usage error (unknown option, missing argument)
-  3    no GPU, or libcuda / libnvrtc missing (tune, prune --this-gpu)
+  3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu)
   4    cache file problem: missing, unreadable, corrupt, malformed JSON, newer schema
-  5    nothing matched (show KEY)
-  130  tune interrupted by Ctrl-C (finished shapes are kept in the cache)";
+  5    nothing matched (show KEY; verify: no cached winner of the specs for this GPU)
+  6    verify flagged an entry (drift beyond --threshold, slower than the default, or failing)
+  130  tune interrupted by Ctrl-C (the best so far of the shape in flight and every finished
+       shape are kept in the cache)";
 
 /// A failure with its exit code; printed as `jitune: <message>`.
 #[derive(Debug)]
@@ -134,6 +142,9 @@ impl Strategy {
 pub enum Command {
     /// Tune kernels for the shapes of a shapes file and store the winners (needs a GPU).
     Tune(tune::TuneArgs),
+    /// Re-measure the cached winners of the given specs on this GPU against each spec's
+    /// default config and flag drift beyond a threshold (needs a GPU; never writes the cache).
+    Verify(verify::VerifyArgs),
     /// List cached entries.
     Ls {
         /// Only entries of this kernel (name or kernel id prefix).
@@ -218,17 +229,36 @@ pub fn main_with_args() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("jitune: {}", e.msg);
+            eprintln!("jitune: {}", one_line(&e.msg));
             e.code
         }
     }
 }
 
-/// Runs a parsed command line; `Ok` holds the exit code (0, or 130 after Ctrl-C).
+/// An error message on one line, as scripts reading stderr expect: multi-line messages (a TOML
+/// parser's caret diagram, a compiler log) keep their text lines joined with `; ` and lose the
+/// diagram lines (`  |`, `2 | [params`, `  |   ^`).
+pub fn one_line(msg: &str) -> String {
+    let diagram = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !diagram(l))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs a parsed command line; `Ok` holds the exit code (0; 130 after Ctrl-C; 6 when `verify`
+/// flagged an entry).
 pub fn run(cli: Cli) -> CliResult<i32> {
     let cache = cli.cache;
     match cli.command {
         Command::Tune(args) => tune::run(cache, args),
+        Command::Verify(args) => verify::run(cache, args),
         Command::Ls {
             kernel,
             device,
@@ -290,7 +320,8 @@ pub fn open_writable(path: &Path) -> CliResult<Store> {
     Ok(Store::open_rw_strict(path)?)
 }
 
-fn looks_like_json(path: &Path) -> bool {
+/// Whether a cache file is a JSON export (it starts with `{`) rather than SQLite.
+pub fn looks_like_json(path: &Path) -> bool {
     use std::io::Read;
     let mut b = [0u8; 1];
     std::fs::File::open(path)
@@ -314,6 +345,11 @@ pub fn entry_json(e: &Entry) -> Value {
 
 fn kernel_matches(e: &Entry, pat: &str) -> bool {
     e.kernel_name == pat || (!pat.is_empty() && e.key.kernel.to_hex().starts_with(pat))
+}
+
+/// Whether `pat` names this spec: its name, or a prefix of its kernel id (as `--kernel` takes).
+pub fn kernel_matches_spec(s: &crate::spec::KernelSpec, pat: &str) -> bool {
+    s.name == pat || (!pat.is_empty() && s.id().to_hex().starts_with(pat))
 }
 
 fn device_matches(e: &Entry, pat: &str) -> bool {
@@ -572,6 +608,17 @@ fn cmd_merge(a: &Path, b: &Path, into: &Path, json: bool) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::format_time;
+
+    #[test]
+    fn messages_become_one_line_without_diagrams() {
+        let toml = "not valid TOML: TOML parse error at line 2, column 8\n  |\n2 | [params\n  |        ^\nunclosed table, expected `]`\n";
+        assert_eq!(
+            super::one_line(toml),
+            "not valid TOML: TOML parse error at line 2, column 8; unclosed table, expected `]`"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
+        assert_eq!(super::one_line("a\n\n  b  "), "a; b");
+    }
 
     #[test]
     fn formats_unix_time() {

@@ -6,8 +6,10 @@
 //! seconds) and the replay example's lines (`{"space", "strategy", "run", "evals": [[key,
 //! ms|null], ...]}`: one line per strategy, the mean over spaces and runs, x is the evaluation
 //! index). y is the best time so far divided by the best any run found for that space or
-//! kernel and shape (1 = the best known). The SVG and PNG are drawn by hand; the PNG's text uses
-//! a built-in 3x5 pixel font (digits, letters shown as capitals, a little punctuation).
+//! kernel and shape (1 = the best known), drawn as a step line (best so far holds until the next
+//! improvement), clipped at 3 (the axis title says so when it is); ticks fall on round values.
+//! Legend labels wrap beside the plot. The SVG and PNG are drawn by hand; the PNG's text uses a
+//! built-in 3x5 pixel font (digits, letters shown as capitals, a little punctuation).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -219,37 +221,169 @@ const RIGHT: f64 = 230.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
 
-/// The data ranges of a plot: x from 0, y from 1 to at most 3 (values above are clipped).
-fn ranges(p: &Plot) -> (f64, f64, f64, f64) {
-    let pts = p.series.iter().flat_map(|s| s.points.iter());
-    let xmax = pts.clone().map(|q| q.0).fold(0.0, f64::max).max(1e-9);
-    let ymax = pts.map(|q| q.1).fold(1.0, f64::max).clamp(1.05, 3.0);
-    (0.0, xmax, 1.0, ymax)
+/// Where values are drawn: axis ranges and tick marks, computed once per plot.
+struct Layout {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    /// (value, label) of each tick.
+    xticks: Vec<(f64, String)>,
+    yticks: Vec<(f64, String)>,
+    /// Whether some y values lie above the top of the axis (drawn at the top edge).
+    clipped: bool,
 }
 
-fn to_px(p: &Plot, (x, y): (f64, f64)) -> (f64, f64) {
-    let (x0, x1, y0, y1) = ranges(p);
-    let pw = W as f64 - LEFT - RIGHT;
-    let ph = H as f64 - TOP - BOTTOM;
-    let y = y.clamp(y0, y1);
-    (
-        LEFT + (x - x0) / (x1 - x0) * pw,
-        TOP + ph - (y - y0) / (y1 - y0) * ph,
-    )
-}
+/// Highest y shown: ratios to the best beyond this are clipped (the start of a search is often
+/// tens of times slower than its end and would flatten everything interesting).
+const Y_CAP: f64 = 3.0;
 
-fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    (0..=5).map(|i| lo + (hi - lo) * i as f64 / 5.0).collect()
-}
-
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 || (v >= 10.0 && (v - v.round()).abs() < 1e-9) {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
+/// A "nice" tick step (1, 2, 2.5 or 5 times a power of ten) giving about five intervals.
+fn nice_step(range: f64) -> f64 {
+    let raw = (range / 5.0).max(1e-12);
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let m = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 2.5 {
+        2.5
+    } else if f <= 5.0 {
+        5.0
     } else {
-        format!("{v:.2}")
+        10.0
+    };
+    m * mag
+}
+
+/// Ticks at multiples of a nice step from `lo` up to `hi` (inclusive, with rounding slack),
+/// labelled with as many decimals as the step needs and no more.
+fn nice_ticks(lo: f64, hi: f64, step: f64) -> Vec<(f64, String)> {
+    let decimals = (0..=6)
+        .find(|&d| {
+            let k = step * 10f64.powi(d);
+            (k - k.round()).abs() < 1e-6
+        })
+        .unwrap_or(6) as usize;
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last)
+        .map(|i| {
+            let v = i as f64 * step;
+            (v, format!("{v:.decimals$}"))
+        })
+        .collect()
+}
+
+impl Layout {
+    /// x from 0 to a nice bound over the data; y from just under 1 (so lines reaching the best
+    /// stay visible above the axis) to a nice bound over the data, at most [`Y_CAP`].
+    fn of(p: &Plot) -> Layout {
+        let pts = p.series.iter().flat_map(|s| s.points.iter());
+        let xmax = pts.clone().map(|q| q.0).fold(0.0, f64::max).max(1e-9);
+        let ymax_data = pts.map(|q| q.1).fold(1.0, f64::max);
+        let clipped = ymax_data > Y_CAP;
+        let xstep = nice_step(xmax);
+        let x1 = (xmax / xstep - 1e-9).ceil().max(1.0) * xstep;
+        let ymax = ymax_data.clamp(1.05, Y_CAP);
+        let ystep = nice_step(ymax - 1.0);
+        let y1 = (1.0 + ((ymax - 1.0) / ystep - 1e-9).ceil() * ystep).min(Y_CAP.max(ymax));
+        let y0 = 1.0 - 0.03 * (y1 - 1.0);
+        Layout {
+            x0: 0.0,
+            x1,
+            y0,
+            y1,
+            xticks: nice_ticks(0.0, x1, xstep),
+            yticks: nice_ticks(1.0, y1, ystep),
+            clipped,
+        }
     }
+
+    fn to_px(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        let pw = W as f64 - LEFT - RIGHT;
+        let ph = H as f64 - TOP - BOTTOM;
+        let y = y.clamp(self.y0, self.y1);
+        (
+            LEFT + (x - self.x0) / (self.x1 - self.x0) * pw,
+            TOP + ph - (y - self.y0) / (self.y1 - self.y0) * ph,
+        )
+    }
+
+    /// A best-so-far series as pixel points of a step line: the value holds until the next
+    /// point, then drops (a straight segment would suggest improvement between evaluations).
+    fn steps(&self, points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(points.len() * 2);
+        for (i, q) in points.iter().enumerate() {
+            if i > 0 {
+                out.push(self.to_px((q.0, points[i - 1].1)));
+            }
+            out.push(self.to_px(*q));
+        }
+        out
+    }
+
+    /// The y-axis title, saying so when values are clipped.
+    fn y_title(&self, p: &Plot) -> String {
+        if self.clipped {
+            format!("{} (clipped at {Y_CAP})", p.y_label)
+        } else {
+            p.y_label.clone()
+        }
+    }
+}
+
+/// Splits a legend label into lines of at most `width` characters, at spaces where it can.
+fn wrap(label: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for word in label.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        // Words longer than a line are cut.
+        while word.len() > width {
+            if !cur.is_empty() {
+                lines.push(std::mem::take(&mut cur));
+            }
+            lines.push(word.drain(..width).collect());
+        }
+        let word: String = word.into_iter().collect();
+        if word.is_empty() {
+            continue;
+        }
+        if cur.is_empty() {
+            cur = word;
+        } else if cur.chars().count() + 1 + word.chars().count() <= width {
+            cur.push(' ');
+            cur.push_str(&word);
+        } else {
+            lines.push(std::mem::replace(&mut cur, word));
+        }
+    }
+    if !cur.is_empty() || lines.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
+/// Legend placement shared by the SVG and the PNG: for each series that fits beside the plot,
+/// its swatch's y and its label's lines; and how many series were left out for lack of room.
+fn legend(p: &Plot, chars_per_line: usize, line_h: f64) -> (Vec<(f64, Vec<String>)>, usize) {
+    let mut y = TOP + 10.0;
+    let mut out = Vec::new();
+    for ser in &p.series {
+        let lines = wrap(&ser.label, chars_per_line);
+        let h = line_h * lines.len() as f64 + 8.0;
+        // Keep one line free for the "N more" note.
+        if y + h > H as f64 - BOTTOM - line_h {
+            break;
+        }
+        out.push((y, lines));
+        y += h;
+    }
+    let left = p.series.len() - out.len();
+    (out, left)
 }
 
 fn esc(s: &str) -> String {
@@ -259,9 +393,12 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Characters per legend line in the SVG (12 px sans-serif averages under 7 px a character).
+const SVG_LEGEND_CHARS: usize = 26;
+
 /// The plot as an SVG document.
 pub fn svg(p: &Plot) -> String {
-    let (x0, x1, y0, y1) = ranges(p);
+    let l = Layout::of(p);
     let (pl, pr, pt, pb) = (LEFT, W as f64 - RIGHT, TOP, H as f64 - BOTTOM);
     let mut s = String::new();
     let _ = writeln!(
@@ -269,23 +406,21 @@ pub fn svg(p: &Plot) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    for t in ticks(x0, x1) {
-        let (x, _) = to_px(p, (t, y0));
+    for (t, label) in &l.xticks {
+        let (x, _) = l.to_px((*t, l.y0));
         let _ = writeln!(
             s,
-            r##"<line x1="{x:.1}" y1="{pt}" x2="{x:.1}" y2="{pb}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            r##"<line x1="{x:.1}" y1="{pt}" x2="{x:.1}" y2="{pb}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
             pb + 16.0,
-            fmt_tick(t)
         );
     }
-    for t in ticks(y0, y1) {
-        let (_, y) = to_px(p, (x0, t));
+    for (t, label) in &l.yticks {
+        let (_, y) = l.to_px((l.x0, *t));
         let _ = writeln!(
             s,
-            r##"<line x1="{pl}" y1="{y:.1}" x2="{pr}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            r##"<line x1="{pl}" y1="{y:.1}" x2="{pr}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
             pl - 6.0,
             y + 4.0,
-            fmt_tick(t)
         );
     }
     let _ = writeln!(
@@ -305,32 +440,51 @@ pub fn svg(p: &Plot) -> String {
         s,
         r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
         (pt + pb) / 2.0,
-        esc(&p.y_label)
+        esc(&l.y_title(p))
     );
     for (i, ser) in p.series.iter().enumerate() {
         let (r, g, b) = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = ser
-            .points
+        let pts: Vec<String> = l
+            .steps(&ser.points)
             .iter()
-            .map(|q| {
-                let (x, y) = to_px(p, *q);
-                format!("{x:.1},{y:.1}")
-            })
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
             .collect();
         let _ = writeln!(
             s,
             r#"<polyline fill="none" stroke="rgb({r},{g},{b})" stroke-width="2" points="{}"/>"#,
             pts.join(" ")
         );
-        let ly = pt + 10.0 + 20.0 * i as f64;
-        let _ = writeln!(
+    }
+    let (entries, left) = legend(p, SVG_LEGEND_CHARS, 14.0);
+    let mut last_y = pt;
+    for (i, (ly, lines)) in entries.iter().enumerate() {
+        let (r, g, b) = COLORS[i % COLORS.len()];
+        let _ = write!(
             s,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="rgb({r},{g},{b})" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="rgb({r},{g},{b})" stroke-width="3"/><text x="{:.1}" y="{:.1}">"#,
             pr + 12.0,
             pr + 36.0,
             pr + 42.0,
             ly + 4.0,
-            esc(&ser.label)
+        );
+        for (k, line) in lines.iter().enumerate() {
+            let _ = write!(
+                s,
+                r#"<tspan x="{:.1}" dy="{}">{}</tspan>"#,
+                pr + 42.0,
+                if k == 0 { 0 } else { 14 },
+                esc(line)
+            );
+        }
+        s.push_str("</text>\n");
+        last_y = ly + 14.0 * lines.len() as f64 + 8.0;
+    }
+    if left > 0 {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">and {left} more</text>"#,
+            pr + 12.0,
+            last_y + 4.0
         );
     }
     s.push_str("</svg>\n");
@@ -469,24 +623,22 @@ fn text_width(text: &str) -> f64 {
 /// The plot rasterised (same layout as the SVG; the y title sits above the plot) and
 /// PNG-encoded.
 pub fn png_bytes(p: &Plot) -> CliResult<Vec<u8>> {
-    let (x0, x1, y0, y1) = ranges(p);
+    let l = Layout::of(p);
     let (pl, pr, pt, pb) = (LEFT, W as f64 - RIGHT, TOP, H as f64 - BOTTOM);
     let mut c = Canvas::new();
     let grid = (221, 221, 221);
     let black = (0, 0, 0);
-    for t in ticks(x0, x1) {
-        let (x, _) = to_px(p, (t, y0));
+    for (t, label) in &l.xticks {
+        let (x, _) = l.to_px((*t, l.y0));
         c.line((x, pt), (x, pb), grid, 1);
         c.line((x, pb), (x, pb + 5.0), black, 1);
-        let t = fmt_tick(t);
-        c.text(x - text_width(&t) / 2.0, pb + 9.0, &t, black);
+        c.text(x - text_width(label) / 2.0, pb + 9.0, label, black);
     }
-    for t in ticks(y0, y1) {
-        let (_, y) = to_px(p, (x0, t));
+    for (t, label) in &l.yticks {
+        let (_, y) = l.to_px((l.x0, *t));
         c.line((pl, y), (pr, y), grid, 1);
         c.line((pl - 5.0, y), (pl, y), black, 1);
-        let t = fmt_tick(t);
-        c.text(pl - 9.0 - text_width(&t), y - 5.0, &t, black);
+        c.text(pl - 9.0 - text_width(label), y - 5.0, label, black);
     }
     c.line((pl, pt), (pr, pt), black, 1);
     c.line((pl, pb), (pr, pb), black, 1);
@@ -498,17 +650,27 @@ pub fn png_bytes(p: &Plot) -> CliResult<Vec<u8>> {
         &p.x_label,
         black,
     );
-    c.text(pl - 40.0, 8.0, &p.y_label, black);
+    c.text(pl - 40.0, 8.0, &l.y_title(p), black);
     for (i, ser) in p.series.iter().enumerate() {
         let col = COLORS[i % COLORS.len()];
-        for w in ser.points.windows(2) {
-            c.line(to_px(p, w[0]), to_px(p, w[1]), col, 2);
+        for w in l.steps(&ser.points).windows(2) {
+            c.line(w[0], w[1], col, 2);
         }
-        let ly = pt + 10.0 + 20.0 * i as f64;
-        c.line((pr + 12.0, ly), (pr + 36.0, ly), col, 3);
-        let max_chars = ((W as f64 - pr - 46.0) / ADVANCE as f64) as usize;
-        let label: String = ser.label.chars().take(max_chars).collect();
-        c.text(pr + 42.0, ly - 5.0, &label, black);
+    }
+    // Legend: labels wrapped to the room right of the plot (5 px font rows, 14 px lines).
+    let chars = ((W as f64 - pr - 46.0) / ADVANCE as f64) as usize;
+    let (entries, left) = legend(p, chars, 14.0);
+    let mut last_y = pt;
+    for (i, (ly, lines)) in entries.iter().enumerate() {
+        let col = COLORS[i % COLORS.len()];
+        c.line((pr + 12.0, *ly), (pr + 36.0, *ly), col, 3);
+        for (k, line) in lines.iter().enumerate() {
+            c.text(pr + 42.0, ly - 5.0 + 14.0 * k as f64, line, black);
+        }
+        last_y = ly + 14.0 * lines.len() as f64 + 8.0;
+    }
+    if left > 0 {
+        c.text(pr + 12.0, last_y - 5.0, &format!("and {left} more"), black);
     }
     let mut out = Vec::new();
     {
@@ -600,4 +762,95 @@ pub fn run(cache: Option<PathBuf>, args: ReportArgs) -> CliResult {
     write(&args.out.join("report.html"), html.as_bytes())?;
     println!("wrote report to {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plot(series: Vec<Series>) -> Plot {
+        Plot {
+            series,
+            x_label: "seconds".into(),
+            y_label: "best so far / best found".into(),
+        }
+    }
+
+    #[test]
+    fn ticks_are_round_numbers_covering_the_data() {
+        let p = plot(vec![Series {
+            label: "a".into(),
+            points: vec![(0.5, 2.63), (1.0, 1.3), (18.7, 1.0)],
+        }]);
+        let l = Layout::of(&p);
+        let ys: Vec<&str> = l.yticks.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(ys, ["1.0", "1.5", "2.0", "2.5", "3.0"]);
+        let xs: Vec<&str> = l.xticks.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(xs, ["0", "5", "10", "15", "20"]);
+        assert!(l.x1 >= 18.7 && l.y1 >= 2.63 && !l.clipped);
+        // The best (1.0) sits above the x axis, not on it.
+        assert!(l.y0 < 1.0);
+        assert_eq!(nice_step(0.3), 0.1);
+        assert_eq!(nice_step(1.1), 0.25);
+        let small: Vec<String> = nice_ticks(1.0, 1.1, 0.025)
+            .into_iter()
+            .map(|t| t.1)
+            .collect();
+        assert_eq!(small, ["1.000", "1.025", "1.050", "1.075", "1.100"]);
+    }
+
+    #[test]
+    fn values_above_the_cap_are_clipped_and_the_title_says_so() {
+        let p = plot(vec![Series {
+            label: "a".into(),
+            points: vec![(1.0, 40.0), (2.0, 1.0)],
+        }]);
+        let l = Layout::of(&p);
+        assert!(l.clipped && l.y1 == Y_CAP);
+        assert!(l.y_title(&p).contains("clipped at 3"));
+    }
+
+    #[test]
+    fn best_so_far_is_drawn_as_steps() {
+        let data = [(0.0, 2.0), (1.0, 1.5), (2.0, 1.0)];
+        let l = Layout::of(&plot(vec![Series {
+            label: "a".into(),
+            points: data.to_vec(),
+        }]));
+        let pts = l.steps(&data);
+        assert_eq!(pts.len(), 5);
+        // Horizontal first (same y as the previous point), then down at the new x.
+        assert_eq!(pts[1].1, pts[0].1);
+        assert_eq!(pts[1].0, pts[2].0);
+        assert!(pts[2].1 > pts[1].1, "pixel y grows downwards");
+    }
+
+    #[test]
+    fn legend_labels_wrap_and_overflow_is_counted() {
+        assert_eq!(
+            wrap("sgemm 4096x4096x4096 random (partial: cancelled)", 23),
+            ["sgemm 4096x4096x4096", "random (partial:", "cancelled)"]
+        );
+        assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+        assert_eq!(wrap("", 5), [""]);
+        let many = plot(
+            (0..40)
+                .map(|i| Series {
+                    label: format!("kernel {i} lfbo"),
+                    points: vec![(1.0, 1.0)],
+                })
+                .collect(),
+        );
+        let (shown, left) = legend(&many, 23, 14.0);
+        assert!(!shown.is_empty() && left > 0 && shown.len() + left == 40);
+        let last = shown.last().unwrap().0;
+        assert!(last < H as f64 - BOTTOM, "legend stays beside the plot");
+        // Every label line fits the image in the PNG's font.
+        for (_, lines) in legend(&many, 23, 14.0).0 {
+            for l in lines {
+                assert!(W as f64 - RIGHT + 42.0 + text_width(&l) <= W as f64);
+            }
+        }
+        assert!(svg(&many).contains("and "));
+    }
 }

@@ -1,7 +1,11 @@
-//! `jitune tune`: tunes each kernel spec for the shapes of a shapes file on one GPU, with a
-//! progress bar per kernel that ticks as each shape finishes (best time so far, ETA over the
-//! shapes; `tune_with` has no per-evaluation callback). Ctrl-C stops between shapes: every
-//! finished shape is already stored in the cache; the shape in flight is abandoned.
+//! `jitune tune`: tunes each kernel spec for the shapes of a shapes file on one GPU, with one
+//! progress bar per shape driven by the search's progress callback (evaluations of the budget,
+//! best time so far, ETA), then prints the summary table (winner, its time, the default's time,
+//! the speed-up). Ctrl-C sets the search's cancellation flag: the shape in flight ends after
+//! its current batch and its best config so far is stored, marked partial; finished shapes are
+//! already stored; no further shape starts; the summary prints and the exit code is 130.
+//! `--trace` writes each shape's convergence curve as measured: seconds and best time so far
+//! after every batch.
 //!
 //! Shapes file (TOML): one array of shapes per kernel name, e.g.
 //! `sgemm = [[1024, 1024, 1024], [4096, 4096, 4096]]`.
@@ -15,6 +19,7 @@ use serde_json::json;
 
 use super::{cache_path, exit, input_err, print_json, print_table, CliError, CliResult, Strategy};
 use crate::cache::{Cache, CacheOptions};
+use crate::search::{Hooks, Progress, ProgressHook};
 use crate::tuner::{Kernel, Mode, TuneOptions, TuneReport, Tuner};
 use crate::Error;
 
@@ -109,6 +114,15 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             }
         }
     }
+    if args.budget == 0 {
+        return Err(CliError::new(exit::USAGE, "--budget must be at least 1"));
+    }
+    if args.time_limit.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+        return Err(CliError::new(
+            exit::USAGE,
+            "--time-limit must be a positive number of seconds",
+        ));
+    }
     crate::gpu::require_cuda()?;
     let path = cache_path(cache)?;
     let cache = Cache::open(CacheOptions::at(&path))?;
@@ -124,12 +138,13 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C exits at once.
+        // The first Ctrl-C sets the flag the search checks between batches; a second one exits
+        // at once.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(exit::INTERRUPTED);
             }
-            eprintln!("\njitune: stopping after the shape in flight is abandoned; finished shapes are stored (Ctrl-C again to quit now)");
+            eprintln!("\njitune: stopping after the batch in flight; its best config so far is stored (Ctrl-C again to quit now)");
         });
     }
     let mut trace = match &args.trace {
@@ -149,40 +164,59 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
         seed: args.seed,
     };
     let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {pos}/{len} shapes {msg} ETA {eta}",
-    )
-    .map_err(|e| CliError::new(exit::RUNTIME, e.to_string()))?
-    .progress_chars("=> ");
+    let style = bar_style(args.time_limit)?;
     let mut results: Vec<(String, Vec<i64>, TuneReport)> = Vec::new();
     let mut interrupted = false;
     'kernels: for (k, list) in kernels.iter().zip(&shapes) {
-        let bar = multi.add(indicatif::ProgressBar::new(list.len() as u64));
-        bar.set_style(style.clone());
-        bar.set_prefix(k.spec.name.clone());
-        let mut best = f64::INFINITY;
         for s in list {
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;
-                bar.abandon_with_message("interrupted");
                 break 'kernels;
             }
-            bar.set_message(format!("tuning {}", dims_text(s)));
-            let report = tuner.tune_with(k, s, &opts);
+            // One bar per shape: evaluations of the budget, best so far, ETA.
+            let bar = multi.add(indicatif::ProgressBar::new(args.budget as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{} {}", k.spec.name, dims_text(s)));
+            bar.set_message("compiling the reference");
+            let curve: Arc<parking_lot::Mutex<Vec<(f64, f64)>>> = Arc::default();
+            let hooks = Hooks {
+                cancel: Some(stop.clone()),
+                progress: Some(progress_hook(bar.clone(), curve.clone())),
+            };
+            let report = tuner.tune_with_hooks(k, s, &opts, hooks);
             if stop.load(Ordering::SeqCst) {
-                // The shape finished (or failed) while stopping; a finished one is stored.
                 interrupted = true;
             }
             let report = match report {
                 Ok(r) => r,
+                Err(_) if interrupted => {
+                    // Cancelled before any config ran correctly: nothing to store for it.
+                    bar.abandon_with_message("interrupted before any config was measured");
+                    break 'kernels;
+                }
                 Err(e) => {
-                    bar.abandon_with_message(format!("failed on {}", dims_text(s)));
+                    bar.abandon_with_message("failed");
                     return Err(e.into());
                 }
             };
-            best = best.min(report.entry.median_ms);
-            bar.set_message(format!("best {best:.4} ms"));
-            bar.inc(1);
+            let done = format!(
+                "{:.4} ms{}{}",
+                report.entry.median_ms,
+                report.default_ms.map_or(String::new(), |d| format!(
+                    " ({:.2}x over default)",
+                    d / report.entry.median_ms
+                )),
+                if report.partial {
+                    format!(", partial: {} evaluations", report.entry.evaluated)
+                } else {
+                    String::new()
+                }
+            );
+            if report.partial {
+                bar.abandon_with_message(done);
+            } else {
+                bar.finish_with_message(done);
+            }
             if let Some(f) = trace.as_mut() {
                 use std::io::Write;
                 let line = json!({
@@ -190,24 +224,70 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                     "shape": report.entry.key.shape.to_text(),
                     "strategy": report.entry.strategy,
                     "default_ms": report.default_ms,
-                    "curve": report.curve,
+                    "evaluated": report.entry.evaluated,
+                    "curve": *curve.lock(),
                 });
                 writeln!(f, "{line}")
                     .map_err(|e| input_err(Error::io(args.trace.clone().unwrap_or_default(), e)))?;
             }
             results.push((k.spec.name.clone(), s.clone(), report));
             if interrupted {
-                bar.abandon_with_message("interrupted");
                 break 'kernels;
             }
         }
-        bar.finish_with_message(format!("best {best:.4} ms"));
     }
+    // Every bar is finished or abandoned and stays on stderr with its final message; the
+    // summary goes to stdout below them.
     summary(&results, args.json)?;
     Ok(if interrupted {
         exit::INTERRUPTED
     } else {
         exit::OK
+    })
+}
+
+/// The bar of one shape: `sgemm 1024x1024x1024 [=====>    ] 40/120 evals best 0.1523 ms ETA 12s`.
+/// With a time limit the ETA is the sooner of indicatif's rate estimate and the time left.
+fn bar_style(time_limit: Option<f64>) -> CliResult<indicatif::ProgressStyle> {
+    let limit = time_limit.map(std::time::Duration::from_secs_f64);
+    Ok(indicatif::ProgressStyle::with_template(
+        "{prefix:>24} [{bar:30}] {pos:>4}/{len} evals {msg} ETA {eta_or_limit}",
+    )
+    .map_err(|e| CliError::new(exit::RUNTIME, e.to_string()))?
+    .with_key(
+        "eta_or_limit",
+        move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let mut eta = st.eta();
+            if let Some(l) = limit {
+                eta = eta.min(l.saturating_sub(st.elapsed()));
+            }
+            let _ = write!(w, "{}", indicatif::HumanDuration(eta));
+        },
+    )
+    .progress_chars("=> "))
+}
+
+/// The search's progress callback driving one bar (the search layer knows nothing of bars),
+/// and recording the convergence curve for `--trace`: after each batch, the seconds spent and
+/// the best time so far. These are real times per batch; [`TuneReport::curve`] spreads its
+/// per-evaluation points evenly over the run's duration instead.
+fn progress_hook(
+    bar: indicatif::ProgressBar,
+    curve: Arc<parking_lot::Mutex<Vec<(f64, f64)>>>,
+) -> ProgressHook {
+    ProgressHook::new(move |p: &Progress| {
+        bar.set_length(p.budget as u64);
+        bar.set_position(p.evaluated as u64);
+        if let Some(b) = p.best_ms {
+            bar.set_message(format!("best {b:.4} ms"));
+            let mut c = curve.lock();
+            // Best so far never gets worse on the plot, even when re-measurement moves an
+            // estimate up.
+            let b = c.last().map_or(b, |l| l.1.min(b));
+            c.push((p.elapsed_s, b));
+        } else if p.evaluated > 0 {
+            bar.set_message("nothing ran correctly yet");
+        }
     })
 }
 
@@ -229,13 +309,15 @@ fn summary(results: &[(String, Vec<i64>, TuneReport)], json: bool) -> CliResult 
                     "default_ms": r.default_ms,
                     "speedup": r.default_ms.map(|d| d / r.entry.median_ms),
                     "evaluated": r.entry.evaluated,
+                    "partial": r.partial,
+                    "strategy": r.entry.strategy,
                     "wall_s": r.wall_s,
                 })
             })
             .collect();
         return print_json(&serde_json::Value::Array(v));
     }
-    let rows: Vec<[String; 6]> = results
+    let rows: Vec<[String; 7]> = results
         .iter()
         .map(|(k, s, r)| {
             [
@@ -245,6 +327,11 @@ fn summary(results: &[(String, Vec<i64>, TuneReport)], json: bool) -> CliResult 
                 r.default_ms.map_or("-".into(), |d| format!("{d:.4}")),
                 r.default_ms
                     .map_or("-".into(), |d| format!("{:.2}x", d / r.entry.median_ms)),
+                if r.partial {
+                    format!("{} (partial)", r.entry.evaluated)
+                } else {
+                    r.entry.evaluated.to_string()
+                },
                 r.entry.config.clone(),
             ]
         })
@@ -256,6 +343,7 @@ fn summary(results: &[(String, Vec<i64>, TuneReport)], json: bool) -> CliResult 
             "BEST_MS",
             "DEFAULT_MS",
             "SPEEDUP",
+            "EVALS",
             "WINNER",
         ],
         &rows,

@@ -6,6 +6,13 @@
 //! once, failures are never a winner, the fidelity ladder re-measures configs close to the best
 //! so one lucky sample cannot win, and a final interleaved shootout of the top few picks the
 //! winner.
+//!
+//! The session is also where a caller's [`Hooks`] act, so that no strategy has to know about
+//! them: after every batch the progress callback hears how far the search is (evaluations of
+//! the budget, best so far), and once the cancellation flag is set the session reports no budget
+//! left, so every strategy ends after the batch in flight and returns the best found so far
+//! (with [`SearchResult::cancelled`] set). The hooks are plain closures and flags: the search
+//! layer knows nothing of terminals or progress bars.
 
 pub mod evaluator;
 pub mod exhaustive;
@@ -15,6 +22,8 @@ pub mod pattern;
 pub mod random;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub use evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
 pub use exhaustive::Exhaustive;
@@ -76,6 +85,63 @@ pub struct SearchOptions {
     pub start: Vec<Config>,
     /// The noise-handling ladder.
     pub fidelity: Fidelity,
+    /// Cancellation flag and progress callback (none by default).
+    pub hooks: Hooks,
+}
+
+/// How far a search is, reported after each batch (see [`Hooks::progress`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Unique configs evaluated so far (failures included).
+    pub evaluated: usize,
+    /// The most that will be evaluated: the evaluation budget, or the number of valid configs
+    /// when the space is smaller. A time budget or convergence can end the search sooner.
+    pub budget: usize,
+    /// The best estimate so far in ms (`None` until a config ran correctly).
+    pub best_ms: Option<f64>,
+    /// Seconds the evaluator reports spent (real or simulated).
+    pub elapsed_s: f64,
+}
+
+/// A progress callback; cheap to clone (shared).
+#[derive(Clone)]
+pub struct ProgressHook(Arc<dyn Fn(&Progress) + Send + Sync>);
+
+impl ProgressHook {
+    /// Wraps a callback. It runs on the searching thread between batches, so it should be quick.
+    pub fn new(f: impl Fn(&Progress) + Send + Sync + 'static) -> ProgressHook {
+        ProgressHook(Arc::new(f))
+    }
+
+    /// Calls it.
+    pub fn call(&self, p: &Progress) {
+        (self.0)(p)
+    }
+}
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook(..)")
+    }
+}
+
+/// What a caller can attach to a search: a cancellation flag and a progress callback.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    /// When set (from any thread, e.g. a Ctrl-C handler), the search ends after the batch in
+    /// flight and returns the best found so far; the final shootout is skipped.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Called after every batch (and once before the first) with the search's progress.
+    pub progress: Option<ProgressHook>,
+}
+
+impl Hooks {
+    /// Whether the cancellation flag is set.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl SearchOptions {
@@ -88,6 +154,7 @@ impl SearchOptions {
             max_time_s: None,
             start: Vec::new(),
             fidelity: Fidelity::default(),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -124,6 +191,9 @@ pub struct SearchResult {
     pub remeasurements: usize,
     /// Seconds the evaluator reported at the end.
     pub elapsed_s: f64,
+    /// Whether the search was cancelled through [`Hooks::cancel`] before it ended on its own:
+    /// `best` is then the best of what was evaluated so far, without the final shootout.
+    pub cancelled: bool,
 }
 
 impl SearchResult {
@@ -172,19 +242,47 @@ pub struct Session<'a> {
     remeasurements: usize,
     /// Bumped whenever an estimate changes, so strategies can see re-measured labels.
     version: u64,
+    /// What [`Progress::budget`] reports (computed once, only when a progress hook is set).
+    budget: usize,
 }
 
 impl<'a> Session<'a> {
     /// A session over `eval` under `opts`.
     pub fn new(eval: &'a mut dyn Evaluator, opts: &'a SearchOptions) -> Self {
-        Session {
+        let budget = if opts.hooks.progress.is_some() {
+            let count = usize::try_from(eval.space().count()).unwrap_or(usize::MAX);
+            opts.max_evals.min(count)
+        } else {
+            opts.max_evals
+        };
+        let s = Session {
             eval,
             opts,
             obs: Vec::new(),
             index: HashMap::new(),
             remeasurements: 0,
             version: 0,
+            budget,
+        };
+        s.report_progress();
+        s
+    }
+
+    /// Tells the progress hook, if any, where the search stands.
+    fn report_progress(&self) {
+        if let Some(hook) = &self.opts.hooks.progress {
+            hook.call(&Progress {
+                evaluated: self.obs.len(),
+                budget: self.budget,
+                best_ms: self.best().map(|(_, t)| t),
+                elapsed_s: self.eval.elapsed_s(),
+            });
         }
+    }
+
+    /// Whether the caller cancelled the search (see [`Hooks::cancel`]).
+    pub fn cancelled(&self) -> bool {
+        self.opts.hooks.cancelled()
     }
 
     /// The space searched.
@@ -197,12 +295,14 @@ impl<'a> Session<'a> {
         self.opts
     }
 
-    /// Unique evaluations still allowed (0 once the time budget is spent).
+    /// Unique evaluations still allowed (0 once the time budget is spent or the search was
+    /// cancelled: every strategy loops on this, so that is how cancellation reaches them all).
     pub fn remaining(&self) -> usize {
-        if self
-            .opts
-            .max_time_s
-            .is_some_and(|t| self.eval.elapsed_s() >= t)
+        if self.cancelled()
+            || self
+                .opts
+                .max_time_s
+                .is_some_and(|t| self.eval.elapsed_s() >= t)
         {
             return 0;
         }
@@ -313,6 +413,7 @@ impl<'a> Session<'a> {
         }
         self.version += 1;
         self.refine_near_best()?;
+        self.report_progress();
         Ok(new)
     }
 
@@ -399,13 +500,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The last rung: interleaved rounds over the top few, then the result.
+    /// The last rung: interleaved rounds over the top few, then the result. A cancelled search
+    /// skips the shootout (the caller asked to stop now) and says so in the result.
     pub fn finish(mut self) -> Result<SearchResult> {
         let (top, rounds) = (
             self.opts.fidelity.shootout_top,
             self.opts.fidelity.shootout_rounds,
         );
-        if top > 1 && rounds > 0 {
+        let cancelled = self.cancelled();
+        if top > 1 && rounds > 0 && !cancelled {
             let finalists: Vec<usize> = self.ranked().into_iter().take(top).collect();
             if finalists.len() > 1 {
                 for _ in 0..rounds {
@@ -419,6 +522,7 @@ impl<'a> Session<'a> {
             observations: self.obs,
             remeasurements: self.remeasurements,
             elapsed_s: self.eval.elapsed_s(),
+            cancelled,
         })
     }
 }

@@ -1,0 +1,281 @@
+//! `jitune tune` and `jitune verify` on a GPU, as subprocesses: tune SGEMM for one small shape
+//! with a small budget into a scratch cache, verify it (exit codes, per-entry output, the cache
+//! left unchanged), verify a doctored copy whose stored time is 100 times too fast (flagged as
+//! drift, exit 6), and a Ctrl-C sent to the process group in the middle of a long tuning run
+//! (exit 130, the best so far stored and marked partial, the summary printed).
+//!
+//! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
+//! why it skips and passes.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jitune::cache::export::Snapshot;
+use serde_json::Value;
+
+fn gpu_or_skip(test: &str) -> bool {
+    match jitune::gpu::gpu_tests_enabled() {
+        Ok(()) => true,
+        Err(why) => {
+            println!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+fn sgemm_spec() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml").to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("jitune-gpu-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn jitune(dir: &Path, args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_jitune"))
+        .args(args)
+        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!(
+        "$ jitune {}\n{}{err}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        !err.contains("panicked") && o.status.code() != Some(101),
+        "{args:?}: {err}"
+    );
+    o
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const SHAPE: &str = "512x512x512";
+
+#[test]
+fn tune_then_verify_sgemm() {
+    if !gpu_or_skip("tune_then_verify_sgemm") {
+        return;
+    }
+    let d = scratch("tv");
+    let shapes = d.join("shapes.toml");
+    // A power-of-two shape: its bucket is itself, so verify measures the shape tuned.
+    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
+    let db = d.join("cache.sqlite");
+    let spec = sgemm_spec();
+    let o = jitune(
+        &d,
+        &[
+            "tune",
+            &spec,
+            "--shapes",
+            s(&shapes),
+            "--budget",
+            "16",
+            "--cache",
+            s(&db),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&o), 0);
+    let summary = json(&o);
+    let rows = summary.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["kernel"], "sgemm");
+    assert_eq!(row["partial"], false);
+    let stored = row["median_ms"].as_f64().unwrap();
+    assert!(stored > 0.0);
+    let default_ms = row["default_ms"]
+        .as_f64()
+        .expect("the default was measured");
+    assert!((row["speedup"].as_f64().unwrap() - default_ms / stored).abs() < 1e-9);
+    let evaluated = row["evaluated"].as_u64().unwrap();
+    assert!((1..=16).contains(&evaluated), "{evaluated}");
+
+    // The table form of verify.
+    let before = Snapshot::load(&db).unwrap();
+    let o = jitune(&d, &["verify", &spec, "--cache", s(&db)]);
+    assert!([0, 6].contains(&code(&o)), "exit {}", code(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.starts_with("KEY"), "{text}");
+    assert!(text.contains(&format!("sgemm/{SHAPE}")), "{text}");
+    assert!(text.contains("verified 1 entries"), "{text}");
+
+    // JSON: one entry, its numbers consistent, the exit code following the flags.
+    let o = jitune(&d, &["verify", &spec, "--cache", s(&db), "--json"]);
+    let v = json(&o);
+    let e = &v["entries"][0];
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(e["stored_ms"].as_f64().unwrap(), stored);
+    let now = e["now_ms"].as_f64().expect("the winner still runs");
+    let dflt = e["default_ms"].as_f64().expect("the default runs");
+    assert!(now > 0.0 && dflt > 0.0);
+    let drift = e["drift_pct"].as_f64().unwrap();
+    assert!((drift - (now / stored - 1.0) * 100.0).abs() < 1e-9);
+    let flagged = v["flagged"].as_u64().unwrap();
+    assert_eq!(code(&o), if flagged > 0 { 6 } else { 0 });
+    println!("verify: stored {stored:.4} ms, now {now:.4} ms ({drift:+.1}%), default {dflt:.4} ms");
+    // Re-measured within a factor of two of the stored time: the same measurement machinery.
+    assert!(
+        now < 2.0 * stored && now > 0.5 * stored,
+        "{now} vs {stored}"
+    );
+
+    // A threshold no honest re-measurement crosses: exit 0.
+    let o = jitune(
+        &d,
+        &["verify", &spec, "--cache", s(&db), "--threshold", "1000"],
+    );
+    assert_eq!(code(&o), 0);
+
+    // Verify never writes the cache.
+    let after = Snapshot::load(&db).unwrap();
+    assert_eq!(before.entries, after.entries);
+
+    // A copy whose stored time is 100 times too fast: flagged as drift, exit 6.
+    let mut doctored = after.clone();
+    for e in &mut doctored.entries {
+        e.median_ms /= 100.0;
+    }
+    let fake = d.join("doctored.json");
+    doctored.write_json(&fake).unwrap();
+    let o = jitune(&d, &["verify", &spec, "--cache", s(&fake), "--json"]);
+    assert_eq!(code(&o), 6);
+    let v = json(&o);
+    assert!(v["entries"][0]["status"]
+        .as_str()
+        .unwrap()
+        .contains("drift"));
+
+    // --kernel naming another spec's kernel: nothing matched.
+    let o = jitune(
+        &d,
+        &["verify", &spec, "--cache", s(&db), "--kernel", "softmax"],
+    );
+    assert_eq!(code(&o), 5);
+    // A cache without entries for this GPU: nothing matched.
+    let empty = d.join("empty.json");
+    Snapshot::default().write_json(&empty).unwrap();
+    let o = jitune(&d, &["verify", &spec, "--cache", s(&empty)]);
+    assert_eq!(code(&o), 5);
+}
+
+#[test]
+fn ctrl_c_stores_the_best_so_far_and_prints_the_summary() {
+    if !gpu_or_skip("ctrl_c_stores_the_best_so_far_and_prints_the_summary") {
+        return;
+    }
+    let d = scratch("ctrlc");
+    let shapes = d.join("shapes.toml");
+    // Two shapes: the second must never start after the Ctrl-C.
+    std::fs::write(&shapes, "sgemm = [[512, 512, 512], [1024, 1024, 1024]]\n").unwrap();
+    let db = d.join("cache.sqlite");
+    let spec = sgemm_spec();
+    // Random search does not converge early: it would run all 1500 evaluations.
+    let child = Command::new(env!("CARGO_BIN_EXE_jitune"))
+        .args([
+            "tune",
+            &spec,
+            "--shapes",
+            s(&shapes),
+            "--strategy",
+            "random",
+            "--budget",
+            "1500",
+            "--cache",
+            s(&db),
+            "--json",
+        ])
+        .env("JITUNE_CACHE", d.join("unused.sqlite"))
+        // Its own process group, so the Ctrl-C reaches the compile workers too, as from a
+        // terminal.
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until some configs are compiled (their CUBINs land in the binary table).
+    let start = Instant::now();
+    loop {
+        // Read-only, and only once it exists: the test must not create the tuner's file.
+        let n: i64 = if db.exists() {
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("SELECT COUNT(*) FROM binaries", [], |r| r.get(0)))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if n >= 24 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no progress in 3 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = Instant::now();
+    // `--` keeps the negative process-group id from being read as an option.
+    assert!(Command::new("kill")
+        .args(["-s", "INT", "--", &format!("-{pid}")])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    let stopped_in = sent.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!("stopped {stopped_in:?} after Ctrl-C\n{err}");
+    assert!(!err.contains("panicked"));
+    assert_eq!(code(&o), 130, "{err}");
+    assert!(stopped_in < Duration::from_secs(60), "{stopped_in:?}");
+    let v = json(&o);
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "the second shape never started: {v}");
+    let row = &rows[0];
+    assert_eq!(row["partial"], true);
+    let evaluated = row["evaluated"].as_u64().unwrap();
+    assert!(evaluated < 1500, "{evaluated}");
+    assert!(row["median_ms"].as_f64().unwrap() > 0.0);
+    assert!(row["strategy"].as_str().unwrap().contains("partial"));
+    // The entry is in the cache, marked partial, with the honest evaluation count.
+    let snap = Snapshot::load(&db).unwrap();
+    assert_eq!(snap.entries.len(), 1);
+    let e = &snap.entries[0];
+    assert_eq!(e.key.shape.to_text(), SHAPE);
+    assert!(e.strategy.contains("partial"), "{}", e.strategy);
+    assert_eq!(u64::from(e.evaluated), evaluated);
+    // No config was recorded as failed because the Ctrl-C killed its compile worker.
+    let worker_failures: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM failures WHERE message LIKE '%worker%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(worker_failures, 0);
+}
