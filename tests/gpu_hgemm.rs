@@ -179,12 +179,18 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
     }
     // Many configs against that default, through the tuner's correctness gate (tolerance 1e-3).
     let gpu = Arc::new(cache_only.gpu().clone());
+    let cover = ["LAYOUT", "SPLITK", "STAGES"];
+    agree(&gpu, "hgemm_f16", [96, 200, 264], &cover);
+    agree(&gpu, "hgemm_f16", [257, 129, 200], &cover);
+    agree(&gpu, "hgemm_bf16", [1, 256, 4096], &cover);
+}
+
+/// Evaluates 36 random configs of `name` at `shape` (plus more until every value of each
+/// parameter in `cover` is in) through a `GpuEvaluator`, whose reference is the spec's default
+/// config: wrong results and compile errors fail.
+fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, name: &str, shape: [i64; 3], cover: &[&str]) {
     let pool = Arc::new(CompilePool::default_sized());
-    for (name, shape) in [
-        ("hgemm_f16", [96i64, 200, 264]),
-        ("hgemm_f16", [257, 129, 200]),
-        ("hgemm_bf16", [1, 256, 4096]),
-    ] {
+    {
         let k = kernel(name);
         let mut eval = GpuEvaluator::new(
             gpu.clone(),
@@ -197,13 +203,11 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
         // Time every config that passes the check, however slow.
         eval.options.too_slow_factor = 1e9;
         let space = eval.space().clone();
-        let names: Vec<&str> = k.spec.params.iter().map(|p| p.name.as_str()).collect();
-        let (layout, splitk, stages) = (
-            names.iter().position(|n| *n == "LAYOUT").unwrap(),
-            names.iter().position(|n| *n == "SPLITK").unwrap(),
-            names.iter().position(|n| *n == "STAGES").unwrap(),
-        );
-        // 36 random configs, then enough more that every layout, split and stage count is in.
+        let dims: Vec<usize> = cover
+            .iter()
+            .map(|c| k.spec.params.iter().position(|p| p.name == *c).unwrap())
+            .collect();
+        // 36 random configs, then enough more that every value of the `cover` parameters is in.
         let mut rng = Rng::new(7 + shape[0] as u64);
         let mut batch = Vec::new();
         let mut tries = 0;
@@ -217,11 +221,7 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
             }
             let covers =
                 |d: usize, b: &Vec<jitune::space::Config>| !b.iter().any(|x| x.0[d] == c.0[d]);
-            if batch.len() < 36
-                || covers(layout, &batch)
-                || covers(splitk, &batch)
-                || covers(stages, &batch)
-            {
+            if batch.len() < 36 || dims.iter().any(|&d| covers(d, &batch)) {
                 batch.push(c);
             }
         }
@@ -255,6 +255,46 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
 }
 
 #[test]
+fn gpu_hgemm_sm90_matches_cpu() {
+    if !gpu_or_skip("gpu_hgemm_sm90_matches_cpu") {
+        return;
+    }
+    let cache_only = tuner(Mode::CacheOnly, 1, 1.0);
+    let limits = cache_only.gpu().limits;
+    if (limits.cc_major, limits.cc_minor) != (9, 0) {
+        println!("skipping gpu_hgemm_sm90_matches_cpu: the device is not compute capability 9.0");
+        return;
+    }
+    // The default config (untuned) against the CPU, then many configs against it.
+    for (name, ty) in [
+        ("hgemm_sm90_f16", ElemType::F16),
+        ("hgemm_sm90_bf16", ElemType::Bf16),
+    ] {
+        let k = kernel(name);
+        for shape in [
+            (96, 200, 264),
+            (257, 129, 200),
+            (1, 256, 4096),
+            (512, 512, 512),
+        ] {
+            check(&cache_only, &k, ty, shape);
+        }
+    }
+    let gpu = Arc::new(cache_only.gpu().clone());
+    let cover = ["BM", "BN", "WGM", "STAGES"];
+    agree(&gpu, "hgemm_sm90_f16", [96, 200, 264], &cover);
+    agree(&gpu, "hgemm_sm90_f16", [257, 129, 200], &cover);
+    agree(&gpu, "hgemm_sm90_bf16", [200, 264, 1024], &cover);
+    // Tuned winners.
+    let tuner = tuner(Mode::Blocking, 8, 15.0);
+    let (f16, bf16) = (kernel("hgemm_sm90_f16"), kernel("hgemm_sm90_bf16"));
+    for shape in [(1, 4096, 4096), (257, 129, 200), (512, 512, 512), (3, 5, 7)] {
+        check(&tuner, &f16, ElemType::F16, shape);
+    }
+    check(&tuner, &bf16, ElemType::Bf16, (100, 4104, 72));
+}
+
+#[test]
 fn gpu_hgemm_f16_4096_tuning_and_spread() {
     if !gpu_or_skip("gpu_hgemm_f16_4096_tuning_and_spread") {
         return;
@@ -263,13 +303,23 @@ fn gpu_hgemm_f16_4096_tuning_and_spread() {
         println!("skipping gpu_hgemm_f16_4096_tuning_and_spread: JITUNE_HGEMM_PERF is not 1");
         return;
     }
+    let names = std::env::var("JITUNE_HGEMM_PERF_SPECS")
+        .unwrap_or_else(|_| "hgemm_f16,hgemm_sm90_f16".into());
+    for name in names.split(',') {
+        tune_and_spread(name);
+    }
+}
+
+/// Tunes `name` at 4096^3 for at most 30 s and prints the result and curve, then times 32
+/// uniformly drawn configs and prints their median/best ratio.
+fn tune_and_spread(name: &str) {
     let shape = [4096i64, 4096, 4096];
     let flops = 2.0 * 4096f64.powi(3);
     let tuner = tuner(Mode::Blocking, 400, 30.0);
-    let k = kernel("hgemm_f16");
+    let k = kernel(name);
     let report = tuner.tune(&k, &shape).unwrap();
     println!(
-        "hgemm_f16 4096^3: tuned in {:.1} s ({} configs, {} compiled): {} at {:.4} ms = {:.1} TFLOP/s; default {:?} ms",
+        "{name} 4096^3: tuned in {:.1} s ({} configs, {} compiled): {} at {:.4} ms = {:.1} TFLOP/s; default {:?} ms",
         report.wall_s,
         report.entry.evaluated,
         report.compiled,
@@ -310,7 +360,7 @@ fn gpu_hgemm_f16_4096_tuning_and_spread() {
     assert!(!times.is_empty());
     let med = times[times.len() / 2];
     println!(
-        "random configs at 4096^3: {} ran; best {:.3} ms, median {:.3} ms, worst {:.3} ms: median/best {:.2}",
+        "{name} random configs at 4096^3: {} ran; best {:.3} ms, median {:.3} ms, worst {:.3} ms: median/best {:.2}",
         times.len(),
         times[0],
         med,

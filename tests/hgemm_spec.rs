@@ -200,3 +200,91 @@ fn source_declares_every_parameter_and_takes_six_arguments() {
     // NVRTC compiles it without any header.
     assert!(!spec.source.contains("#include"));
 }
+
+#[test]
+fn sm90_specs_keep_the_interface_and_compile_for_sm90a_only_on_hopper() {
+    use jitune::gpu::compile::CompileRequest;
+    let f16 = load("hgemm_sm90_f16");
+    let bf16 = load("hgemm_sm90_bf16");
+    let portable = load("hgemm_f16");
+    assert_ne!(f16.id(), bf16.id());
+    assert_eq!(f16.source, bf16.source);
+    for (spec, ty) in [(&f16, ElemType::F16), (&bf16, ElemType::Bf16)] {
+        assert_eq!(spec.entry, "hgemm_sm90");
+        let dims: Vec<&str> = spec.dims.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(dims, ["M", "N", "K"]);
+        let args: Vec<(&str, ElemType)> =
+            spec.args.iter().map(|a| (a.name.as_str(), a.ty)).collect();
+        assert_eq!(
+            args,
+            [
+                ("a", ty),
+                ("b", ty),
+                ("c", ElemType::F32),
+                ("M", ElemType::I32),
+                ("N", ElemType::I32),
+                ("K", ElemType::I32),
+            ]
+        );
+        let h100 = DeviceLimits::h100();
+        for shape in SHAPES {
+            let space = spec.space_for(&shape, &h100).unwrap();
+            assert!(
+                space.is_valid(&spec.default),
+                "{}: default at {shape:?}",
+                spec.name
+            );
+            assert!(
+                space.count() >= 50,
+                "{}: {} configs",
+                spec.name,
+                space.count()
+            );
+            for c in space.iter() {
+                let values: Vec<i64> = (0..spec.params.len())
+                    .map(|d| space.int_value(&c, d))
+                    .collect();
+                let g = spec.geometry(&values, &shape, &h100).unwrap();
+                assert!(g.block[0] % 128 == 0 && g.block[0] <= 512);
+                assert!(g.shared_mem as i64 <= h100.max_shared_per_block_optin);
+            }
+        }
+        // No valid config off compute capability 9.0 (sm_90a code runs nowhere else).
+        for (major, minor) in [(8, 0), (8, 9), (10, 0)] {
+            let other = DeviceLimits {
+                cc_major: major,
+                cc_minor: minor,
+                ..h100
+            };
+            let count = spec.space_for(&[512, 512, 512], &other).map(|s| s.count());
+            assert!(
+                matches!(count, Err(_) | Ok(0)),
+                "{}: {count:?} on {major}.{minor}",
+                spec.name
+            );
+        }
+        // Compiled for sm_90a on an sm_90 device, the flag itself never reaches NVRTC twice.
+        let req = CompileRequest::new(spec, &spec.default, "sm_90");
+        assert_eq!(req.arch, "sm_90a");
+        assert!(!req.options.iter().any(|o| o.contains("gpu-architecture")));
+        assert!(req.options.iter().any(|o| o.starts_with("-DHGEMM_BF16=")));
+        // Elsewhere the device's own arch stays (and the kernel would fail to compile).
+        assert_eq!(
+            CompileRequest::new(spec, &spec.default, "sm_100").arch,
+            "sm_100"
+        );
+    }
+    // Specs without the flag compile for the device's arch as before.
+    assert_eq!(
+        CompileRequest::new(&portable, &portable.default, "sm_90").arch,
+        "sm_90"
+    );
+    for p in &f16.params {
+        assert!(
+            f16.source.contains(&format!("#ifndef {}\n", p.name)),
+            "-D{}",
+            p.name
+        );
+    }
+    assert!(!f16.source.contains("#include"));
+}
