@@ -16,7 +16,9 @@
 // - K advances in slices of 64 through STAGES shared-memory buffers filled with cp.async (16-byte
 //   copies, zero-filled past the edges; bounds-checked 2-byte loads when K or N is no multiple of
 //   8). Each step issues the slice's wgmmas asynchronously, then the copies of a later slice,
-//   then waits: copies and tensor-core work overlap.
+//   then waits for the wgmmas: copies and tensor-core work overlap. INFLIGHT = 1 waits only
+//   for the previous step's wgmmas, so the tensor cores stay busy across the step's barrier
+//   (the prefetch distance shrinks by one slice to keep refilled stages unread).
 // - GROUP_M: blocks run in groups of GROUP_M tile rows (L2 reuse).
 
 #ifndef BM
@@ -34,6 +36,9 @@
 #ifndef GROUP_M
 #define GROUP_M 8
 #endif
+#ifndef INFLIGHT
+#define INFLIGHT 1
+#endif
 #ifndef HGEMM_BF16
 #define HGEMM_BF16 0
 #endif
@@ -45,9 +50,12 @@
 #define A_STAGE_BYTES (BM * 128)
 #define B_STAGE_BYTES (BN * 128)
 #define STAGE_BYTES (A_STAGE_BYTES + B_STAGE_BYTES)
+// Prefetch distance in K slices: a stage may be refilled only once the wgmmas that read it
+// are complete, and INFLIGHT = 1 leaves the previous step's wgmmas running.
+#define PF (STAGES - 1 - INFLIGHT)
 
-#if (BM % WGM) || (WGM % 64) || (BN % 64) || BN > 256
-#error "BM must be a multiple of WGM, WGM of 64, BN a multiple of 64 up to 256"
+#if (BM % WGM) || (WGM % 64) || (BN % 64) || BN > 256 || PF < 1
+#error "BM must be a multiple of WGM, WGM of 64, BN a multiple of 64 up to 256, STAGES > 1 + INFLIGHT"
 #endif
 
 #if HGEMM_BF16
@@ -218,14 +226,14 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
             acc[i][j] = 0.0f;
 
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < PF; ++s) {
         if (s < nk)
             load_stage(sbase + s * STAGE_BYTES, A, B, M, N, K, bm, bn, s, tid, vec);
         cp_async_commit();
     }
 
     for (int i = 0; i < nk; ++i) {
-        cp_async_wait<STAGES - 2>();
+        cp_async_wait<PF - 1>();
         // cp.async and the scalar path write through the generic proxy; wgmma reads through
         // the async proxy.
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -247,15 +255,16 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 
-        // The stage refilled here was read by the previous step's wgmmas, which every thread
-        // waited for before the barrier above.
-        const int pf = i + STAGES - 1;
+        // The stage refilled here was read by the wgmmas of step i - 1 - INFLIGHT, which every
+        // warpgroup waited for before the barrier above.
+        const int pf = i + PF;
         if (pf < nk)
             load_stage(sbase + (pf % STAGES) * STAGE_BYTES, A, B, M, N, K, bm, bn, pf, tid, vec);
         cp_async_commit();
 
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(INFLIGHT) : "memory");
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     cp_async_wait<0>();
 
     // Accumulator layout (per warpgroup, m64nBN): warp w of the group holds rows 16w..16w+15;

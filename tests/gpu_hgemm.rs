@@ -281,7 +281,7 @@ fn gpu_hgemm_sm90_matches_cpu() {
         }
     }
     let gpu = Arc::new(cache_only.gpu().clone());
-    let cover = ["BM", "BN", "WGM", "STAGES"];
+    let cover = ["BM", "BN", "WGM", "STAGES", "INFLIGHT"];
     agree(&gpu, "hgemm_sm90_f16", [96, 200, 264], &cover);
     agree(&gpu, "hgemm_sm90_f16", [257, 129, 200], &cover);
     agree(&gpu, "hgemm_sm90_bf16", [200, 264, 1024], &cover);
