@@ -60,8 +60,24 @@ pub struct CompileRequest {
 
 impl CompileRequest {
     /// The request for `config` of `spec` on `arch`.
+    ///
+    /// A spec flag `--gpu-architecture=sm_XYa` asks for the arch-specific variant of the
+    /// device's own architecture (`sm_90a` on an `sm_90` device: wgmma and friends exist only
+    /// there); on any other device the flag is dropped, and such a kernel fails to compile
+    /// (its spec's constraints should keep it off those devices anyway).
     pub fn new(spec: &KernelSpec, config: &Config, arch: &str) -> CompileRequest {
-        let mut options = spec.flags.clone();
+        let mut arch = arch.to_string();
+        let mut options = Vec::with_capacity(spec.flags.len() + spec.params.len() + 1);
+        for f in &spec.flags {
+            match f.strip_prefix("--gpu-architecture=") {
+                Some(a) => {
+                    if a.strip_suffix('a') == Some(arch.as_str()) {
+                        arch = a.to_string();
+                    }
+                }
+                None => options.push(f.clone()),
+            }
+        }
         options.extend(spec.defines(config));
         // Headers for #include <cuda_fp16.h> and friends, where the toolkit has them.
         for dir in ["/usr/local/cuda/include", "/usr/include/cuda"] {
@@ -73,7 +89,7 @@ impl CompileRequest {
         CompileRequest {
             source: spec.source.clone(),
             name: format!("{}.cu", spec.name),
-            arch: arch.to_string(),
+            arch,
             options,
         }
     }
