@@ -65,6 +65,9 @@ pub struct GpuEvaluator {
     bench: Bench,
     reference: Option<Vec<Vec<f64>>>,
     loaded: HashMap<Config, Loaded>,
+    /// Images handed in by the caller (an isolated worker gets them from its host), used
+    /// instead of the binary table or a compilation.
+    supplied: HashMap<Config, Image>,
     failed: HashMap<String, FailureClass>,
     best_ms: f64,
     start: Instant,
@@ -117,6 +120,7 @@ impl GpuEvaluator {
             bench,
             reference: None,
             loaded: HashMap::new(),
+            supplied: HashMap::new(),
             failed,
             best_ms: f64::INFINITY,
             start: Instant::now(),
@@ -130,6 +134,17 @@ impl GpuEvaluator {
     /// instead of the default config's.
     pub fn set_reference(&mut self, outputs: Vec<Vec<f64>>) {
         self.reference = Some(outputs);
+    }
+
+    /// Uses `image` for `config` the next time it has to be loaded, instead of the binary table
+    /// or NVRTC (an isolated benchmark worker receives its images from the host this way).
+    pub fn supply_image(&mut self, config: Config, image: Image) {
+        self.supplied.insert(config, image);
+    }
+
+    /// Whether `config` has been loaded and checked (so it can be timed or remeasured).
+    pub fn is_loaded(&self, config: &Config) -> bool {
+        self.loaded.contains_key(config)
     }
 
     /// The tuning key this evaluator measures for.
@@ -368,6 +383,8 @@ impl GpuEvaluator {
                 }));
             } else if self.loaded.contains_key(c) {
                 ready.push((i, Image::Cubin(Vec::new()))); // already loaded: only timing left
+            } else if let Some(img) = self.supplied.remove(c) {
+                ready.push((i, img));
             } else if let Ok(Some(bin)) = self.cache.get_binary(&self.binary_key(&text, &nvrtc)) {
                 self.binaries_reused += 1;
                 ready.push((i, Image::from_bytes(bin)));
@@ -419,7 +436,7 @@ impl GpuEvaluator {
     }
 }
 
-fn class_name(c: FailureClass) -> &'static str {
+pub(crate) fn class_name(c: FailureClass) -> &'static str {
     match c {
         FailureClass::Compile => "compile",
         FailureClass::Launch => "launch",
@@ -428,7 +445,7 @@ fn class_name(c: FailureClass) -> &'static str {
     }
 }
 
-fn class_from_str(s: &str) -> FailureClass {
+pub(crate) fn class_from_str(s: &str) -> FailureClass {
     match s {
         "compile" => FailureClass::Compile,
         "wrong_result" => FailureClass::WrongResult,
