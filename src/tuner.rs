@@ -662,7 +662,15 @@ impl Tuner {
             }
             Mode::Background => {
                 let provisional = self.provisional_config(spec, key, shape)?;
-                let plan = self.install(key, self.plan_for(spec, &provisional, shape, false)?);
+                let provisional_plan = self.plan_for(spec, &provisional, shape, false)?;
+                // If a winner was installed meanwhile (a background run of this key finished
+                // since the lookup above), it stays: a provisional plan must never replace it.
+                let plan = self
+                    .inner
+                    .plans
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(provisional_plan))
+                    .clone();
                 self.spawn_background(kernel.clone(), key, shape.to_vec());
                 Ok(plan)
             }
@@ -717,9 +725,18 @@ impl Tuner {
                 // A panic inside tuning (a bug, or a library that panics) must neither leave the
                 // key marked as tuning forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    this.tune(&kernel, &shape).and_then(|r| {
-                        this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true)
-                    })
+                    // A run of this key that finished between this launch's cache lookup and
+                    // the claim above has stored its winner: use it rather than tune again.
+                    // (A stored winner that cannot be used is tuned again, as on a miss.)
+                    if let Ok(Some(entry)) = this.inner.cache.lookup(&key) {
+                        if let Ok(plan) =
+                            this.plan_for_text(&kernel.spec, &entry.config, &shape, true)
+                        {
+                            return Ok(plan);
+                        }
+                    }
+                    let r = this.tune(&kernel, &shape)?;
+                    this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true)
                 }))
                 .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
