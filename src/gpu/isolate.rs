@@ -35,7 +35,9 @@ use serde_json::{json, Value as J};
 
 use super::compile::{CompileRequest, Image};
 use super::device::Gpu;
-use super::evaluator::{class_from_str, class_name, GpuEvaluator, MeasureOptions};
+use super::evaluator::{
+    class_from_str, class_name, reference_config, GpuEvaluator, MeasureOptions,
+};
 use super::pool::{CompilePool, PoolMode};
 use crate::cache::store::{failure_class, BinaryKey};
 use crate::cache::Cache;
@@ -464,6 +466,7 @@ impl WorkerState {
         };
         let mut blobs = f.blobs.iter();
         let reference = space.parse_config_text(text("reference_config")?)?;
+        eval.set_reference_config(reference.clone());
         if let Some(img) = blobs.next() {
             eval.supply_image(reference, Image::from_bytes(img.clone()));
         }
@@ -809,14 +812,6 @@ impl IsolatedEvaluator {
         let spec_toml = spec_to_toml(&spec);
         // Fail here, in the host, rather than in every worker.
         spec_from_toml(&spec_toml, &spec.source, &spec)?;
-        let reference = if space.is_valid(&spec.default) {
-            spec.default.clone()
-        } else {
-            space
-                .iter()
-                .next()
-                .ok_or_else(|| Error::Space("empty space".into()))?
-        };
         let mut failed = HashMap::new();
         for c in cache.take_stale_inflight(&key).unwrap_or_default() {
             failed.insert(c, FailureClass::Launch);
@@ -824,6 +819,7 @@ impl IsolatedEvaluator {
         for (c, class, _) in cache.failures_for(&key).unwrap_or_default() {
             failed.insert(c, class_from_str(&class));
         }
+        let reference = reference_config(&spec, &space, &failed)?;
         Ok(IsolatedEvaluator {
             gpu,
             spec,
@@ -1284,6 +1280,32 @@ mod tests {
         assert!(spec_from_toml(&text, &spec.source, spec).is_err());
         let src = format!("{}\n// changed", spec.source);
         assert!(spec_from_toml(&spec_to_toml(spec), &src, spec).is_err());
+    }
+
+    #[test]
+    fn a_failed_default_does_not_leave_a_key_without_reference() {
+        let spec = KernelSpec::from_toml_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/faults.toml"
+        ))
+        .unwrap();
+        let space = spec
+            .space_for(&[1 << 20], &crate::spec::DeviceLimits::h100())
+            .unwrap();
+        let mut failed = HashMap::new();
+        assert_eq!(
+            reference_config(&spec, &space, &failed).unwrap(),
+            spec.default
+        );
+        // A process killed while running the default left a `crashed` record.
+        failed.insert(space.config_text(&spec.default), FailureClass::Launch);
+        let r = reference_config(&spec, &space, &failed).unwrap();
+        assert_ne!(r, spec.default);
+        assert!(space.is_valid(&r));
+        for c in space.iter() {
+            failed.insert(space.config_text(&c), FailureClass::Launch);
+        }
+        assert!(reference_config(&spec, &space, &failed).is_err());
     }
 
     #[test]

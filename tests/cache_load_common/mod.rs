@@ -97,6 +97,8 @@ pub struct LoadReport {
     pub rows: usize,
     pub lost: Vec<String>,
     pub dups: Vec<String>,
+    /// Tuning runs that ended in an error (children log them as `tunefail ...`).
+    pub tune_failures: Vec<String>,
     pub integrity: String,
     pub bad_exits: Vec<String>,
 }
@@ -197,6 +199,8 @@ pub fn run(load: &Load, dir: &Path) -> LoadReport {
                 logged.insert(k.to_string());
             } else if let Some(k) = line.strip_prefix("dup ") {
                 report.dups.push(k.to_string());
+            } else if let Some(m) = line.strip_prefix("tunefail ") {
+                report.tune_failures.push(m.to_string());
             } else if let Some(n) = line.strip_prefix("launches ") {
                 last_launches = n.parse().unwrap_or(last_launches);
             }
@@ -226,7 +230,7 @@ impl LoadReport {
         println!(
             "{what}: {procs} processes x {threads} threads for {:.2} min; {} SIGKILLs ({} processes in all); \
              {:.0} launches/s; {} keys logged after their write, {} rows in the file, {} rows lost; \
-             integrity_check: {}; tuned twice within a process: {}",
+             integrity_check: {}; tuned twice within a process: {}; tuning runs failed: {}",
             self.secs / 60.0,
             self.kills,
             self.spawned,
@@ -235,7 +239,8 @@ impl LoadReport {
             self.rows,
             self.lost.len(),
             self.integrity,
-            self.dups.len()
+            self.dups.len(),
+            self.tune_failures.len()
         );
     }
 
