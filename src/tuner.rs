@@ -9,7 +9,8 @@
 //! - `Blocking`: tune now, store the winner, launch it (first-run warm-up).
 //! - `Background`: launch the best config known now (the cached winner of the nearest shape
 //!   bucket, else the spec's default) and tune in a background thread; the winner's plan then
-//!   replaces the provisional one atomically. Concurrent misses of one key are tuned once.
+//!   replaces the provisional one atomically. Concurrent misses of one key are tuned once, and
+//!   runs of different keys take turns (one at a time per tuner).
 //! - `CacheOnly`: never tune; the default config on a miss.
 //!
 //! Tuning uses buffers of its own on a stream of its own: the caller's buffers are never read
@@ -462,6 +463,10 @@ struct Inner {
     compiles: AtomicUsize,
     /// Where candidates run; `None`: by mode (isolated in `Background`, in process otherwise).
     isolation: parking_lot::RwLock<(Option<Isolation>, IsolationOptions)>,
+    /// Background runs take turns: concurrent runs on one GPU would disturb each other's
+    /// timings, and each isolated run holds a worker process with a CUDA context of its own
+    /// (dozens of keys missing at once would otherwise start dozens of contexts).
+    background_gate: parking_lot::Mutex<()>,
 }
 
 /// Tunes, caches and launches kernels on one GPU. Cheap to clone (shared inside).
@@ -532,6 +537,7 @@ impl Tuner {
                     Isolation::from_env(),
                     IsolationOptions::default(),
                 )),
+                background_gate: parking_lot::Mutex::new(()),
             }),
         })
     }
@@ -725,6 +731,7 @@ impl Tuner {
                 // A panic inside tuning (a bug, or a library that panics) must neither leave the
                 // key marked as tuning forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _turn = this.inner.background_gate.lock();
                     // A run of this key that finished between this launch's cache lookup and
                     // the claim above has stored its winner: use it rather than tune again.
                     // (A stored winner that cannot be used is tuned again, as on a miss.)
