@@ -8,8 +8,8 @@
 //! fail (a process killed while running a key's reference config must not make the key
 //! untunable for the processes that come after).
 //!
-//! Tuning runs in process here (`JITUNE_ISOLATION=process` isolates it: one benchmark worker per
-//! concurrent tuning run, which multiplies CUDA contexts by the number of keys in flight).
+//! Tuning is isolated (Background mode's default: one benchmark worker per process at a time,
+//! since a tuner's background runs take turns); `JITUNE_ISOLATION=in-process` tunes in process.
 //! `JITUNE_LOAD_SECS` sets the duration (default 120). Without `JITUNE_GPU_TESTS=1` and the
 //! CUDA libraries it prints why it skips and passes. `harness = false`: `main` runs the parent,
 //! a child (`JITUNE_LOAD_ROLE`) or a jitune worker (`run_if_worker`).
@@ -103,7 +103,9 @@ fn child(env: ChildEnv) {
     let ctx = CudaContext::new(0).expect("device");
     let cache = Cache::open(CacheOptions::at(&env.path)).expect("cache");
     let tuner = Tuner::with_context(ctx.clone(), cache, Mode::Background).expect("tuner");
-    tuner.set_isolation(Isolation::from_env().or(Some(Isolation::InProcess)));
+    // The tuner reads `JITUNE_ISOLATION` itself; without it, Background mode isolates.
+    let expected = Isolation::from_env().unwrap_or(Isolation::Process);
+    assert_eq!(tuner.isolation(), expected);
     tuner.set_tune_options(TuneOptions {
         strategy: "random".into(),
         max_evals: 12,
