@@ -9,11 +9,15 @@
 //! - `Blocking`: tune now, store the winner, launch it (first-run warm-up).
 //! - `Background`: launch the best config known now (the cached winner of the nearest shape
 //!   bucket, else the spec's default) and tune in a background thread; the winner's plan then
-//!   replaces the provisional one atomically. Concurrent misses of one key are tuned once.
+//!   replaces the provisional one atomically. Concurrent misses of one key are tuned once, and
+//!   runs of different keys take turns (one at a time per tuner).
 //! - `CacheOnly`: never tune; the default config on a miss.
 //!
 //! Tuning uses buffers of its own on a stream of its own: the caller's buffers are never read
-//! or written by it.
+//! or written by it. Where candidates run is the [`Isolation`]: by default in a benchmark
+//! worker process in `Background` mode (a candidate that crashes or hangs takes down only the
+//! worker; see [`crate::gpu::isolate`]) and in this process in `Blocking` mode (faster);
+//! `JITUNE_ISOLATION` or [`Tuner::set_isolation`] choose otherwise.
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use crate::cache::{Cache, CacheOptions, Entry};
 use crate::gpu::compile::{compile_in_process, CompileRequest, Image};
 use crate::gpu::device::Gpu;
 use crate::gpu::evaluator::GpuEvaluator;
+use crate::gpu::isolate::{IsolatedEvaluator, Isolation, IsolationOptions};
 use crate::gpu::measure::{allow_shared, iqr, launch_raw, median, scalar_bits, MAX_ARGS};
 use crate::gpu::pool::CompilePool;
 use crate::key::{KeyHashBuilder, TuningKey, MAX_DIMS};
@@ -459,6 +464,12 @@ struct Inner {
     swaps: AtomicUsize,
     /// NVRTC compilations this tuner caused (tuning and plans); 0 for a warm process.
     compiles: AtomicUsize,
+    /// Where candidates run; `None`: by mode (isolated in `Background`, in process otherwise).
+    isolation: parking_lot::RwLock<(Option<Isolation>, IsolationOptions)>,
+    /// Background runs take turns: concurrent runs on one GPU would disturb each other's
+    /// timings, and each isolated run holds a worker process with a CUDA context of its own
+    /// (dozens of keys missing at once would otherwise start dozens of contexts).
+    background_gate: parking_lot::Mutex<()>,
 }
 
 /// Tunes, caches and launches kernels on one GPU. Cheap to clone (shared inside).
@@ -525,6 +536,11 @@ impl Tuner {
                 tune: parking_lot::RwLock::new(TuneOptions::default()),
                 swaps: AtomicUsize::new(0),
                 compiles: AtomicUsize::new(0),
+                isolation: parking_lot::RwLock::new((
+                    Isolation::from_env(),
+                    IsolationOptions::default(),
+                )),
+                background_gate: parking_lot::Mutex::new(()),
             }),
         })
     }
@@ -547,6 +563,26 @@ impl Tuner {
     /// Changes the mode.
     pub fn set_mode(&self, mode: Mode) {
         self.inner.mode.store(mode.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Chooses where candidates run: `Some` fixes it, `None` goes back to the default (isolated
+    /// in `Background` mode, in process otherwise, unless `JITUNE_ISOLATION` says).
+    pub fn set_isolation(&self, isolation: Option<Isolation>) {
+        self.inner.isolation.write().0 = isolation.or_else(Isolation::from_env);
+    }
+
+    /// Where candidates of the next tuning run will run.
+    pub fn isolation(&self) -> Isolation {
+        match self.inner.isolation.read().0 {
+            Some(i) => i,
+            None if self.mode() == Mode::Background => Isolation::Process,
+            None => Isolation::InProcess,
+        }
+    }
+
+    /// Deadlines and the worker program of isolated tuning.
+    pub fn set_isolation_options(&self, opts: IsolationOptions) {
+        self.inner.isolation.write().1 = opts;
     }
 
     /// Sets the tuning budget and strategy.
@@ -635,7 +671,15 @@ impl Tuner {
             }
             Mode::Background => {
                 let provisional = self.provisional_config(spec, key, shape)?;
-                let plan = self.install(key, self.plan_for(spec, &provisional, shape, false)?);
+                let provisional_plan = self.plan_for(spec, &provisional, shape, false)?;
+                // If a winner was installed meanwhile (a background run of this key finished
+                // since the lookup above), it stays: a provisional plan must never replace it.
+                let plan = self
+                    .inner
+                    .plans
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(provisional_plan))
+                    .clone();
                 self.spawn_background(kernel.clone(), key, shape.to_vec());
                 Ok(plan)
             }
@@ -690,9 +734,19 @@ impl Tuner {
                 // A panic inside tuning (a bug, or a library that panics) must neither leave the
                 // key marked as tuning forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    this.tune(&kernel, &shape).and_then(|r| {
-                        this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true)
-                    })
+                    let _turn = this.inner.background_gate.lock();
+                    // A run of this key that finished between this launch's cache lookup and
+                    // the claim above has stored its winner: use it rather than tune again.
+                    // (A stored winner that cannot be used is tuned again, as on a miss.)
+                    if let Ok(Some(entry)) = this.inner.cache.lookup(&key) {
+                        if let Ok(plan) =
+                            this.plan_for_text(&kernel.spec, &entry.config, &shape, true)
+                        {
+                            return Ok(plan);
+                        }
+                    }
+                    let r = this.tune(&kernel, &shape)?;
+                    this.plan_for_text(&kernel.spec, &r.entry.config, &shape, true)
                 }))
                 .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
@@ -813,14 +867,8 @@ impl Tuner {
         let start = std::time::Instant::now();
         let spec = kernel.spec.clone();
         let gpu = self.inner.gpu.clone();
-        let mut eval = GpuEvaluator::new(
-            gpu.clone(),
-            spec.clone(),
-            shape,
-            self.inner.cache.clone(),
-            self.inner.pool.clone(),
-        )?;
-        let key = eval.key();
+        let key = self.key(kernel, shape)?;
+        let mut eval = self.evaluator(kernel, shape)?;
         let space = spec.space_for(shape, &gpu.limits)?;
         let strategy = strategy_by_name(&opts.strategy).ok_or_else(|| {
             Error::InvalidArgument(format!("unknown strategy `{}`", opts.strategy))
@@ -835,10 +883,9 @@ impl Tuner {
                 sopts.start.push(c);
             }
         }
-        let result = strategy.search(&mut eval, &sopts);
-        self.inner
-            .compiles
-            .fetch_add(eval.compiled, Ordering::Relaxed);
+        let result = strategy.search(eval.as_dyn(), &sopts);
+        let compiled = eval.compiled();
+        self.inner.compiles.fetch_add(compiled, Ordering::Relaxed);
         let result = result?;
         let (best, _) = result
             .best
@@ -890,10 +937,46 @@ impl Tuner {
             entry,
             default_ms,
             wall_s: start.elapsed().as_secs_f64(),
-            compiled: eval.compiled,
+            compiled,
             curve,
             partial: result.cancelled,
         })
+    }
+
+    /// The evaluator of a tuning run, isolated or not as [`Tuner::isolation`] says. When
+    /// isolation was left to the default and no worker program can be found, tuning runs in
+    /// process (with a warning); when it was asked for explicitly, that is an error.
+    fn evaluator(&self, kernel: &Kernel, shape: &[i64]) -> Result<TuningEvaluator> {
+        let i = &self.inner;
+        let (explicit, opts) = {
+            let g = i.isolation.read();
+            (g.0.is_some(), g.1.clone())
+        };
+        if self.isolation() == Isolation::Process {
+            let isolated = IsolatedEvaluator::new(
+                i.gpu.clone(),
+                kernel.spec.clone(),
+                shape,
+                i.cache.clone(),
+                i.pool.clone(),
+                opts,
+            );
+            match isolated {
+                Ok(e) => return Ok(TuningEvaluator::Isolated(Box::new(e))),
+                Err(e) if explicit => return Err(e),
+                Err(e) => log::warn!(
+                    "jitune: tuning {} in process, not isolated: {e}",
+                    kernel.spec.name
+                ),
+            }
+        }
+        Ok(TuningEvaluator::InProcess(Box::new(GpuEvaluator::new(
+            i.gpu.clone(),
+            kernel.spec.clone(),
+            shape,
+            i.cache.clone(),
+            i.pool.clone(),
+        )?)))
     }
 
     /// Tunes every shape not yet in the cache (ahead of serving), reporting progress through
@@ -918,6 +1001,28 @@ impl Tuner {
             reports.push(r);
         }
         Ok(reports)
+    }
+}
+
+/// The two evaluators tuning can run on.
+enum TuningEvaluator {
+    InProcess(Box<GpuEvaluator>),
+    Isolated(Box<IsolatedEvaluator>),
+}
+
+impl TuningEvaluator {
+    fn as_dyn(&mut self) -> &mut dyn crate::search::evaluator::Evaluator {
+        match self {
+            TuningEvaluator::InProcess(e) => &mut **e,
+            TuningEvaluator::Isolated(e) => &mut **e,
+        }
+    }
+
+    fn compiled(&self) -> usize {
+        match self {
+            TuningEvaluator::InProcess(e) => e.compiled,
+            TuningEvaluator::Isolated(e) => e.compiled,
+        }
     }
 }
 

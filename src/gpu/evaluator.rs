@@ -65,6 +65,11 @@ pub struct GpuEvaluator {
     bench: Bench,
     reference: Option<Vec<Vec<f64>>>,
     loaded: HashMap<Config, Loaded>,
+    /// Images handed in by the caller (an isolated worker gets them from its host), used
+    /// instead of the binary table or a compilation.
+    supplied: HashMap<Config, Image>,
+    /// The config whose outputs are the reference, when the caller chose it.
+    reference_config: Option<Config>,
     failed: HashMap<String, FailureClass>,
     best_ms: f64,
     start: Instant,
@@ -117,6 +122,8 @@ impl GpuEvaluator {
             bench,
             reference: None,
             loaded: HashMap::new(),
+            supplied: HashMap::new(),
+            reference_config: None,
             failed,
             best_ms: f64::INFINITY,
             start: Instant::now(),
@@ -130,6 +137,23 @@ impl GpuEvaluator {
     /// instead of the default config's.
     pub fn set_reference(&mut self, outputs: Vec<Vec<f64>>) {
         self.reference = Some(outputs);
+    }
+
+    /// Uses `image` for `config` the next time it has to be loaded, instead of the binary table
+    /// or NVRTC (an isolated benchmark worker receives its images from the host this way).
+    pub fn supply_image(&mut self, config: Config, image: Image) {
+        self.supplied.insert(config, image);
+    }
+
+    /// Runs `config` for the reference outputs instead of the one [`reference_config`] picks
+    /// (an isolated worker runs the reference its host picked from the store's failures).
+    pub fn set_reference_config(&mut self, config: Config) {
+        self.reference_config = Some(config);
+    }
+
+    /// Whether `config` has been loaded and checked (so it can be timed or remeasured).
+    pub fn is_loaded(&self, config: &Config) -> bool {
+        self.loaded.contains_key(config)
     }
 
     /// The tuning key this evaluator measures for.
@@ -302,13 +326,9 @@ impl GpuEvaluator {
         if self.reference.is_some() {
             return Ok(());
         }
-        let default = if self.space.is_valid(&self.spec.default) {
-            self.spec.default.clone()
-        } else {
-            self.space
-                .iter()
-                .next()
-                .ok_or_else(|| Error::Space("empty space".into()))?
+        let default = match &self.reference_config {
+            Some(c) => c.clone(),
+            None => reference_config(&self.spec, &self.space, &self.failed)?,
         };
         let outcomes = self.evaluate_inner(std::slice::from_ref(&default), false)?;
         if self.reference.is_none() {
@@ -368,6 +388,8 @@ impl GpuEvaluator {
                 }));
             } else if self.loaded.contains_key(c) {
                 ready.push((i, Image::Cubin(Vec::new()))); // already loaded: only timing left
+            } else if let Some(img) = self.supplied.remove(c) {
+                ready.push((i, img));
             } else if let Ok(Some(bin)) = self.cache.get_binary(&self.binary_key(&text, &nvrtc)) {
                 self.binaries_reused += 1;
                 ready.push((i, Image::from_bytes(bin)));
@@ -419,7 +441,28 @@ impl GpuEvaluator {
     }
 }
 
-fn class_name(c: FailureClass) -> &'static str {
+/// The config whose outputs candidates are checked against: the spec's default when it is
+/// valid here and not recorded as failed, else the first valid config not recorded as failed.
+/// (A process killed while running the default leaves an in-flight marker that turns into a
+/// `crashed` record; that must not make the key untunable for ever.)
+pub(crate) fn reference_config(
+    spec: &KernelSpec,
+    space: &SearchSpace,
+    failed: &HashMap<String, FailureClass>,
+) -> Result<Config> {
+    let usable = |c: &Config| !failed.contains_key(&space.config_text(c));
+    if space.is_valid(&spec.default) && usable(&spec.default) {
+        return Ok(spec.default.clone());
+    }
+    space.iter().find(usable).ok_or_else(|| {
+        Error::Search(format!(
+            "kernel `{}`: every config is recorded as failed; nothing to use as the reference",
+            spec.name
+        ))
+    })
+}
+
+pub(crate) fn class_name(c: FailureClass) -> &'static str {
     match c {
         FailureClass::Compile => "compile",
         FailureClass::Launch => "launch",
@@ -428,7 +471,7 @@ fn class_name(c: FailureClass) -> &'static str {
     }
 }
 
-fn class_from_str(s: &str) -> FailureClass {
+pub(crate) fn class_from_str(s: &str) -> FailureClass {
     match s {
         "compile" => FailureClass::Compile,
         "wrong_result" => FailureClass::WrongResult,

@@ -5,7 +5,8 @@
 //! compilations in parallel worker processes (NVRTC serialises inside one process);
 //! [`measure`] makes synthetic inputs, flushes L2, times launches with CUDA events and checks
 //! results against a reference; [`evaluator`] puts these together behind the search's
-//! [`Evaluator`](crate::search::evaluator::Evaluator) interface.
+//! [`Evaluator`](crate::search::evaluator::Evaluator) interface; [`isolate`] runs that evaluator
+//! in a worker process, so a crashing or hanging candidate cannot take the host down.
 //!
 //! Every entry point checks that the CUDA libraries are present before the first call (cudarc
 //! panics when a library is missing) and turns anything that still panics inside cudarc into an
@@ -14,6 +15,7 @@
 pub mod compile;
 pub mod device;
 pub mod evaluator;
+pub mod isolate;
 
 pub mod pool;
 

@@ -33,11 +33,16 @@ const ENV_CMD: &str = "JITUNE_WORKER_CMD";
 
 static SELF_IS_WORKER_CAPABLE: AtomicBool = AtomicBool::new(false);
 
-/// Call first thing in `main`. In a worker process (started by the pool) it serves compile
-/// requests and exits; otherwise it records that this executable may be re-run as a worker and
-/// returns at once.
+/// Call first thing in `main`. In a worker process (started by the pool, or a benchmark worker
+/// of isolated tuning) it serves requests and exits; otherwise it records that this executable
+/// may be re-run as a worker and returns at once.
 pub fn run_if_worker() {
-    if std::env::var(ENV_ROLE).ok().as_deref() != Some("compile") {
+    let role = std::env::var(ENV_ROLE).ok();
+    if role.as_deref() == Some(super::isolate::ROLE) {
+        // A benchmark worker of isolated tuning (see `isolate`).
+        std::process::exit(super::isolate::serve_stdio());
+    }
+    if role.as_deref() != Some("compile") {
         SELF_IS_WORKER_CAPABLE.store(true, Ordering::SeqCst);
         return;
     }
