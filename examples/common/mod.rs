@@ -413,7 +413,21 @@ impl GemmOperands {
     /// Launches `kernel` (sgemm or an hgemm spec: args a, b, c, M, N, K) through `tuner`.
     pub fn launch(&mut self, tuner: &Tuner, kernel: &Kernel, stream: &CudaStream) -> Result<()> {
         let shape = self.shape();
-        let (m, n, k) = (self.m as i32, self.n as i32, self.k as i32);
+        self.launch_shape(tuner, kernel, stream, &shape)
+    }
+
+    /// Launches for a shape no larger than the operands' (a smaller GEMM on the same buffers).
+    pub fn launch_shape(
+        &mut self,
+        tuner: &Tuner,
+        kernel: &Kernel,
+        stream: &CudaStream,
+        shape: &[i64],
+    ) -> Result<()> {
+        let &[m, n, k] = shape else {
+            return Err(Error::Shape(format!("a GEMM shape has 3 dims, got {shape:?}")));
+        };
+        let (m, n, k) = (m as i32, n as i32, k as i32);
         let mut args = [
             self.a.arg(),
             self.b.arg(),
@@ -422,7 +436,7 @@ impl GemmOperands {
             Arg::from(n),
             Arg::from(k),
         ];
-        tuner.launch(kernel, stream, &shape, &mut args)
+        tuner.launch(kernel, stream, shape, &mut args)
     }
 
     /// Largest error of `samples` random elements of jitune's C against an FP64 CPU product

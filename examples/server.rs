@@ -1,0 +1,429 @@
+//! A server's view of jitune: several threads launch kernels (SGEMM, softmax, and HGEMM when its
+//! spec is present) for a stream of varying shapes in Background mode. Nothing waits for tuning:
+//! a miss launches the best config known (a nearby shape's winner, else the spec's default) and
+//! tunes in a background thread, which swaps the winner in when it is done.
+//!
+//! It prints what a server operator cares about: host-side launch latency (p50/p99/max of the
+//! `launch` call itself), how many tuned winners were swapped in (`Tuner::swaps`), and kernel
+//! throughput before and after tuning, two ways: the GPU time per launch (CUDA events) of the
+//! threads' first pass over the shapes against their last pass, and, with the GPU otherwise
+//! idle, the default config against the tuned one timed side by side (cold L2, events, median).
+//! The first pass overlaps the start of background tuning on the same GPU, so the quiet
+//! comparison is the cleaner of the two.
+//!
+//!     cargo run --release --example server [-- --threads 4 --seconds 120 --tune-s 8 --cache FILE]
+//!
+//! The cache is memory-only unless `--cache` names a file (so each run starts cold). Without a
+//! GPU it says why in one line and exits with status 2.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{cuda, GemmOperands, Prec, Timer};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use jitune::cache::{Cache, CacheOptions};
+use jitune::gpu::measure::median;
+use jitune::rng::Rng;
+use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+use jitune::{Error, Result};
+
+fn main() -> ExitCode {
+    jitune::gpu::pool::run_if_worker();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One shape bucket of the workload: a kernel and the concrete shapes that fall into the bucket.
+#[derive(Clone)]
+struct Family {
+    kernel: Kernel,
+    prec: Option<Prec>, // Some for GEMMs, None for softmax
+    shapes: Vec<Vec<i64>>,
+}
+
+impl Family {
+    fn label(&self) -> String {
+        format!(
+            "{} {}",
+            self.kernel.spec.name,
+            common::shape_text(&self.shapes[0])
+        )
+    }
+
+    /// Useful work of one launch: FLOPs for a GEMM, compulsory bytes for softmax.
+    fn work(&self, shape: &[i64]) -> f64 {
+        match self.prec {
+            Some(_) => 2.0 * shape.iter().map(|d| *d as f64).product::<f64>(),
+            None => 2.0 * 4.0 * (shape[0] * shape[1]) as f64,
+        }
+    }
+
+    fn unit(&self) -> &'static str {
+        if self.prec.is_some() {
+            "TFLOP/s"
+        } else {
+            "TB/s"
+        }
+    }
+
+    /// The largest shape (buffers are sized for it).
+    fn max_shape(&self) -> Vec<i64> {
+        (0..self.shapes[0].len())
+            .map(|d| self.shapes.iter().map(|s| s[d]).max().unwrap_or(1))
+            .collect()
+    }
+}
+
+/// A thread's buffers for one family.
+enum Buffers {
+    Gemm(Box<GemmOperands>),
+    Softmax(CudaSlice<f32>, CudaSlice<f32>),
+}
+
+impl Buffers {
+    fn new(f: &Family, stream: &Arc<CudaStream>, seed: u64) -> Result<Buffers> {
+        let max = f.max_shape();
+        Ok(match f.prec {
+            Some(p) => Buffers::Gemm(Box::new(GemmOperands::new(stream, p, &max, seed)?)),
+            None => {
+                let n = (max[0] * max[1]) as usize;
+                let mut rng = Rng::new(seed);
+                let x: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                Buffers::Softmax(
+                    stream.clone_htod(&x).map_err(cuda("uploading x"))?,
+                    stream.alloc_zeros(n).map_err(cuda("allocating y"))?,
+                )
+            }
+        })
+    }
+
+    fn launch(
+        &mut self,
+        tuner: &Tuner,
+        kernel: &Kernel,
+        stream: &CudaStream,
+        shape: &[i64],
+    ) -> Result<()> {
+        match self {
+            Buffers::Gemm(g) => g.launch_shape(tuner, kernel, stream, shape),
+            Buffers::Softmax(x, y) => {
+                let mut args = [
+                    Arg::from(&*x),
+                    Arg::from(y),
+                    Arg::from(shape[0] as i32),
+                    Arg::from(shape[1] as i32),
+                ];
+                tuner.launch(kernel, stream, shape, &mut args)
+            }
+        }
+    }
+}
+
+/// What one thread saw.
+#[derive(Default)]
+struct ThreadLog {
+    /// Host time of each `launch` call, microseconds.
+    latency_us: Vec<f64>,
+    /// Per family: GPU ms per launch in the first pass and in the last pass (with the work).
+    first: Vec<Vec<(f64, f64)>>,
+    last: Vec<Vec<(f64, f64)>>,
+    /// Per family: the config the first pass launched.
+    first_config: Vec<String>,
+    passes: usize,
+}
+
+fn all_tuned(tuner: &Tuner, families: &[Family]) -> bool {
+    tuner.tuning_in_progress() == 0
+        && families.iter().all(|f| {
+            tuner
+                .plan(&f.kernel, &f.shapes[0])
+                .is_some_and(|p| p.tuned)
+        })
+}
+
+/// One thread of the server: its own stream and buffers, a shuffled cycle over every
+/// (family, shape); a timed first pass, untimed passes until tuning is done (or the deadline),
+/// a timed last pass.
+fn serve(
+    tuner: Tuner,
+    families: Vec<Family>,
+    ctx: Arc<CudaContext>,
+    thread: usize,
+    deadline: Instant,
+) -> Result<ThreadLog> {
+    let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
+    let mut bufs = families
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Buffers::new(f, &stream, (thread * 100 + i) as u64))
+        .collect::<Result<Vec<_>>>()?;
+    let mut cycle: Vec<(usize, usize)> = families
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| (0..f.shapes.len()).map(move |j| (i, j)))
+        .collect();
+    let mut rng = Rng::new(thread as u64 + 7);
+    for i in (1..cycle.len()).rev() {
+        cycle.swap(i, rng.index(i + 1));
+    }
+    let mut events = Vec::new();
+    for _ in 0..cycle.len() {
+        let ev = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda("creating events"))
+        };
+        events.push((ev()?, ev()?));
+    }
+    let mut log = ThreadLog {
+        first: vec![Vec::new(); families.len()],
+        last: vec![Vec::new(); families.len()],
+        first_config: vec![String::new(); families.len()],
+        ..Default::default()
+    };
+    // One pass over the cycle; `timed` brackets each launch with events (outside the latency
+    // measurement) and returns the GPU time of each launch.
+    let mut pass = |timed: bool, log: &mut ThreadLog| -> Result<Vec<(usize, f64, f64)>> {
+        for (slot, &(fi, si)) in cycle.iter().enumerate() {
+            let f = &families[fi];
+            let shape = &f.shapes[si];
+            if timed {
+                events[slot]
+                    .0
+                    .record(&stream)
+                    .map_err(cuda("recording an event"))?;
+            }
+            let t = Instant::now();
+            bufs[fi].launch(&tuner, &f.kernel, &stream, shape)?;
+            log.latency_us.push(t.elapsed().as_secs_f64() * 1e6);
+            if timed {
+                events[slot]
+                    .1
+                    .record(&stream)
+                    .map_err(cuda("recording an event"))?;
+            }
+        }
+        stream.synchronize().map_err(cuda("serving"))?;
+        log.passes += 1;
+        let mut out = Vec::new();
+        if timed {
+            for (slot, &(fi, si)) in cycle.iter().enumerate() {
+                let ms = events[slot]
+                    .0
+                    .elapsed_ms(&events[slot].1)
+                    .map_err(cuda("reading events"))? as f64;
+                out.push((fi, ms, families[fi].work(&families[fi].shapes[si])));
+            }
+        }
+        Ok(out)
+    };
+    for (fi, ms, w) in pass(true, &mut log)? {
+        log.first[fi].push((ms, w));
+    }
+    for (fi, f) in families.iter().enumerate() {
+        log.first_config[fi] = tuner
+            .plan(&f.kernel, &f.shapes[0])
+            .map(|p| p.config.clone())
+            .unwrap_or_default();
+    }
+    while Instant::now() < deadline && !all_tuned(&tuner, &families) {
+        pass(false, &mut log)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (fi, ms, w) in pass(true, &mut log)? {
+        log.last[fi].push((ms, w));
+    }
+    Ok(log)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Work per second over a set of (ms, work) launches, in units of 1e12 per second.
+fn rate(v: &[(f64, f64)]) -> f64 {
+    let ms: f64 = v.iter().map(|x| x.0).sum();
+    let w: f64 = v.iter().map(|x| x.1).sum();
+    w / ms / 1e9
+}
+
+fn run() -> Result<()> {
+    let threads: usize = common::num_option("--threads", "SERVER_THREADS", 4)?;
+    let seconds: f64 = common::num_option("--seconds", "SERVER_SECONDS", 120.0)?;
+    let tune_s: f64 = common::num_option("--tune-s", "SERVER_TUNE_S", 8.0)?;
+    let sgemm = common::kernel("sgemm")?;
+    let softmax = common::kernel("softmax")?;
+    jitune::gpu::require_cuda()?;
+    let cache_opts = match common::option("--cache", "SERVER_CACHE") {
+        Some(p) => CacheOptions::at(p),
+        None => CacheOptions::memory_only(),
+    };
+    let ctx = CudaContext::new(0).map_err(cuda("opening device 0"))?;
+    let tuner = Tuner::with_context(ctx.clone(), Cache::open(cache_opts)?, Mode::Background)?;
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 80,
+        max_time_s: Some(tune_s),
+        ..Default::default()
+    });
+    let mut families = vec![
+        Family {
+            kernel: sgemm.clone(),
+            prec: Some(Prec::F32),
+            shapes: vec![vec![16, 4096, 4096], vec![9, 4096, 4096], vec![12, 4096, 4096]],
+        },
+        Family {
+            kernel: sgemm.clone(),
+            prec: Some(Prec::F32),
+            shapes: vec![vec![1024, 1024, 1024], vec![1000, 1024, 1024], vec![777, 1024, 1000]],
+        },
+        Family {
+            kernel: sgemm,
+            prec: Some(Prec::F32),
+            shapes: vec![vec![2048, 2048, 2048], vec![1536, 2048, 2048]],
+        },
+        Family {
+            kernel: softmax.clone(),
+            prec: None,
+            shapes: vec![vec![4096, 4096], vec![3000, 4096]],
+        },
+        Family {
+            kernel: softmax,
+            prec: None,
+            shapes: vec![vec![16384, 1024], vec![16384, 1000], vec![12000, 1024]],
+        },
+    ];
+    if let Some(h) = common::optional_kernel("hgemm_f16")? {
+        families.push(Family {
+            kernel: h.clone(),
+            prec: Some(Prec::F16),
+            shapes: vec![vec![4096, 4096, 4096], vec![4000, 4096, 4096]],
+        });
+        families.push(Family {
+            kernel: h,
+            prec: Some(Prec::F16),
+            shapes: vec![vec![16, 4096, 4096], vec![5, 4096, 4096]],
+        });
+    }
+    println!(
+        "device {}; {threads} threads, {} shape buckets, background tuning {tune_s} s per bucket",
+        tuner.gpu().fingerprint.to_text(),
+        families.len()
+    );
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (tuner, families, ctx) = (tuner.clone(), families.clone(), ctx.clone());
+            std::thread::spawn(move || serve(tuner, families, ctx, t, deadline))
+        })
+        .collect();
+    let mut logs = Vec::new();
+    for h in handles {
+        logs.push(
+            h.join()
+                .map_err(|_| Error::Search("a serving thread panicked".into()))??,
+        );
+    }
+    let wall = start.elapsed().as_secs_f64();
+    if !all_tuned(&tuner, &families) {
+        println!("deadline reached with tuning still running (raise --seconds)");
+    }
+
+    let mut lat: Vec<f64> = logs.iter().flat_map(|l| l.latency_us.clone()).collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let slow = lat.iter().filter(|&&x| x > 1000.0).count();
+    println!(
+        "\n{} launches in {wall:.1} s ({} passes per thread on average)",
+        lat.len(),
+        logs.iter().map(|l| l.passes).sum::<usize>() / logs.len().max(1)
+    );
+    println!(
+        "launch latency (host, the launch call): p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} ms",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        lat.last().copied().unwrap_or(f64::NAN) / 1e3
+    );
+    println!(
+        "  {slow} launches took over 1 ms: first launches of a bucket, which compile the provisional config"
+    );
+    println!(
+        "tuned winners swapped in: {} (of {} buckets)",
+        tuner.swaps(),
+        families.len()
+    );
+
+    println!("\nGPU time per launch (CUDA events), first pass vs last pass, all threads:");
+    println!(
+        "{:<26} {:>10} {:>10} {:>8} {:>22}  first pass launched",
+        "bucket", "first ms", "last ms", "speedup", "throughput"
+    );
+    for (fi, f) in families.iter().enumerate() {
+        let first: Vec<(f64, f64)> = logs.iter().flat_map(|l| l.first[fi].clone()).collect();
+        let last: Vec<(f64, f64)> = logs.iter().flat_map(|l| l.last[fi].clone()).collect();
+        let (a, b) = (rate(&first), rate(&last));
+        let per = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "{:<26} {:>10.4} {:>10.4} {:>7.2}x {:>6.2} -> {:>5.2} {:<7}  {}",
+            f.label(),
+            per(&first),
+            per(&last),
+            b / a,
+            a,
+            b,
+            f.unit(),
+            logs.first().map(|l| l.first_config[fi].as_str()).unwrap_or("")
+        );
+    }
+
+    // The quiet comparison: the default config (what an untuned launch runs) against the
+    // tuned winner, side by side on an otherwise idle GPU.
+    println!("\nquiet re-measure, default config vs tuned (cold L2, events, median):");
+    let untuned = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::CacheOnly)?;
+    untuned.set_mode(Mode::CacheOnly);
+    let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
+    let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    println!(
+        "{:<26} {:>10} {:>10} {:>8}  {:<44} {}",
+        "bucket", "default ms", "tuned ms", "speedup", "default config", "tuned config"
+    );
+    for f in &families {
+        let shape = &f.shapes[0];
+        let mut b = Buffers::new(f, &stream, 99)?;
+        let s = timer.compare(2, &mut |i, st| {
+            if i == 0 {
+                b.launch(&untuned, &f.kernel, st, shape)
+            } else {
+                b.launch(&tuner, &f.kernel, st, shape)
+            }
+        })?;
+        let (d, t) = (median(&s[0]), median(&s[1]));
+        let cfg = |tu: &Tuner| {
+            tu.plan(&f.kernel, shape)
+                .map(|p| format!("{}{}", p.config, if p.tuned { "" } else { " (untuned)" }))
+                .unwrap_or_default()
+        };
+        println!(
+            "{:<26} {:>10.4} {:>10.4} {:>7.2}x  {:<44} {}",
+            f.label(),
+            d,
+            t,
+            d / t,
+            cfg(&untuned),
+            cfg(&tuner)
+        );
+    }
+    Ok(())
+}
