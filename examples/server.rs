@@ -23,13 +23,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cuda, GemmOperands, Prec, Timer};
+use common::{cuda, KernelBuffers, Timer};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::CudaContext;
 use jitune::cache::{Cache, CacheOptions};
 use jitune::gpu::measure::median;
 use jitune::rng::Rng;
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+use jitune::tuner::{Kernel, Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 #[derive(Clone)]
 struct Family {
     kernel: Kernel,
-    prec: Option<Prec>, // Some for GEMMs, None for softmax
+    gemm: bool, // false: softmax
     shapes: Vec<Vec<i64>>,
 }
 
@@ -62,14 +62,15 @@ impl Family {
 
     /// Useful work of one launch: FLOPs for a GEMM, compulsory bytes for softmax.
     fn work(&self, shape: &[i64]) -> f64 {
-        match self.prec {
-            Some(_) => 2.0 * shape.iter().map(|d| *d as f64).product::<f64>(),
-            None => 2.0 * 4.0 * (shape[0] * shape[1]) as f64,
+        if self.gemm {
+            2.0 * shape.iter().map(|d| *d as f64).product::<f64>()
+        } else {
+            2.0 * 4.0 * (shape[0] * shape[1]) as f64
         }
     }
 
     fn unit(&self) -> &'static str {
-        if self.prec.is_some() {
+        if self.gemm {
             "TFLOP/s"
         } else {
             "TB/s"
@@ -81,51 +82,6 @@ impl Family {
         (0..self.shapes[0].len())
             .map(|d| self.shapes.iter().map(|s| s[d]).max().unwrap_or(1))
             .collect()
-    }
-}
-
-/// A thread's buffers for one family.
-enum Buffers {
-    Gemm(Box<GemmOperands>),
-    Softmax(CudaSlice<f32>, CudaSlice<f32>),
-}
-
-impl Buffers {
-    fn new(f: &Family, stream: &Arc<CudaStream>, seed: u64) -> Result<Buffers> {
-        let max = f.max_shape();
-        Ok(match f.prec {
-            Some(p) => Buffers::Gemm(Box::new(GemmOperands::new(stream, p, &max, seed)?)),
-            None => {
-                let n = (max[0] * max[1]) as usize;
-                let mut rng = Rng::new(seed);
-                let x: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
-                Buffers::Softmax(
-                    stream.clone_htod(&x).map_err(cuda("uploading x"))?,
-                    stream.alloc_zeros(n).map_err(cuda("allocating y"))?,
-                )
-            }
-        })
-    }
-
-    fn launch(
-        &mut self,
-        tuner: &Tuner,
-        kernel: &Kernel,
-        stream: &CudaStream,
-        shape: &[i64],
-    ) -> Result<()> {
-        match self {
-            Buffers::Gemm(g) => g.launch_shape(tuner, kernel, stream, shape),
-            Buffers::Softmax(x, y) => {
-                let mut args = [
-                    Arg::from(&*x),
-                    Arg::from(y),
-                    Arg::from(shape[0] as i32),
-                    Arg::from(shape[1] as i32),
-                ];
-                tuner.launch(kernel, stream, shape, &mut args)
-            }
-        }
     }
 }
 
@@ -165,7 +121,7 @@ fn serve(
     let mut bufs = families
         .iter()
         .enumerate()
-        .map(|(i, f)| Buffers::new(f, &stream, (thread * 100 + i) as u64))
+        .map(|(i, f)| KernelBuffers::new(&f.kernel.spec.name, &f.max_shape(), &stream, (thread * 100 + i) as u64))
         .collect::<Result<Vec<_>>>()?;
     let mut cycle: Vec<(usize, usize)> = families
         .iter()
@@ -280,39 +236,39 @@ fn run() -> Result<()> {
     let mut families = vec![
         Family {
             kernel: sgemm.clone(),
-            prec: Some(Prec::F32),
+            gemm: true,
             shapes: vec![vec![16, 4096, 4096], vec![9, 4096, 4096], vec![12, 4096, 4096]],
         },
         Family {
             kernel: sgemm.clone(),
-            prec: Some(Prec::F32),
+            gemm: true,
             shapes: vec![vec![1024, 1024, 1024], vec![1000, 1024, 1024], vec![777, 1024, 1000]],
         },
         Family {
             kernel: sgemm,
-            prec: Some(Prec::F32),
+            gemm: true,
             shapes: vec![vec![2048, 2048, 2048], vec![1536, 2048, 2048]],
         },
         Family {
             kernel: softmax.clone(),
-            prec: None,
+            gemm: false,
             shapes: vec![vec![4096, 4096], vec![3000, 4096]],
         },
         Family {
             kernel: softmax,
-            prec: None,
+            gemm: false,
             shapes: vec![vec![16384, 1024], vec![16384, 1000], vec![12000, 1024]],
         },
     ];
     if let Some(h) = common::optional_kernel("hgemm_f16")? {
         families.push(Family {
             kernel: h.clone(),
-            prec: Some(Prec::F16),
+            gemm: true,
             shapes: vec![vec![4096, 4096, 4096], vec![4000, 4096, 4096]],
         });
         families.push(Family {
             kernel: h,
-            prec: Some(Prec::F16),
+            gemm: true,
             shapes: vec![vec![16, 4096, 4096], vec![5, 4096, 4096]],
         });
     }
@@ -401,7 +357,7 @@ fn run() -> Result<()> {
     );
     for f in &families {
         let shape = &f.shapes[0];
-        let mut b = Buffers::new(f, &stream, 99)?;
+        let mut b = KernelBuffers::new(&f.kernel.spec.name, shape, &stream, 99)?;
         let s = timer.compare(2, &mut |i, st| {
             if i == 0 {
                 b.launch(&untuned, &f.kernel, st, shape)

@@ -477,3 +477,85 @@ impl GemmOperands {
         Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
     }
 }
+
+/// What `ship` tunes and `ship_serve` launches: (spec name, shapes). The HGEMM spec is used when
+/// its file exists.
+pub fn ship_list() -> Vec<(&'static str, Vec<Vec<i64>>)> {
+    vec![
+        (
+            "sgemm",
+            vec![vec![1024, 1024, 1024], vec![4096, 4096, 4096], vec![16, 4096, 4096]],
+        ),
+        ("softmax", vec![vec![4096, 4096], vec![32768, 1024]]),
+        (
+            "hgemm_f16",
+            vec![vec![4096, 4096, 4096], vec![16, 4096, 4096]],
+        ),
+    ]
+}
+
+/// The folder `ship` writes to and `ship_serve` reads from: `--dir`, else `$JITUNE_SHIP_DIR`,
+/// else `jitune-ship` in the temporary directory.
+pub fn ship_dir() -> PathBuf {
+    option("--dir", "JITUNE_SHIP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("jitune-ship"))
+}
+
+/// Buffers for launching sgemm, an hgemm spec or softmax by name, sized for `shape` (smaller
+/// shapes can be launched on them too).
+pub enum KernelBuffers {
+    Gemm(Box<GemmOperands>),
+    Softmax(CudaSlice<f32>, CudaSlice<f32>),
+}
+
+impl KernelBuffers {
+    pub fn new(
+        name: &str,
+        shape: &[i64],
+        stream: &Arc<CudaStream>,
+        seed: u64,
+    ) -> Result<KernelBuffers> {
+        let prec = match name {
+            "sgemm" => Some(Prec::F32),
+            "hgemm_f16" => Some(Prec::F16),
+            "hgemm_bf16" => Some(Prec::Bf16),
+            _ => None,
+        };
+        match prec {
+            Some(p) => Ok(KernelBuffers::Gemm(Box::new(GemmOperands::new(
+                stream, p, shape, seed,
+            )?))),
+            None => {
+                let n = shape.iter().product::<i64>() as usize;
+                let mut rng = Rng::new(seed);
+                let x: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                Ok(KernelBuffers::Softmax(
+                    stream.clone_htod(&x).map_err(cuda("uploading x"))?,
+                    stream.alloc_zeros(n).map_err(cuda("allocating y"))?,
+                ))
+            }
+        }
+    }
+
+    pub fn launch(
+        &mut self,
+        tuner: &Tuner,
+        kernel: &Kernel,
+        stream: &CudaStream,
+        shape: &[i64],
+    ) -> Result<()> {
+        match self {
+            KernelBuffers::Gemm(g) => g.launch_shape(tuner, kernel, stream, shape),
+            KernelBuffers::Softmax(x, y) => {
+                let mut args = [
+                    Arg::from(&*x),
+                    Arg::from(y),
+                    Arg::from(shape[0] as i32),
+                    Arg::from(shape[1] as i32),
+                ];
+                tuner.launch(kernel, stream, shape, &mut args)
+            }
+        }
+    }
+}
