@@ -13,7 +13,12 @@
 //!                                        --tune-s 15 --curve-s 60 --json FILE]
 //!
 //! Options can also be given as environment variables (GEMM_PARTS, GEMM_SHAPES, GEMM_TUNE_S,
-//! GEMM_CURVE_S, GEMM_JSON). Each shape is tuned from scratch (memory-only cache) for at most
+//! GEMM_CURVE_S, GEMM_JSON); `--f16-spec NAME` / `--bf16-spec NAME` (GEMM_F16_SPEC,
+//! GEMM_BF16_SPEC) pick other specs under `kernels/` than `hgemm_f16` / `hgemm_bf16`. A "diff"
+//! of 0 means jitune's and cuBLAS's outputs are bitwise equal (same summation order).
+//!
+//! The cache is memory-only, so nothing from earlier runs is reused (shapes tuned earlier in the
+//! run warm-start later ones, as in the tuner's normal use); each shape gets at most
 //! `--tune-s` seconds of tuning; the defaults keep a whole run near 7 minutes on an H100.
 //! Without a GPU it prints why and exits 0; without libcublas the ratio columns are left out.
 
@@ -185,7 +190,7 @@ impl Bench {
         Ok(())
     }
 
-    /// Tunes `kernel` at `shape` from scratch, then measures it against cuBLAS.
+    /// Tunes `kernel` at `shape` (nothing cached from earlier runs), then measures it against cuBLAS.
     fn row(&mut self, kernel: &Kernel, prec: Prec, shape: &[i64; 3]) -> Result<Row> {
         let mut g = GemmOperands::new(&self.stream, prec, shape, 1)?;
         let report = self.tuner.tune_with(
@@ -330,7 +335,7 @@ fn run() -> Result<()> {
         None => None,
     };
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
-    // Memory-only: every shape is tuned from scratch in this run.
+    // Memory-only: nothing from earlier runs is reused.
     let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
     let timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
@@ -342,7 +347,7 @@ fn run() -> Result<()> {
         }
     };
     println!(
-        "device {}; tuning budget {tune_s} s per shape (from scratch); parts {parts}",
+        "device {}; tuning budget {tune_s} s per shape (memory-only cache); parts {parts}",
         tuner.gpu().fingerprint.to_text()
     );
     let mut b = Bench {
@@ -359,7 +364,9 @@ fn run() -> Result<()> {
         kernels.push((common::kernel("sgemm")?, Prec::F32));
     }
     let f16 = if want("f16") || want("curve") {
-        common::optional_kernel("hgemm_f16")?
+        common::optional_kernel(
+            &common::option("--f16-spec", "GEMM_F16_SPEC").unwrap_or_else(|| "hgemm_f16".into()),
+        )?
     } else {
         None
     };
@@ -367,7 +374,9 @@ fn run() -> Result<()> {
         kernels.push((k.clone(), Prec::F16));
     }
     if want("bf16") {
-        if let Some(k) = common::optional_kernel("hgemm_bf16")? {
+        let name =
+            common::option("--bf16-spec", "GEMM_BF16_SPEC").unwrap_or_else(|| "hgemm_bf16".into());
+        if let Some(k) = common::optional_kernel(&name)? {
             kernels.push((k, Prec::Bf16));
         }
     }

@@ -10,8 +10,8 @@
 //!
 //!     cargo bench --bench membound [-- --kernels softmax,layernorm,reduction --tune-s 12]
 //!
-//! Environment variables MEMBOUND_KERNELS and MEMBOUND_TUNE_S work too. Each shape is tuned from
-//! scratch (memory-only cache). Without a GPU it prints why and exits 0.
+//! Environment variables MEMBOUND_KERNELS and MEMBOUND_TUNE_S work too. The cache is memory-only:
+//! nothing from earlier runs is reused. Without a GPU it prints why and exits 0.
 
 #[path = "../examples/common/mod.rs"]
 mod common;
@@ -126,7 +126,7 @@ fn run() -> Result<()> {
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
     let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
     println!(
-        "device {}; tuning budget {tune_s} s per shape (from scratch)",
+        "device {}; tuning budget {tune_s} s per shape (memory-only cache)",
         tuner.gpu().fingerprint.to_text()
     );
     println!(

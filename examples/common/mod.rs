@@ -474,7 +474,11 @@ impl GemmOperands {
             num += (x - y) * (x - y);
             den += y * y;
         }
-        Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
+        if den == 0.0 {
+            // Both all-zero would read as "identical": an unwritten reference is an error.
+            return Err(Error::Search("cuBLAS's output is all zeros".into()));
+        }
+        Ok((num / den).sqrt())
     }
 }
 
