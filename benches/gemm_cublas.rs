@@ -136,7 +136,10 @@ impl Bench {
                 })?;
                 (median(&s[0]), Some(median(&s[1])))
             }
-            None => (self.timer.time(&mut |st| g.launch(tuner, kernel, st))?, None),
+            None => (
+                self.timer.time(&mut |st| g.launch(tuner, kernel, st))?,
+                None,
+            ),
         };
         let diff = match blas {
             Some(_) => Some(g.diff_to_reference(&self.stream)?),
@@ -234,8 +237,8 @@ impl Bench {
         let mut opts = SearchOptions::new(1, 1000);
         opts.max_time_s = Some(curve_s);
         opts.start.push(spec.default.clone());
-        let strategy = strategy_by_name("lfbo")
-            .ok_or_else(|| Error::Search("no lfbo strategy".into()))?;
+        let strategy =
+            strategy_by_name("lfbo").ok_or_else(|| Error::Search("no lfbo strategy".into()))?;
         let result = strategy.search(&mut rec, &opts)?;
         let wall = start.elapsed().as_secs_f64();
         let (best, best_ms) = result
@@ -247,9 +250,16 @@ impl Bench {
             "\ntime-to-quality, {} {} (LFBO, {curve_s} s budget; best first-measurement so far{}):",
             spec.name,
             common::shape_text(shape),
-            if blas_ms.is_some() { ", % of cuBLAS" } else { "" }
+            if blas_ms.is_some() {
+                ", % of cuBLAS"
+            } else {
+                ""
+            }
         );
-        println!("{:>8} {:>6} {:>10} {:>9} {:>8}", "wall s", "evals", "best ms", "TFLOP/s", "cuBLAS");
+        println!(
+            "{:>8} {:>6} {:>10} {:>9} {:>8}",
+            "wall s", "evals", "best ms", "TFLOP/s", "cuBLAS"
+        );
         let pct = |ms: f64| blas_ms.map(|b| 100.0 * b / ms);
         let mut shown = 0.0f64;
         for (i, &(t, b, n)) in rec.curve.iter().enumerate() {
@@ -259,7 +269,9 @@ impl Bench {
                 println!(
                     "{t:>8.1} {n:>6} {b:>10.4} {:>9.1} {:>8}",
                     flops / b / 1e9,
-                    pct(b).map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into())
+                    pct(b)
+                        .map(|p| format!("{p:.0}%"))
+                        .unwrap_or_else(|| "-".into())
                 );
             }
         }
@@ -306,14 +318,14 @@ impl Bench {
 
 fn header() {
     println!(
-        "{:<11} {:>16} {:>8} {:>8} {:>7} {:>9} {:>9} {:>5}  {}",
-        "kernel", "shape", "TFLOP/s", "cuBLAS", "ratio", "diff", "tuning", "evals", "config"
+        "{:<11} {:>16} {:>8} {:>8} {:>7} {:>9} {:>9} {:>5}  config",
+        "kernel", "shape", "TFLOP/s", "cuBLAS", "ratio", "diff", "tuning", "evals"
     );
 }
 
 fn run() -> Result<()> {
-    let parts = common::option("--parts", "GEMM_PARTS")
-        .unwrap_or_else(|| "sgemm,f16,bf16,curve".into());
+    let parts =
+        common::option("--parts", "GEMM_PARTS").unwrap_or_else(|| "sgemm,f16,bf16,curve".into());
     let want = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let shapes: Vec<[i64; 3]> = match common::option("--shapes", "GEMM_SHAPES") {
         Some(s) => s
@@ -385,6 +397,9 @@ fn run() -> Result<()> {
     if let (true, Some(k)) = (want("curve"), &f16) {
         b.curve(k, &curve_shape, curve_s)?;
         curve_done = true;
+    }
+    if kernels.is_empty() {
+        return Ok(());
     }
     println!();
     header();

@@ -49,7 +49,12 @@ struct SpecBuffers {
 }
 
 impl SpecBuffers {
-    fn new(tuner: &Tuner, kernel: &Kernel, shape: &[i64], stream: &Arc<CudaStream>) -> Result<Self> {
+    fn new(
+        tuner: &Tuner,
+        kernel: &Kernel,
+        shape: &[i64],
+        stream: &Arc<CudaStream>,
+    ) -> Result<Self> {
         let spec = &kernel.spec;
         let mut rng = Rng::new(1);
         let (mut bufs, mut scalars, mut bytes) = (Vec::new(), Vec::new(), 0.0);
@@ -130,8 +135,8 @@ fn run() -> Result<()> {
         tuner.gpu().fingerprint.to_text()
     );
     println!(
-        "\n{:<10} {:>12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  {}",
-        "kernel", "shape", "ms", "GB/s", "copy GB/s", "% copy", "tuning", "evals", "config"
+        "\n{:<10} {:>12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  config",
+        "kernel", "shape", "ms", "GB/s", "copy GB/s", "% copy", "tuning", "evals"
     );
     for (name, shapes) in all {
         if !which.split(',').any(|w| w.trim() == name) {

@@ -109,11 +109,9 @@ struct ThreadLog {
 
 fn all_tuned(tuner: &Tuner, families: &[Family]) -> bool {
     tuner.tuning_in_progress() == 0
-        && families.iter().all(|f| {
-            tuner
-                .plan(&f.kernel, &f.shapes[0])
-                .is_some_and(|p| p.tuned)
-        })
+        && families
+            .iter()
+            .all(|f| tuner.plan(&f.kernel, &f.shapes[0]).is_some_and(|p| p.tuned))
 }
 
 /// How a serving thread runs.
@@ -176,40 +174,41 @@ fn serve(
     // latency measurement); launches are enqueued back to back, so the stream stays busy and
     // the events measure GPU time, not host gaps. Timed passes never contain a miss: a miss
     // compiles on the host between the two events.
-    let mut pass = |phase: usize, timed: bool, log: &mut ThreadLog| -> Result<Vec<(usize, f64, f64)>> {
-        for (slot, &(fi, si)) in cycle.iter().enumerate() {
-            let f = &families[fi];
-            let shape = &f.shapes[si];
-            if timed {
-                events[slot]
-                    .0
-                    .record(&stream)
-                    .map_err(cuda("recording an event"))?;
-            }
-            let t = Instant::now();
-            bufs[fi].launch(&tuner, &f.kernel, &stream, shape)?;
-            log.latency_us[phase].push(t.elapsed().as_secs_f64() * 1e6);
-            if timed {
-                events[slot]
-                    .1
-                    .record(&stream)
-                    .map_err(cuda("recording an event"))?;
-            }
-        }
-        stream.synchronize().map_err(cuda("serving"))?;
-        log.passes += 1;
-        let mut out = Vec::new();
-        if timed {
+    let mut pass =
+        |phase: usize, timed: bool, log: &mut ThreadLog| -> Result<Vec<(usize, f64, f64)>> {
             for (slot, &(fi, si)) in cycle.iter().enumerate() {
-                let ms = events[slot]
-                    .0
-                    .elapsed_ms(&events[slot].1)
-                    .map_err(cuda("reading events"))? as f64;
-                out.push((fi, ms, families[fi].work(&families[fi].shapes[si])));
+                let f = &families[fi];
+                let shape = &f.shapes[si];
+                if timed {
+                    events[slot]
+                        .0
+                        .record(&stream)
+                        .map_err(cuda("recording an event"))?;
+                }
+                let t = Instant::now();
+                bufs[fi].launch(&tuner, &f.kernel, &stream, shape)?;
+                log.latency_us[phase].push(t.elapsed().as_secs_f64() * 1e6);
+                if timed {
+                    events[slot]
+                        .1
+                        .record(&stream)
+                        .map_err(cuda("recording an event"))?;
+                }
             }
-        }
-        Ok(out)
-    };
+            stream.synchronize().map_err(cuda("serving"))?;
+            log.passes += 1;
+            let mut out = Vec::new();
+            if timed {
+                for (slot, &(fi, si)) in cycle.iter().enumerate() {
+                    let ms = events[slot]
+                        .0
+                        .elapsed_ms(&events[slot].1)
+                        .map_err(cuda("reading events"))? as f64;
+                    out.push((fi, ms, families[fi].work(&families[fi].shapes[si])));
+                }
+            }
+            Ok(out)
+        };
     pass(WARM, false, &mut log)?;
     for (fi, f) in families.iter().enumerate() {
         log.first_config[fi] = tuner
@@ -271,12 +270,20 @@ fn run() -> Result<()> {
         Family {
             kernel: sgemm.clone(),
             gemm: true,
-            shapes: vec![vec![16, 4096, 4096], vec![9, 4096, 4096], vec![12, 4096, 4096]],
+            shapes: vec![
+                vec![16, 4096, 4096],
+                vec![9, 4096, 4096],
+                vec![12, 4096, 4096],
+            ],
         },
         Family {
             kernel: sgemm.clone(),
             gemm: true,
-            shapes: vec![vec![1024, 1024, 1024], vec![1000, 1024, 1024], vec![777, 1024, 1000]],
+            shapes: vec![
+                vec![1024, 1024, 1024],
+                vec![1000, 1024, 1024],
+                vec![777, 1024, 1000],
+            ],
         },
         Family {
             kernel: sgemm,
@@ -337,7 +344,9 @@ fn run() -> Result<()> {
 
     println!(
         "\n{} launches in {wall:.1} s ({} passes per thread, {pause_ms} ms apart)",
-        logs.iter().map(|l| l.latency_us.iter().map(Vec::len).sum::<usize>()).sum::<usize>(),
+        logs.iter()
+            .map(|l| l.latency_us.iter().map(Vec::len).sum::<usize>())
+            .sum::<usize>(),
         logs.iter().map(|l| l.passes).sum::<usize>() / logs.len().max(1)
     );
     println!("launch latency (host, the launch call itself):");
@@ -387,7 +396,9 @@ fn run() -> Result<()> {
             a,
             b,
             f.unit(),
-            logs.first().map(|l| l.first_config[fi].as_str()).unwrap_or("")
+            logs.first()
+                .map(|l| l.first_config[fi].as_str())
+                .unwrap_or("")
         );
     }
 

@@ -94,7 +94,10 @@ fn run() -> Result<bool> {
             if let KernelBuffers::Gemm(g) = &bufs {
                 let err = g.spot_check(&stream, 16, 2)?;
                 if err > 2e-3 {
-                    println!("{} {shape:?}: wrong result (error {err:.2e})", kernel.spec.name);
+                    println!(
+                        "{} {shape:?}: wrong result (error {err:.2e})",
+                        kernel.spec.name
+                    );
                     ok = false;
                 }
             }

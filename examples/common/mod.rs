@@ -240,8 +240,8 @@ impl Blas {
     /// dynamically loaded library is missing, so presence is checked first (as
     /// `jitune::gpu::require_cuda` does for libcuda and libnvrtc) and any panic left is caught.
     pub fn load(stream: Arc<CudaStream>) -> std::result::Result<Blas, String> {
-        let present = catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
-            .unwrap_or(false);
+        let present =
+            catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false);
         if !present {
             return Err("libcublas was not found (install the CUDA toolkit's cuBLAS or put it on LD_LIBRARY_PATH)".into());
         }
@@ -425,7 +425,9 @@ impl GemmOperands {
         shape: &[i64],
     ) -> Result<()> {
         let &[m, n, k] = shape else {
-            return Err(Error::Shape(format!("a GEMM shape has 3 dims, got {shape:?}")));
+            return Err(Error::Shape(format!(
+                "a GEMM shape has 3 dims, got {shape:?}"
+            )));
         };
         let (m, n, k) = (m as i32, n as i32, k as i32);
         let mut args = [
@@ -488,7 +490,11 @@ pub fn ship_list() -> Vec<(&'static str, Vec<Vec<i64>>)> {
     vec![
         (
             "sgemm",
-            vec![vec![1024, 1024, 1024], vec![4096, 4096, 4096], vec![16, 4096, 4096]],
+            vec![
+                vec![1024, 1024, 1024],
+                vec![4096, 4096, 4096],
+                vec![16, 4096, 4096],
+            ],
         ),
         ("softmax", vec![vec![4096, 4096], vec![32768, 1024]]),
         (
