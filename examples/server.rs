@@ -310,8 +310,24 @@ fn run() -> Result<()> {
         families.push(Family {
             kernel: h,
             gemm: true,
-            shapes: vec![vec![16, 4096, 4096], vec![5, 4096, 4096]],
+            shapes: vec![
+                vec![16, 4096, 4096],
+                vec![10, 4096, 4096],
+                vec![13, 4096, 4096],
+            ],
         });
+    }
+    // Every family's shapes must share one tuning key (the figures are per bucket).
+    for f in &families {
+        let key = tuner.key(&f.kernel, &f.shapes[0])?;
+        for s in &f.shapes[1..] {
+            if tuner.key(&f.kernel, s)? != key {
+                return Err(Error::Shape(format!(
+                    "{}: {s:?} is not in the bucket of {:?}",
+                    f.kernel.spec.name, f.shapes[0]
+                )));
+            }
+        }
     }
     println!(
         "device {}; {threads} threads, {} shape buckets, background tuning {tune_s} s per bucket",
@@ -410,8 +426,8 @@ fn run() -> Result<()> {
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
     let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
     println!(
-        "{:<26} {:>10} {:>10} {:>8}  {:<44} {}",
-        "bucket", "default ms", "tuned ms", "speedup", "default config", "tuned config"
+        "{:<26} {:>10} {:>10} {:>8}  {:<44} tuned config",
+        "bucket", "default ms", "tuned ms", "speedup", "default config"
     );
     for f in &families {
         let shape = &f.shapes[0];
