@@ -229,6 +229,16 @@ pub fn run(cache: Option<PathBuf>, args: VerifyArgs) -> CliResult<i32> {
     Ok(if flagged > 0 { exit::DRIFT } else { exit::OK })
 }
 
+/// The key as `show` accepts it, with the kernel's name in place of its id so a reader sees
+/// which kernel drifted (`sgemm/512x512x512/952b…` rather than `016c…/512x512x512/952b…`).
+fn named_key(e: &Entry) -> String {
+    let key = e.key.display();
+    match key.split_once('/') {
+        Some((_, rest)) if !e.kernel_name.is_empty() => format!("{}/{rest}", e.kernel_name),
+        _ => key,
+    }
+}
+
 fn fmt_ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |t| format!("{t:.4}"))
 }
@@ -238,7 +248,7 @@ fn print_rows(rows: &[Row]) {
         .iter()
         .map(|r| {
             [
-                r.entry.key.display(),
+                named_key(&r.entry),
                 format!("{:.4}", r.entry.median_ms),
                 fmt_ms(r.now_ms),
                 fmt_ms(r.default_ms),
