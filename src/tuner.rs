@@ -46,8 +46,13 @@ use crate::{Error, Result};
 /// What a launch does on a cache miss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Tune now (in process) and launch the winner. Threads that miss one key at once tune it
+    /// once: the others wait for that search and launch its winner.
     Blocking,
+    /// Launch the nearest tuned shape's winner (or the default) now; tune in the background
+    /// (in an isolated worker process by default) and swap the winner in.
     Background,
+    /// Never tune: launch the cached winner or the default.
     CacheOnly,
 }
 
@@ -460,8 +465,13 @@ struct Inner {
     mode: AtomicU8,
     plans: DashMap<TuningKey, Arc<Plan>, KeyHashBuilder>,
     tuning: DashMap<TuningKey, (), KeyHashBuilder>,
+    /// Blocking mode's single flight: threads that miss one key queue on its gate, and those
+    /// after the first find its winner installed instead of tuning the key again.
+    blocking_gates: DashMap<TuningKey, Arc<parking_lot::Mutex<()>>, KeyHashBuilder>,
     tune: parking_lot::RwLock<TuneOptions>,
     swaps: AtomicUsize,
+    /// Searches this tuner has run (`tune` and its variants, every mode).
+    searches: AtomicUsize,
     /// NVRTC compilations this tuner caused (tuning and plans); 0 for a warm process.
     compiles: AtomicUsize,
     /// Where candidates run; `None`: by mode (isolated in `Background`, in process otherwise).
@@ -533,8 +543,10 @@ impl Tuner {
                 mode: AtomicU8::new(mode.to_u8()),
                 plans: DashMap::with_hasher(KeyHashBuilder::default()),
                 tuning: DashMap::with_hasher(KeyHashBuilder::default()),
+                blocking_gates: DashMap::with_hasher(KeyHashBuilder::default()),
                 tune: parking_lot::RwLock::new(TuneOptions::default()),
                 swaps: AtomicUsize::new(0),
+                searches: AtomicUsize::new(0),
                 compiles: AtomicUsize::new(0),
                 isolation: parking_lot::RwLock::new((
                     Isolation::from_env(),
@@ -593,6 +605,12 @@ impl Tuner {
     /// How many tuned winners background tuning has swapped in.
     pub fn swaps(&self) -> usize {
         self.inner.swaps.load(Ordering::Relaxed)
+    }
+
+    /// Searches this tuner has run so far (explicit `tune` calls, Blocking misses, background
+    /// runs). In Blocking mode each key is searched once however many threads miss it at once.
+    pub fn searches(&self) -> usize {
+        self.inner.searches.load(Ordering::Relaxed)
     }
 
     /// NVRTC compilations this tuner has caused so far (0 in a process that only hit the cache).
@@ -665,6 +683,14 @@ impl Tuner {
                 Ok(self.install(key, plan))
             }
             Mode::Blocking => {
+                // Single flight: the first thread to miss tunes; the rest wait on the key's gate
+                // and then launch its winner. (Held across the search: the waiters have nothing
+                // better to launch in Blocking mode.)
+                let gate = self.inner.blocking_gates.entry(key).or_default().clone();
+                let _turn = gate.lock();
+                if let Some(p) = self.inner.plans.get(&key) {
+                    return Ok(p.value().clone());
+                }
                 let report = self.tune(kernel, shape)?;
                 let plan = self.plan_for_text(spec, &report.entry.config, shape, true)?;
                 Ok(self.install(key, plan))
@@ -868,6 +894,7 @@ impl Tuner {
         let spec = kernel.spec.clone();
         let gpu = self.inner.gpu.clone();
         let key = self.key(kernel, shape)?;
+        self.inner.searches.fetch_add(1, Ordering::Relaxed);
         let mut eval = self.evaluator(kernel, shape)?;
         let space = spec.space_for(shape, &gpu.limits)?;
         let strategy = strategy_by_name(&opts.strategy).ok_or_else(|| {
