@@ -2,13 +2,15 @@
 //
 // Tiling, outermost first (the tunable parameters arrive as -D defines from jitune):
 // - a block computes a BM x BN tile of C, stepping through K in slices of BK staged in shared
-//   memory: A transposed (As[k][m], rows padded by 4 floats against bank conflicts of the
-//   transposing stores) and B as it is (Bs[k][n]), so both are read along their contiguous axis;
+//   memory: B as it is (Bs[k][n]) and, with ATRANS = 1, A transposed (As[k][m], rows padded by 4
+//   floats against bank conflicts of the transposing stores), so both are read along their
+//   contiguous axis; ATRANS = 0 keeps A as it is (As[m][k]), the naive layout: its fragments are
+//   read one float at a time, with bank conflicts between the lanes of a warp;
 // - each of its (BM / WM) x (BN / WN) warps computes a WM x WN warp tile, in WMITER x WNITER
 //   sub-tiles of WSUBM x WSUBN (WNITER is a parameter, WMITER follows from the others);
 // - each lane computes a TM x TN fragment of every sub-tile, its operands read from shared memory
-//   as float4 (TM and TN are multiples of 4) into registers, WMITER * TM + WNITER * TN of them per
-//   k, for WM * WN / 32 accumulators.
+//   as float4 (TM and TN are multiples of 4; A's only with ATRANS) into registers,
+//   WMITER * TM + WNITER * TN of them per k, for WM * WN / 32 accumulators.
 // VEC = 1 loads global memory as float4 where the shape allows it (checked at run time: K % 4 == 0
 // and a 16-byte aligned A for A, N % 4 == 0 and aligned B for B and C); otherwise, and always with
 // VEC = 0, every element is loaded on its own. Both paths bounds-check and fill zeros outside the
@@ -16,7 +18,8 @@
 // DBUF = 1 double-buffers the slices: two shared buffers, the next slice loaded from global memory
 // into registers while this one is computed, then stored to the other buffer; one __syncthreads
 // per slice. DBUF = 0 has one buffer and two __syncthreads per slice.
-// Shared memory is dynamic (the spec's shared_mem expression): NBUF * BK * (BM + 4 + BN) floats.
+// Shared memory is dynamic (the spec's shared_mem expression): NBUF * BK * (BM + 4 * ATRANS + BN)
+// floats.
 #ifndef BM
 #define BM 128
 #endif
@@ -47,6 +50,9 @@
 #ifndef DBUF
 #define DBUF 1
 #endif
+#ifndef ATRANS
+#define ATRANS 1
+#endif
 
 #define WSUBN (WN / WNITER)
 #define LANES_N (WSUBN / TN)
@@ -55,8 +61,12 @@
 #define WMITER (WM / WSUBM)
 #define WARPS_N (BN / WN)
 #define THREADS ((BM / WM) * WARPS_N * 32)
+#if ATRANS
 #define AS_LD (BM + 4)
 #define AS_SIZE (BK * AS_LD)
+#else
+#define AS_SIZE (BM * BK)
+#endif
 #define STAGE (AS_SIZE + BK * BN)
 #define A_VECS (BM * BK / 4)
 #define B_VECS (BK * BN / 4)
@@ -133,7 +143,7 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
         }
     };
 
-    // Registers to shared buffer `buf`: A transposed, B as float4.
+    // Registers to shared buffer `buf`: A transposed (or, without ATRANS, as float4), B as float4.
     auto store = [&](int buf) {
         float* const as = smem + buf * STAGE;
         float* const bs = as + AS_SIZE;
@@ -143,10 +153,14 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
             if (A_VECS % THREADS == 0 || idx < A_VECS) {
                 const int r = idx / (BK / 4);
                 const int c = (idx % (BK / 4)) * 4;
+#if ATRANS
                 as[(c + 0) * AS_LD + r] = ra[i].x;
                 as[(c + 1) * AS_LD + r] = ra[i].y;
                 as[(c + 2) * AS_LD + r] = ra[i].z;
                 as[(c + 3) * AS_LD + r] = ra[i].w;
+#else
+                *reinterpret_cast<float4*>(&as[r * BK + c]) = ra[i];
+#endif
             }
         }
 #pragma unroll
@@ -175,7 +189,11 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
             acc[i][j] = 0.0f;
 
     auto compute = [&](int buf) {
+#if ATRANS
         const float* const as = smem + buf * STAGE + warp_row * WM + lane_row * TM;
+#else
+        const float* const as = smem + buf * STAGE + (warp_row * WM + lane_row * TM) * BK;
+#endif
         const float* const bs = smem + buf * STAGE + AS_SIZE + warp_col * WN + lane_col * TN;
         float rm[WMITER * TM];
         float rn[WNITER * TN];
@@ -185,11 +203,17 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
             for (int wm = 0; wm < WMITER; ++wm)
 #pragma unroll
                 for (int i = 0; i < TM; i += 4) {
+#if ATRANS
                     const float4 v = *reinterpret_cast<const float4*>(&as[k * AS_LD + wm * WSUBM + i]);
                     rm[wm * TM + i + 0] = v.x;
                     rm[wm * TM + i + 1] = v.y;
                     rm[wm * TM + i + 2] = v.z;
                     rm[wm * TM + i + 3] = v.w;
+#else
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        rm[wm * TM + i + e] = as[(wm * WSUBM + i + e) * BK + k];
+#endif
                 }
 #pragma unroll
             for (int wn = 0; wn < WNITER; ++wn)

@@ -4,10 +4,13 @@
 //!   small budget) match a CPU float64 product at ordinary and edge shapes: 1x1x1, an M = 1
 //!   decode row, sizes no tile divides, K and N not multiples of 4 (the scalar load path) and
 //!   512^3 (the float4 path). The output starts as NaN, so an unwritten element fails.
-//! - Dozens of configs sampled across the space (every BK, both VEC and DBUF modes, every warp
-//!   and thread tile parameter value, many block tiles) agree with that checked default through
+//! - Dozens of configs sampled across the space (every BK, both VEC, DBUF and ATRANS modes, every
+//!   warp and thread tile parameter value, many block tiles) agree with that checked default through
 //!   the tuner's own correctness gate, tightened to the same 1e-5: none gives a wrong result,
 //!   fails to compile or fails to launch.
+//!
+//! - With `JITUNE_SGEMM_PERF=1` as well: the median/best time ratio of 48 random configs at
+//!   2048^3 and 4096^3 (printed with every config's TFLOP/s).
 //!
 //! Relative L2 errors are asserted at 1e-5: the GPU accumulates in FP32 (about 1e-7 to 1e-6 at
 //! these K), a wrong row, column or K slice is far above.
@@ -230,4 +233,55 @@ fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, pool: &Arc<CompilePool>, shape: [i
         batch.len()
     );
     assert_eq!(ok, batch.len());
+}
+
+#[test]
+fn gpu_sgemm_space_spread() {
+    if !gpu_or_skip("gpu_sgemm_space_spread") {
+        return;
+    }
+    if std::env::var("JITUNE_SGEMM_PERF").ok().as_deref() != Some("1") {
+        println!("skipping gpu_sgemm_space_spread: JITUNE_SGEMM_PERF is not 1");
+        return;
+    }
+    // The median/best time ratio of 48 uniformly drawn configs: the space must hold poor and
+    // good configs alike.
+    let gpu = Arc::new(tuner(Mode::CacheOnly, 1, 1.0).gpu().clone());
+    let pool = Arc::new(CompilePool::default_sized());
+    for s in [2048i64, 4096] {
+        let shape = [s, s, s];
+        let mut eval = GpuEvaluator::new(
+            gpu.clone(),
+            sgemm().spec.clone(),
+            &shape,
+            Arc::new(Cache::memory_only()),
+            pool.clone(),
+        )
+        .unwrap();
+        eval.options.too_slow_factor = 1e9;
+        let space = eval.space().clone();
+        let mut rng = Rng::new(99);
+        let batch: Vec<Config> = (0..48).filter_map(|_| space.sample(&mut rng)).collect();
+        let outcomes = eval.evaluate(&batch).unwrap();
+        let mut rows: Vec<(f64, String)> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(c, o)| o.time_ms().map(|t| (t, space.config_text(c))))
+            .collect();
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(!rows.is_empty());
+        let flops = 2.0 * (s as f64).powi(3);
+        let (best, med) = (rows[0].0, rows[rows.len() / 2].0);
+        println!(
+            "sgemm {s}^3: {} of {} random configs ran; best {best:.3} ms ({:.1} TFLOP/s), median {med:.3} ms, worst {:.3} ms: median/best {:.2}",
+            rows.len(),
+            batch.len(),
+            flops / best / 1e9,
+            rows[rows.len() - 1].0,
+            med / best
+        );
+        for (t, c) in &rows {
+            println!("  {t:8.3} ms {:5.1} TFLOP/s  {c}", flops / t / 1e9);
+        }
+    }
 }
