@@ -4,8 +4,9 @@
 // - a block computes a BM x BN tile of C, stepping through K in slices of BK staged in shared
 //   memory: B as it is (Bs[k][n]) and, with ATRANS = 1, A transposed (As[k][m], rows padded by 4
 //   floats against bank conflicts of the transposing stores), so both are read along their
-//   contiguous axis; ATRANS = 0 keeps A as it is (As[m][k]), the naive layout: its fragments are
-//   read one float at a time, with bank conflicts between the lanes of a warp;
+//   contiguous axis; ATRANS = 0 keeps A as loaded (As[m][k], float4 stores): its fragments are
+//   read one float at a time along M (ptxas may merge the reads of consecutive k of the unrolled
+//   K loop into vector loads, at a cost in registers);
 // - each of its (BM / WM) x (BN / WN) warps computes a WM x WN warp tile, in WMITER x WNITER
 //   sub-tiles of WSUBM x WSUBN (WNITER is a parameter, WMITER follows from the others);
 // - each lane computes a TM x TN fragment of every sub-tile, its operands read from shared memory

@@ -277,6 +277,18 @@ fn shipped_sgemm_spec_loads_with_a_large_space() {
         let n = space.count();
         println!("sgemm: {n} valid configs at {shape:?}");
         assert!((500..=2500).contains(&n), "{n} valid configs at {shape:?}");
+        // No dead values: every value of every parameter is in some valid config.
+        for (d, p) in s.params.iter().enumerate() {
+            let mut seen = vec![false; p.values.len()];
+            for c in space.iter() {
+                seen[c.0[d] as usize] = true;
+            }
+            assert!(
+                seen.iter().all(|&x| x),
+                "{}: a value no valid config has",
+                p.name
+            );
+        }
     }
     // The default is valid at every shape, edge shapes included, and every valid config has a
     // launchable geometry: 128 to 512 threads, shared memory within the opt-in limit.
