@@ -92,7 +92,7 @@ fn show_prints_one_entry_or_exits_5() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let t = stdout(&o);
     for want in [
-        "BK=8,BM=128,BN=256",
+        "ATRANS=true,BK=8,BM=128,BN=256,DBUF=true",
         "6.8122 ms",
         "evaluations:  96",
         "random",

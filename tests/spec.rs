@@ -270,11 +270,48 @@ fn shipped_sgemm_spec_loads_with_a_large_space() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let s = KernelSpec::from_toml_file(dir.join("sgemm.toml")).unwrap();
     assert_eq!(s.name, "sgemm");
-    let space = s
-        .space_for(&[4096, 4096, 4096], &DeviceLimits::h100())
-        .unwrap();
-    assert!(space.count() >= 500, "only {} valid configs", space.count());
-    assert!(space.is_valid(&s.default));
+    let limits = DeviceLimits::h100();
+    // Large enough to hold poor and excellent configs, small enough for an exhaustive sweep.
+    for shape in [[2048, 2048, 2048], [4096, 4096, 4096]] {
+        let space = s.space_for(&shape, &limits).unwrap();
+        let n = space.count();
+        println!("sgemm: {n} valid configs at {shape:?}");
+        assert!((500..=2500).contains(&n), "{n} valid configs at {shape:?}");
+        // No dead values: every value of every parameter is in some valid config.
+        for (d, p) in s.params.iter().enumerate() {
+            let mut seen = vec![false; p.values.len()];
+            for c in space.iter() {
+                seen[c.0[d] as usize] = true;
+            }
+            assert!(
+                seen.iter().all(|&x| x),
+                "{}: a value no valid config has",
+                p.name
+            );
+        }
+    }
+    // The default is valid at every shape, edge shapes included, and every valid config has a
+    // launchable geometry: 128 to 512 threads, shared memory within the opt-in limit.
+    for shape in [
+        [1, 1, 1],
+        [1, 4096, 4096],
+        [3, 5, 7],
+        [100, 4100, 72],
+        [8192, 8192, 8192],
+    ] {
+        let space = s.space_for(&shape, &limits).unwrap();
+        assert!(space.is_valid(&s.default), "default invalid at {shape:?}");
+        for c in space.iter() {
+            let values: Vec<i64> = (0..s.params.len())
+                .map(|d| space.int_value(&c, d))
+                .collect();
+            let g = s.geometry(&values, &shape, &limits).unwrap();
+            let threads = g.block[0] * g.block[1] * g.block[2];
+            assert!((128..=512).contains(&threads) && threads % 32 == 0);
+            assert!(g.shared_mem as i64 <= limits.max_shared_per_block_optin);
+            assert!(g.grid.iter().all(|&d| d >= 1));
+        }
+    }
     // Reading the same file twice gives the same id; the source is part of it.
     assert_eq!(
         KernelSpec::from_toml_file(dir.join("sgemm.toml"))
