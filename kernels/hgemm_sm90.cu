@@ -28,9 +28,9 @@
 // tiles b, b + grid, b + 2 grid, ... (static schedule, GROUP_M order). Warpgroup 0 is the
 // producer (setmaxnreg down to 40 registers): it fills the STAGES buffers in a ring, slice after
 // slice and tile after tile, with cp.async, and each producer thread signals the stage's "full"
-// mbarrier with cp.async.mbarrier.arrive.noinc (count 128: it fires once every producer
-// thread's copies have landed; the scalar edge path stores, fences the async proxy and arrives
-// normally). Before refilling a stage it waits on the stage's "empty" mbarrier. The consumer
+// mbarrier with cp.async.mbarrier.arrive.noinc (count = producer threads: it fires once every
+// producer thread's copies have landed; the scalar edge path stores, fences the async proxy and
+// arrives normally). Before refilling a stage it waits on the stage's "empty" mbarrier. The consumer
 // warpgroups (setmaxnreg up) wait on "full", fence the async proxy, run the wgmmas and, once
 // the wgmmas that read a stage are complete (wgmma.wait_group), arrive on its "empty" barrier
 // (one arrival per consumer warp), then write their tile from registers while the producer is
@@ -47,6 +47,19 @@
 // passes at once for r = 0 (the phase before the first) and then waits for round r - 1's
 // release. Every wait traps after about 2^32 clock cycles (seconds), so a protocol error fails
 // the candidate instead of hanging the GPU.
+//
+// Measured on an H100 SXM at 4096^3 (jitune's timing): the best WS configs (128 x 256 with
+// WGM = 64, or 256 x 128 with WGM = 128; 4 stages) run at about 536-542 TFLOP/s, the best WS = 0
+// at about 521; cuBLAS (same FP32 output) at 738. Dropping the consumers' fence.proxy.async
+// changes nothing (within 1-2%); deeper prefetch changes nothing past 2 slices. Diagnostic
+// builds of the 128 x 256 config ran at the rate of 764 TFLOP/s with the producer's copies
+// skipped after the first fill (consumers alone) and 810 with the wgmmas skipped (producer
+// alone): each side alone is fast enough, together they reach 535, so they slow each other
+// down (shared-memory or load-path contention between cp.async and wgmma), not either alone.
+// PRODUCER_WGS = 2 (two producer warpgroups, 256 copying threads) raised 256 x 128 x WGM 128
+// from 535 to 577 TFLOP/s in that diagnostic run, but it has not been through a GPU correctness
+// check, so the specs do not offer it yet (with 512 threads the register cap at entry is 128,
+// too few for wgmma n256: BN <= 128 only).
 
 #ifndef BM
 #define BM 128
@@ -72,6 +85,10 @@
 #ifndef HGEMM_BF16
 #define HGEMM_BF16 0
 #endif
+// Producer warpgroups of the WS path (not a spec parameter yet, see the header).
+#ifndef PRODUCER_WGS
+#define PRODUCER_WGS 1
+#endif
 
 #define BK 64
 #define NWG (BM / WGM)
@@ -89,12 +106,13 @@
 // Consumer teams (tiles in flight per block), consumer warpgroups, threads (+ the producer).
 #define TEAMS (WS == 2 ? 2 : 1)
 #define NCWG (NWG * TEAMS)
-#define THREADS ((NCWG + 1) * 128)
+#define NPT (PRODUCER_WGS * 128)
+#define THREADS ((NCWG + PRODUCER_WGS) * 128)
 #ifndef PRODUCER_REGS
 #define PRODUCER_REGS 40
 #endif
 // What the producer's registers leave the consumers, in steps of 8, at most 240.
-#define CONSUMER_REGS_RAW (((65536 - 128 * PRODUCER_REGS) / (NCWG * 128)) / 8 * 8)
+#define CONSUMER_REGS_RAW (((65536 - NPT * PRODUCER_REGS) / (NCWG * 128)) / 8 * 8)
 #define CONSUMER_REGS (CONSUMER_REGS_RAW > 240 ? 240 : CONSUMER_REGS_RAW)
 #define PF 1
 #endif
@@ -289,14 +307,14 @@ __device__ __forceinline__ void load_stage(u32 sbase, const u16* __restrict__ A,
 }
 
 #if WS != 0
-// The producer's load of K slice `kt` into the stage at `stage` (128 threads, register-lean:
-// running pointers instead of per-chunk addresses). Thread `tid` copies the 16-byte A chunk
-// column tid & 7 of tile rows tid / 8 + 16 i, and the B chunk column tid % (BN / 8) of slice
-// rows tid / (BN / 8) + (1024 / BN) i; in both cases the swizzle's row-in-atom stays fixed or
-// alternates, so every destination is a base plus a constant. VEC: rows are 16-byte aligned
+// The producer's load of K slice `kt` into the stage at `stage` (NT = 128 or 256 threads,
+// register-lean: running pointers instead of per-chunk addresses). Thread `tid` copies the
+// 16-byte A chunk column tid & 7 of tile rows tid / 8 + (NT / 8) i, and the B chunk column
+// tid % (BN / 8) of slice rows tid / (BN / 8) + (NT * 8 / BN) i; in both cases the swizzle's
+// row-in-atom stays fixed or alternates, so every destination is a base plus a constant. VEC: rows are 16-byte aligned
 // (each chunk is wholly inside or outside the matrix, cp.async zero-fills); otherwise
 // bounds-checked 2-byte loads and shared stores.
-template <bool VEC>
+template <bool VEC, int NT>
 __device__ __forceinline__ void produce_slice(u32 stage, const u16* __restrict__ A,
                                               const u16* __restrict__ B, int M, int N, int K,
                                               int bm, int bn, int kt, int tid)
@@ -307,23 +325,23 @@ __device__ __forceinline__ void produce_slice(u32 stage, const u16* __restrict__
         const int gc = k0 + ch * 8;
         const int rows = M - bm - r0; // chunk i is inside iff 16 i < rows and gc < K
         const u16* pa = A + (size_t)(bm + r0) * K + gc;
-        const size_t step = (size_t)16 * K;
+        const size_t step = (size_t)(NT / 8) * K;
         const u32 dst = stage + r0 * 128 + ((ch ^ (r0 & 7)) << 4);
 #pragma unroll
-        for (int i = 0; i < BM / 16; ++i) {
+        for (int i = 0; i < BM / (NT / 8); ++i) {
             if (VEC) {
-                const bool in = gc < K && 16 * i < rows;
-                cp_async16(dst + i * 16 * 128, in ? (const void*)pa : (const void*)A, in);
+                const bool in = gc < K && (NT / 8) * i < rows;
+                cp_async16(dst + i * (NT / 8) * 128, in ? (const void*)pa : (const void*)A, in);
             } else {
                 u32 w[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    const bool rin = 16 * i < rows;
+                    const bool rin = (NT / 8) * i < rows;
                     const u32 lo = (rin && gc + 2 * j < K) ? pa[2 * j] : 0u;
                     const u32 hi = (rin && gc + 2 * j + 1 < K) ? pa[2 * j + 1] : 0u;
                     w[j] = lo | (hi << 16);
                 }
-                asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(dst + i * 16 * 128),
+                asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(dst + i * (NT / 8) * 128),
                              "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
             }
             pa += step;
@@ -331,7 +349,7 @@ __device__ __forceinline__ void produce_slice(u32 stage, const u16* __restrict__
     }
     {
         constexpr int PER = BN / 8;         // chunks per slice row
-        constexpr int RSTEP = 128 / PER;    // slice rows between a thread's chunks
+        constexpr int RSTEP = NT / PER;    // slice rows between a thread's chunks
         const int nch = tid % PER, r0 = tid / PER;
         const int gc = bn + nch * 8;
         const int rows = K - k0 - r0;       // chunk i is inside iff RSTEP i < rows and gc < N
@@ -517,7 +535,7 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
     if (tid == 0) {
 #pragma unroll
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full + 8 * s, 128);       // one arrival per producer thread
+            mbar_init(full + 8 * s, NPT);       // one arrival per producer thread
             mbar_init(empty + 8 * s, 4 * NWG);  // one per warp of the consuming team
         }
         mbar_init(order, 4 * NWG);
@@ -530,9 +548,9 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
     const int tiles = tiles_m * tiles_n;
     const int nk = (K + BK - 1) / BK;
 
-    if (wg == 0) {
+    if (PRODUCER_WGS == 1 ? wg == 0 : wg < PRODUCER_WGS) {
         // Producer.
-#if NCWG >= 2
+#if NCWG + PRODUCER_WGS >= 3
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
 #endif
         const bool vec =
@@ -545,10 +563,10 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
                 const u32 s = g % STAGES;
                 mbar_wait(empty + 8 * s, ((g / STAGES) & 1) ^ 1);
                 if (vec) {
-                    produce_slice<true>(sbase + s * STAGE_BYTES, A, B, M, N, K, bm, bn, kt, tid);
+                    produce_slice<true, NPT>(sbase + s * STAGE_BYTES, A, B, M, N, K, bm, bn, kt, tid);
                     mbar_arrive_cp_async(full + 8 * s);
                 } else {
-                    produce_slice<false>(sbase + s * STAGE_BYTES, A, B, M, N, K, bm, bn, kt, tid);
+                    produce_slice<false, NPT>(sbase + s * STAGE_BYTES, A, B, M, N, K, bm, bn, kt, tid);
                     // Plain stores: make them visible to the async proxy, then release.
                     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                     mbar_arrive(full + 8 * s);
@@ -559,10 +577,10 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
         asm volatile("cp.async.wait_all;\n" ::: "memory");
     } else {
         // Consumers: team `team` takes the block's tiles it = team, team + TEAMS, ...
-#if NCWG >= 2
+#if NCWG + PRODUCER_WGS >= 3
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS));
 #endif
-        const int cw = wg - 1;
+        const int cw = wg - PRODUCER_WGS;
         const int team = cw / NWG;
         const int wrow = (cw % NWG) * WGM;
         const int warp_in_wg = (tid >> 5) & 3;
