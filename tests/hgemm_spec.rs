@@ -3,7 +3,9 @@
 //! c, M, N, K with their types and lengths), distinct ids, a default config valid at ordinary
 //! and edge shapes (M = 1, sizes that are no multiple of any tile), a space large enough to hold
 //! poor and good configs yet countable, legal launch geometry for every valid config, and
-//! split-K only where clusters exist.
+//! split-K only where clusters exist. For the wgmma specs (`hgemm_sm90_*.toml`): the interface,
+//! sm_90a only, and the warp-specialised configs' persistent grid, warpgroups, register split
+//! and shared memory.
 
 use jitune::spec::{DeviceLimits, ElemType, KernelSpec, Role};
 
@@ -287,4 +289,62 @@ fn sm90_specs_keep_the_interface_and_compile_for_sm90a_only_on_hopper() {
         );
     }
     assert!(!f16.source.contains("#include"));
+}
+
+#[test]
+fn sm90_warp_specialised_configs_are_persistent_and_fit_the_register_split() {
+    let h100 = DeviceLimits::h100();
+    for name in ["hgemm_sm90_f16", "hgemm_sm90_bf16"] {
+        let spec = load(name);
+        let [bm, bn, wgm, stages, ws] =
+            ["BM", "BN", "WGM", "STAGES", "WS"].map(|p| param(&spec, p));
+        let space = spec.space_for(&[4096, 4096, 4096], &h100).unwrap();
+        let n = space.count();
+        // Small enough to sweep exhaustively, with every WS value in it.
+        assert!((300..=1500).contains(&n), "{name}: {n} configs");
+        let mut per_ws = [0usize; 3];
+        for shape in [[4096i64, 4096, 4096], [1, 4096, 4096], [257, 129, 200]] {
+            let space = spec.space_for(&shape, &h100).unwrap();
+            for c in space.iter() {
+                let v: Vec<i64> = (0..spec.params.len())
+                    .map(|d| space.int_value(&c, d))
+                    .collect();
+                let text = space.config_text(&c);
+                let g = spec.geometry(&v, &shape, &h100).unwrap();
+                let tiles = (shape[0] + v[bm] - 1) / v[bm] * ((shape[1] + v[bn] - 1) / v[bn]);
+                let wgs = v[bm] / v[wgm];
+                let stage_bytes = v[stages] * (v[bm] + v[bn]) * 128 + 1024;
+                if v[ws] == 0 {
+                    assert_eq!(g.grid, [tiles as u32, 1, 1], "{text}");
+                    assert_eq!(g.block[0] as i64, wgs * 128, "{text}");
+                    assert_eq!(g.shared_mem as i64, stage_bytes, "{text}");
+                    continue;
+                }
+                if shape[0] == 4096 {
+                    per_ws[v[ws] as usize] += 1;
+                }
+                // Persistent: one block per SM at most, one per tile at most.
+                assert_eq!(g.grid, [tiles.min(h100.sm_count) as u32, 1, 1], "{text}");
+                // Consumers (two teams for ping-pong, one warpgroup each) plus the producer,
+                // at most 3 consumer warpgroups.
+                let consumers = if v[ws] == 2 { 2 * wgs } else { wgs };
+                if v[ws] == 2 {
+                    assert_eq!(wgs, 1, "{text}");
+                }
+                assert!(consumers <= 3, "{text}");
+                assert_eq!(g.block[0] as i64, (consumers + 1) * 128, "{text}");
+                // The kernel's setmaxnreg split: 40 registers for the producer, the rest in
+                // steps of 8 (at most 240) for the consumers, who hold WGM * BN / 128
+                // accumulators each.
+                let consumer_regs = ((65536 - 128 * 40) / (consumers * 128) / 8 * 8).min(240);
+                assert!(
+                    v[wgm] * v[bn] / 128 + 40 <= consumer_regs,
+                    "{text}: {consumer_regs} registers"
+                );
+                // Stages, 1 KiB of alignment slack and the mbarriers.
+                assert_eq!(g.shared_mem as i64, stage_bytes + 128, "{text}");
+            }
+        }
+        assert!(per_ws.iter().skip(1).all(|&k| k > 20), "{name}: {per_ws:?}");
+    }
 }
