@@ -57,8 +57,9 @@
 // alone): each side alone is fast enough, together they reach 535, so they slow each other
 // down (shared-memory or load-path contention between cp.async and wgmma), not either alone.
 // PRODUCER_WGS = 2 (two producer warpgroups, 256 copying threads) raised 256 x 128 x WGM 128
-// from 535 to 577 TFLOP/s in that diagnostic run; the specs offer it as a parameter for WS > 0
-// (with 512 threads the register cap at entry is 128, too few for wgmma n256: BN <= 128 only).
+// from 535 to 577 TFLOP/s in that diagnostic run, but it has not been through a GPU correctness
+// check, so the specs do not offer it yet (with 512 threads the register cap at entry is 128,
+// too few for wgmma n256: BN <= 128 only).
 
 #ifndef BM
 #define BM 128

@@ -247,7 +247,7 @@ fn sm90_specs_keep_the_interface_and_compile_for_sm90a_only_on_hopper() {
                     .map(|d| space.int_value(&c, d))
                     .collect();
                 let g = spec.geometry(&values, &shape, &h100).unwrap();
-                assert!(g.block[0] % 128 == 0 && g.block[0] <= 640);
+                assert!(g.block[0] % 128 == 0 && g.block[0] <= 512);
                 assert!(g.shared_mem as i64 <= h100.max_shared_per_block_optin);
             }
         }
@@ -296,8 +296,8 @@ fn sm90_warp_specialised_configs_are_persistent_and_fit_the_register_split() {
     let h100 = DeviceLimits::h100();
     for name in ["hgemm_sm90_f16", "hgemm_sm90_bf16"] {
         let spec = load(name);
-        let [bm, bn, wgm, stages, ws, pwg] =
-            ["BM", "BN", "WGM", "STAGES", "WS", "PRODUCER_WGS"].map(|p| param(&spec, p));
+        let [bm, bn, wgm, stages, ws] =
+            ["BM", "BN", "WGM", "STAGES", "WS"].map(|p| param(&spec, p));
         let space = spec.space_for(&[4096, 4096, 4096], &h100).unwrap();
         let n = space.count();
         // Small enough to sweep exhaustively, with every WS value in it.
@@ -332,15 +332,11 @@ fn sm90_warp_specialised_configs_are_persistent_and_fit_the_register_split() {
                     assert_eq!(wgs, 1, "{text}");
                 }
                 assert!(consumers <= 3, "{text}");
-                // One or two producer warpgroups (two only with BN <= 128).
-                let producers = v[pwg];
-                assert!(producers == 1 || (producers == 2 && v[bn] <= 128), "{text}");
-                assert_eq!(g.block[0] as i64, (consumers + producers) * 128, "{text}");
-                // The kernel's setmaxnreg split: 40 registers per producer thread, the rest in
+                assert_eq!(g.block[0] as i64, (consumers + 1) * 128, "{text}");
+                // The kernel's setmaxnreg split: 40 registers for the producer, the rest in
                 // steps of 8 (at most 240) for the consumers, who hold WGM * BN / 128
                 // accumulators each.
-                let consumer_regs =
-                    ((65536 - producers * 128 * 40) / (consumers * 128) / 8 * 8).min(240);
+                let consumer_regs = ((65536 - 128 * 40) / (consumers * 128) / 8 * 8).min(240);
                 assert!(
                     v[wgm] * v[bn] / 128 + 40 <= consumer_regs,
                     "{text}: {consumer_regs} registers"
