@@ -7,23 +7,17 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use gpu_common::gpu_or_skip;
 use jitune::cache::export::Snapshot;
 use serde_json::Value;
-
-fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipping {test}: {why}");
-            false
-        }
-    }
-}
 
 fn sgemm_spec() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml").to_string()

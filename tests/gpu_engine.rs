@@ -5,57 +5,21 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use gpu_common::{gpu_or_skip, kernel, tuner, Gemm};
 use jitune::cache::{Cache, CacheOptions};
-use jitune::rng::Rng;
 use jitune::space::Param;
 use jitune::spec::SpecBuilder;
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
-fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipping {test}: {why}");
-            false
-        }
-    }
-}
-
 fn sgemm() -> Kernel {
-    Kernel::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))
-        .expect("sgemm spec")
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
-}
-
-fn cpu_gemm(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
-    let mut c = vec![0.0f64; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            let av = a[i * k + p] as f64;
-            for j in 0..n {
-                c[i * n + j] += av * b[p * n + j] as f64;
-            }
-        }
-    }
-    c
-}
-
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0, 0.0);
-    for (o, r) in out.iter().zip(reference) {
-        assert!(o.is_finite(), "non-finite output");
-        num += (*o as f64 - r).powi(2);
-        den += r * r;
-    }
-    (num / den).sqrt()
+    kernel("sgemm")
 }
 
 fn temp_cache(name: &str) -> std::path::PathBuf {
@@ -65,76 +29,10 @@ fn temp_cache(name: &str) -> std::path::PathBuf {
     dir.join("cache.sqlite")
 }
 
-/// One SGEMM problem: random inputs on the host and the device, an output buffer, and the
-/// CPU reference.
-struct Gemm {
-    m: usize,
-    n: usize,
-    k: usize,
-    reference: Vec<f64>,
-    da: cudarc::driver::CudaSlice<f32>,
-    db: cudarc::driver::CudaSlice<f32>,
-    dc: cudarc::driver::CudaSlice<f32>,
-}
-
-impl Gemm {
-    fn new(
-        stream: &Arc<cudarc::driver::CudaStream>,
-        m: usize,
-        n: usize,
-        k: usize,
-        seed: u64,
-    ) -> Gemm {
-        let a = random(m * k, seed);
-        let b = random(k * n, seed + 1);
-        Gemm {
-            m,
-            n,
-            k,
-            reference: cpu_gemm(&a, &b, m, n, k),
-            da: stream.clone_htod(&a).unwrap(),
-            db: stream.clone_htod(&b).unwrap(),
-            // Poisoned: an element the kernel does not write stays NaN and fails the check.
-            dc: stream.clone_htod(&vec![f32::NAN; m * n]).unwrap(),
-        }
-    }
-
-    fn shape(&self) -> [i64; 3] {
-        [self.m as i64, self.n as i64, self.k as i64]
-    }
-
-    fn launch(
-        &mut self,
-        tuner: &Tuner,
-        kernel: &Kernel,
-        stream: &cudarc::driver::CudaStream,
-    ) -> jitune::Result<()> {
-        let shape = self.shape();
-        let (m, n, k) = (self.m as i32, self.n as i32, self.k as i32);
-        tuner.launch(
-            kernel,
-            stream,
-            &shape,
-            &mut [
-                Arg::from(&self.da),
-                Arg::from(&self.db),
-                Arg::from(&mut self.dc),
-                Arg::from(m),
-                Arg::from(n),
-                Arg::from(k),
-            ],
-        )
-    }
-
-    fn error(&self, stream: &Arc<cudarc::driver::CudaStream>) -> f64 {
-        rel_err(&stream.clone_dtoh(&self.dc).unwrap(), &self.reference)
-    }
-}
-
 /// Runs sgemm through `tuner` at a shape and checks it against the CPU.
 fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usize) {
     let stream = tuner.gpu().ctx.default_stream();
-    let mut g = Gemm::new(&stream, m, n, k, 1);
+    let mut g = Gemm::random(&stream, m, n, k, 1);
     g.launch(tuner, kernel, &stream).unwrap();
     let err = g.error(&stream);
     assert!(err < 1e-5, "relative error {err} at {m}x{n}x{k}");
@@ -145,17 +43,7 @@ fn gpu_compile_launch_and_check_against_cpu() {
     if !gpu_or_skip("gpu_compile_launch_and_check_against_cpu") {
         return;
     }
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        Mode::Blocking,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: 12,
-        max_time_s: Some(30.0),
-        ..Default::default()
-    });
+    let tuner = tuner(Mode::Blocking, 12, 30.0);
     let kernel = sgemm();
     // Edge shapes: not multiples of any tile, and a single decode row.
     for (m, n, k) in [(257, 129, 65), (1, 300, 77), (128, 128, 128)] {
@@ -203,7 +91,7 @@ fn gpu_child_warm_start() {
     let tuner = Tuner::with_context(ctx, cache, Mode::CacheOnly).unwrap();
     let kernel = sgemm();
     let stream = tuner.gpu().ctx.default_stream();
-    let mut g = Gemm::new(&stream, 512, 512, 512, 1);
+    let mut g = Gemm::random(&stream, 512, 512, 512, 1);
     stream.synchronize().unwrap();
     let t = Instant::now();
     g.launch(&tuner, &kernel, &stream).unwrap();
@@ -297,17 +185,7 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
     if !gpu_or_skip("gpu_background_mode_swaps_in_the_winner_while_launching") {
         return;
     }
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        Mode::Background,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: 16,
-        max_time_s: Some(30.0),
-        ..Default::default()
-    });
+    let tuner = tuner(Mode::Background, 16, 30.0);
     let kernel = sgemm();
     let shape = [1024i64, 1024, 1024];
     let stop = Arc::new(AtomicBool::new(false));
@@ -315,7 +193,7 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
         let (tuner, kernel, stop) = (tuner.clone(), kernel.clone(), stop.clone());
         std::thread::spawn(move || {
             let stream = tuner.gpu().ctx.new_stream().unwrap();
-            let mut g = Gemm::new(&stream, 1024, 1024, 1024, 3);
+            let mut g = Gemm::random(&stream, 1024, 1024, 1024, 3);
             assert_eq!(g.shape(), shape);
             let mut launches = 0usize;
             let mut configs = std::collections::BTreeSet::new();
@@ -437,17 +315,7 @@ fn gpu_warmup_tunes_ahead_and_reports_progress() {
     if !gpu_or_skip("gpu_warmup_tunes_ahead_and_reports_progress") {
         return;
     }
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        Mode::CacheOnly,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: 8,
-        max_time_s: Some(20.0),
-        ..Default::default()
-    });
+    let tuner = tuner(Mode::CacheOnly, 8, 20.0);
     let kernel = sgemm();
     let shapes = vec![vec![256, 256, 256], vec![512, 256, 128]];
     let mut seen = Vec::new();

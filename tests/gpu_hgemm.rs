@@ -17,47 +17,18 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes. Set `JITUNE_WORKER_CMD` to the `jitune` binary to compile in parallel.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
-use jitune::cache::Cache;
-use jitune::gpu::evaluator::GpuEvaluator;
+use gpu_common::{cpu_gemm, gpu_or_skip, kernel, sample_covering, sweep_evaluator, tuner, Gemm};
 use jitune::gpu::measure::{f32_to_bf16, f32_to_f16, to_f64};
 use jitune::gpu::pool::CompilePool;
 use jitune::rng::Rng;
 use jitune::search::evaluator::{Evaluator, FailureClass, Outcome};
 use jitune::spec::ElemType;
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
-
-fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipping {test}: {why}");
-            false
-        }
-    }
-}
-
-fn kernel(name: &str) -> Kernel {
-    let path = format!("{}/kernels/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-    Kernel::from_toml_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn tuner(mode: Mode, evals: usize, secs: f64) -> Tuner {
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        mode,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: evals,
-        max_time_s: Some(secs),
-        ..Default::default()
-    });
-    tuner
-}
+use jitune::tuner::{Kernel, Mode, Tuner};
 
 /// `n` random 16-bit values of type `ty` (uniform in [-1, 1) before rounding): the bits for the
 /// GPU and the exact values they stand for, as f64, for the CPU.
@@ -77,61 +48,19 @@ fn random_half(ty: ElemType, n: usize, seed: u64) -> (Vec<u16>, Vec<f64>) {
     (bits, values)
 }
 
-fn cpu_gemm(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
-    let mut c = vec![0.0f64; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            let av = a[i * k + p];
-            let row = &b[p * n..(p + 1) * n];
-            for (cv, bv) in c[i * n..(i + 1) * n].iter_mut().zip(row) {
-                *cv += av * bv;
-            }
-        }
-    }
-    c
-}
-
-/// Relative L2 error; panics on a non-finite output (an unwritten, still-NaN element).
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let (mut num, mut den) = (0.0, 0.0);
-    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
-        assert!(o.is_finite(), "non-finite output {o} at {i}");
-        num += (*o as f64 - r).powi(2);
-        den += r * r;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 /// Runs one GEMM through `tuner.launch` on fresh random inputs; returns the relative error
 /// against the CPU.
 fn check(tuner: &Tuner, kernel: &Kernel, ty: ElemType, (m, n, k): (usize, usize, usize)) -> f64 {
-    let stream: Arc<CudaStream> = tuner.gpu().ctx.default_stream();
+    let stream = tuner.gpu().ctx.default_stream();
     let seed = (m * 1_000_003 + n * 1009 + k) as u64;
     let (a_bits, a) = random_half(ty, m * k, seed);
     let (b_bits, b) = random_half(ty, k * n, seed + 1);
     let reference = cpu_gemm(&a, &b, m, n, k);
-    let da: CudaSlice<u16> = stream.clone_htod(&a_bits).unwrap();
-    let db: CudaSlice<u16> = stream.clone_htod(&b_bits).unwrap();
-    let mut dc: CudaSlice<f32> = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
-    let shape = [m as i64, n as i64, k as i64];
-    tuner
-        .launch(
-            kernel,
-            &stream,
-            &shape,
-            &mut [
-                Arg::from(&da),
-                Arg::from(&db),
-                Arg::from(&mut dc),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
-            ],
-        )
+    let mut g = Gemm::new(&stream, (m, n, k), &a_bits, &b_bits, reference);
+    let shape = g.shape();
+    g.launch(tuner, kernel, &stream)
         .unwrap_or_else(|e| panic!("{} {shape:?}: {e}", kernel.spec.name));
-    let out = stream.clone_dtoh(&dc).unwrap();
-    let err = rel_err(&out, &reference);
+    let err = g.error(&stream);
     let plan = tuner.plan(kernel, &shape).expect("a plan after the launch");
     println!(
         "{} {shape:?}: {} config {}, relative error {err:.2e}",
@@ -192,16 +121,7 @@ fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, name: &str, shape: [i64; 3], cover
     let pool = Arc::new(CompilePool::default_sized());
     {
         let k = kernel(name);
-        let mut eval = GpuEvaluator::new(
-            gpu.clone(),
-            k.spec.clone(),
-            &shape,
-            Arc::new(Cache::memory_only()),
-            pool.clone(),
-        )
-        .unwrap();
-        // Time every config that passes the check, however slow.
-        eval.options.too_slow_factor = 1e9;
+        let mut eval = sweep_evaluator(gpu, &pool, k.spec.clone(), &shape);
         let space = eval.space().clone();
         let dims: Vec<usize> = cover
             .iter()
@@ -209,22 +129,7 @@ fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, name: &str, shape: [i64; 3], cover
             .collect();
         // 36 random configs, then enough more that every value of the `cover` parameters is in.
         let mut rng = Rng::new(7 + shape[0] as u64);
-        let mut batch = Vec::new();
-        let mut tries = 0;
-        while tries < 5000 {
-            tries += 1;
-            let Some(c) = space.sample(&mut rng) else {
-                break;
-            };
-            if batch.contains(&c) {
-                continue;
-            }
-            let covers =
-                |d: usize, b: &Vec<jitune::space::Config>| !b.iter().any(|x| x.0[d] == c.0[d]);
-            if batch.len() < 36 || dims.iter().any(|&d| covers(d, &batch)) {
-                batch.push(c);
-            }
-        }
+        let batch = sample_covering(&space, &mut rng, 36, &dims, 5000);
         let outcomes = eval.evaluate(&batch).unwrap();
         // Wrong results and compile errors fail the test; a launch failure (resources) or a
         // config stopped for being far slower than the best (checked before it was timed) is no
@@ -342,15 +247,8 @@ fn tune_and_spread(name: &str) {
     assert!(report.wall_s <= 45.0);
     // The spread of the space: 32 uniformly drawn configs.
     let gpu = Arc::new(tuner.gpu().clone());
-    let mut eval = GpuEvaluator::new(
-        gpu,
-        k.spec.clone(),
-        &shape,
-        Arc::new(Cache::memory_only()),
-        Arc::new(CompilePool::default_sized()),
-    )
-    .unwrap();
-    eval.options.too_slow_factor = 1e9;
+    let pool = Arc::new(CompilePool::default_sized());
+    let mut eval = sweep_evaluator(&gpu, &pool, k.spec.clone(), &shape);
     let space = eval.space().clone();
     let mut rng = Rng::new(99);
     let batch: Vec<_> = (0..32).filter_map(|_| space.sample(&mut rng)).collect();

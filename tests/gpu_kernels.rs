@@ -7,41 +7,18 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
-use jitune::cache::Cache;
+use gpu_common::{gpu_or_skip, kernel};
 use jitune::rng::Rng;
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
-
-fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipping {test}: {why}");
-            false
-        }
-    }
-}
-
-fn kernel(name: &str) -> Kernel {
-    let path = format!("{}/kernels/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-    Kernel::from_toml_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+use jitune::tuner::{Arg, Kernel, Mode, Tuner};
 
 fn tuner() -> Tuner {
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        Mode::Blocking,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: 12,
-        max_time_s: Some(20.0),
-        ..Default::default()
-    });
-    tuner
+    gpu_common::tuner(Mode::Blocking, 12, 20.0)
 }
 
 /// Uniform in `[lo, hi)`.

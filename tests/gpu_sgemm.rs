@@ -18,16 +18,17 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes. Set `JITUNE_WORKER_CMD` to the `jitune` binary to compile in parallel.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
-use jitune::cache::Cache;
-use jitune::gpu::evaluator::GpuEvaluator;
+use gpu_common::{gpu_or_skip, kernel, sample_covering, sweep_evaluator, tuner, Gemm};
 use jitune::gpu::pool::CompilePool;
 use jitune::rng::Rng;
 use jitune::search::evaluator::{Evaluator, Outcome};
 use jitune::space::Config;
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+use jitune::tuner::{Kernel, Mode, Tuner};
 
 const TOL: f64 = 1e-5;
 
@@ -41,95 +42,19 @@ const SHAPES: [(usize, usize, usize); 7] = [
     (512, 512, 512),
 ];
 
-fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
-        Ok(()) => true,
-        Err(why) => {
-            println!("skipping {test}: {why}");
-            false
-        }
-    }
-}
-
 fn sgemm() -> Kernel {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml");
-    Kernel::from_toml_file(path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn tuner(mode: Mode, evals: usize, secs: f64) -> Tuner {
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        mode,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: evals,
-        max_time_s: Some(secs),
-        ..Default::default()
-    });
-    tuner
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
-}
-
-fn cpu_gemm(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
-    let mut c = vec![0.0f64; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            let av = a[i * k + p] as f64;
-            let row = &b[p * n..(p + 1) * n];
-            for (cv, bv) in c[i * n..(i + 1) * n].iter_mut().zip(row) {
-                *cv += av * *bv as f64;
-            }
-        }
-    }
-    c
-}
-
-/// Relative L2 error; panics on a non-finite output (an unwritten, still-NaN element).
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let (mut num, mut den) = (0.0, 0.0);
-    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
-        assert!(o.is_finite(), "non-finite output {o} at {i}");
-        num += (*o as f64 - r).powi(2);
-        den += r * r;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    kernel("sgemm")
 }
 
 /// Runs one GEMM through `tuner.launch` on fresh random inputs and checks it against the CPU.
 fn check(tuner: &Tuner, kernel: &Kernel, (m, n, k): (usize, usize, usize)) {
-    let stream: Arc<CudaStream> = tuner.gpu().ctx.default_stream();
+    let stream = tuner.gpu().ctx.default_stream();
     let seed = (m * 1_000_003 + n * 1009 + k) as u64;
-    let a = random(m * k, seed);
-    let b = random(k * n, seed + 1);
-    let reference = cpu_gemm(&a, &b, m, n, k);
-    let da: CudaSlice<f32> = stream.clone_htod(&a).unwrap();
-    let db: CudaSlice<f32> = stream.clone_htod(&b).unwrap();
-    let mut dc: CudaSlice<f32> = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
-    let shape = [m as i64, n as i64, k as i64];
-    tuner
-        .launch(
-            kernel,
-            &stream,
-            &shape,
-            &mut [
-                Arg::from(&da),
-                Arg::from(&db),
-                Arg::from(&mut dc),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
-            ],
-        )
+    let mut g = Gemm::random(&stream, m, n, k, seed);
+    let shape = g.shape();
+    g.launch(tuner, kernel, &stream)
         .unwrap_or_else(|e| panic!("sgemm {shape:?}: {e}"));
-    let out = stream.clone_dtoh(&dc).unwrap();
-    let err = rel_err(&out, &reference);
+    let err = g.error(&stream);
     let plan = tuner.plan(kernel, &shape).expect("a plan after the launch");
     println!(
         "sgemm {shape:?}: {} config {}, relative error {err:.2e}",
@@ -178,32 +103,12 @@ fn gpu_sgemm_many_configs_agree_with_the_checked_default() {
 fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, pool: &Arc<CompilePool>, shape: [i64; 3]) {
     let mut spec = (*sgemm().spec).clone();
     spec.tolerance = TOL;
-    let mut eval = GpuEvaluator::new(
-        gpu.clone(),
-        Arc::new(spec.clone()),
-        &shape,
-        Arc::new(Cache::memory_only()),
-        pool.clone(),
-    )
-    .unwrap();
-    // Time every config that passes the check, however slow.
-    eval.options.too_slow_factor = 1e9;
+    let mut eval = sweep_evaluator(gpu, pool, Arc::new(spec.clone()), &shape);
     let space = eval.space().clone();
     let dims = spec.params.len();
     let mut rng = Rng::new(11 + shape[2] as u64);
-    let mut batch: Vec<Config> = Vec::new();
-    for _ in 0..20_000 {
-        let Some(c) = space.sample(&mut rng) else {
-            break;
-        };
-        if batch.contains(&c) {
-            continue;
-        }
-        let new_value = (0..dims).any(|d| !batch.iter().any(|x| x.0[d] == c.0[d]));
-        if batch.len() < 40 || new_value {
-            batch.push(c);
-        }
-    }
+    let all: Vec<usize> = (0..dims).collect();
+    let batch = sample_covering(&space, &mut rng, 40, &all, 20_000);
     for d in 0..dims {
         let mut seen: Vec<_> = batch.iter().map(|c| c.0[d]).collect();
         seen.sort();
@@ -250,15 +155,7 @@ fn gpu_sgemm_space_spread() {
     let pool = Arc::new(CompilePool::default_sized());
     for s in [2048i64, 4096] {
         let shape = [s, s, s];
-        let mut eval = GpuEvaluator::new(
-            gpu.clone(),
-            sgemm().spec.clone(),
-            &shape,
-            Arc::new(Cache::memory_only()),
-            pool.clone(),
-        )
-        .unwrap();
-        eval.options.too_slow_factor = 1e9;
+        let mut eval = sweep_evaluator(&gpu, &pool, sgemm().spec.clone(), &shape);
         let space = eval.space().clone();
         let mut rng = Rng::new(99);
         let batch: Vec<Config> = (0..48).filter_map(|_| space.sample(&mut rng)).collect();

@@ -4,48 +4,22 @@
 //! Needs an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries it prints why it
 //! skips and passes.
 
+#[path = "gpu_common/mod.rs"]
+mod gpu_common;
+
 use std::sync::Barrier;
 
-use jitune::cache::Cache;
-use jitune::rng::Rng;
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+use gpu_common::{gpu_or_skip, kernel, tuner, Gemm};
+use jitune::tuner::Mode;
 
 #[test]
 fn gpu_blocking_misses_of_one_key_tune_it_once() {
-    if let Err(why) = jitune::gpu::gpu_tests_enabled() {
-        println!("skipping gpu_blocking_misses_of_one_key_tune_it_once: {why}");
+    if !gpu_or_skip("gpu_blocking_misses_of_one_key_tune_it_once") {
         return;
     }
-    let kernel = Kernel::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))
-        .expect("sgemm spec");
-    let tuner = Tuner::with_context(
-        cudarc::driver::CudaContext::new(0).unwrap(),
-        Cache::memory_only(),
-        Mode::Blocking,
-    )
-    .unwrap();
-    tuner.set_tune_options(TuneOptions {
-        max_evals: 16,
-        max_time_s: Some(30.0),
-        ..Default::default()
-    });
+    let kernel = kernel("sgemm");
+    let tuner = tuner(Mode::Blocking, 16, 30.0);
     let (m, n, k) = (192usize, 160usize, 96usize);
-    let mut rng = Rng::new(7);
-    let a: Vec<f32> = (0..m * k)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect();
-    let b: Vec<f32> = (0..k * n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect();
-    let mut reference = vec![0f64; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            let x = a[i * k + p] as f64;
-            for j in 0..n {
-                reference[i * n + j] += x * b[p * n + j] as f64;
-            }
-        }
-    }
     let threads = 4;
     let start = Barrier::new(threads);
     let errors: Vec<f64> = std::thread::scope(|s| {
@@ -53,32 +27,11 @@ fn gpu_blocking_misses_of_one_key_tune_it_once() {
             .map(|_| {
                 s.spawn(|| {
                     let stream = tuner.gpu().ctx.new_stream().unwrap();
-                    let da = stream.clone_htod(&a).unwrap();
-                    let db = stream.clone_htod(&b).unwrap();
-                    let mut dc = stream.clone_htod(&vec![f32::NAN; m * n]).unwrap();
+                    // The same inputs in every thread (same seed).
+                    let mut g = Gemm::random(&stream, m, n, k, 7);
                     start.wait();
-                    tuner
-                        .launch(
-                            &kernel,
-                            &stream,
-                            &[m as i64, n as i64, k as i64],
-                            &mut [
-                                Arg::from(&da),
-                                Arg::from(&db),
-                                Arg::from(&mut dc),
-                                Arg::from(m as i64),
-                                Arg::from(n as i64),
-                                Arg::from(k as i64),
-                            ],
-                        )
-                        .unwrap();
-                    let c = stream.clone_dtoh(&dc).unwrap();
-                    let (mut num, mut den) = (0f64, 0f64);
-                    for (x, r) in c.iter().zip(&reference) {
-                        num += (*x as f64 - r).powi(2);
-                        den += r * r;
-                    }
-                    (num / den).sqrt()
+                    g.launch(&tuner, &kernel, &stream).unwrap();
+                    g.error(&stream)
                 })
             })
             .collect();
