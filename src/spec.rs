@@ -162,17 +162,103 @@ pub enum Role {
     InOut,
     /// Passed by value; its value is an expression of the shape.
     Scalar,
+    /// A `CUtensorMap` (TMA descriptor) of another buffer argument, encoded by jitune at every
+    /// launch from that buffer's device pointer and passed by value (a
+    /// `const __grid_constant__ CUtensorMap` parameter). See [`TensorMapSpec`].
+    TensorMap,
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The name used in spec files.
+    pub fn name(self) -> &'static str {
         match self {
             Role::In => "in",
             Role::Out => "out",
             Role::InOut => "inout",
             Role::Scalar => "scalar",
+            Role::TensorMap => "tensor_map",
         }
     }
+}
+
+/// The shared-memory swizzle of a tensor map's box (`CU_TENSOR_MAP_SWIZZLE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Swizzle {
+    None,
+    B32,
+    B64,
+    B128,
+}
+
+impl Swizzle {
+    /// Name used in spec files: `none`, `32B`, `64B`, `128B`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Swizzle::None => "none",
+            Swizzle::B32 => "32B",
+            Swizzle::B64 => "64B",
+            Swizzle::B128 => "128B",
+        }
+    }
+
+    /// Parses [`Swizzle::name`]'s form.
+    pub fn parse(s: &str) -> Option<Swizzle> {
+        [Swizzle::None, Swizzle::B32, Swizzle::B64, Swizzle::B128]
+            .into_iter()
+            .find(|w| w.name() == s)
+    }
+
+    /// The swizzle span in bytes (0 for none): the inner box dimension may not exceed it.
+    pub fn bytes(self) -> i64 {
+        match self {
+            Swizzle::None => 0,
+            Swizzle::B32 => 32,
+            Swizzle::B64 => 64,
+            Swizzle::B128 => 128,
+        }
+    }
+}
+
+/// Most dimensions of a tensor map (the driver's limit).
+pub const MAX_TENSOR_MAP_RANK: usize = 5;
+
+/// Most tensor-map arguments a spec may have.
+pub const MAX_TENSOR_MAPS: usize = 8;
+
+/// Largest box dimension of a tensor map (the driver's limit).
+pub const MAX_TENSOR_MAP_BOX: i64 = 256;
+
+/// A tensor-map argument: a TMA descriptor of the buffer argument `of`, tiled.
+///
+/// In TOML:
+/// ```toml
+/// [[args]]
+/// name = "a_map"
+/// role = "tensor_map"
+/// of = "a"                 # a buffer argument; the element type is its type
+/// dims = ["K", "M"]        # global dims, innermost first: expressions of the shape
+/// box = ["64", "BM"]       # box (shared-memory tile) dims, innermost first: expressions of params
+/// swizzle = "128B"         # none, 32B, 64B or 128B (default none)
+/// ```
+/// The buffer is dense: the stride of dimension `d + 1` is the product of `dims[0..=d]` times
+/// the element size. Elements outside the global dims read as zero (OOB fill none).
+///
+/// **Launch contract.** jitune encodes the map at every launch from the device pointer of the
+/// `of` buffer (the caller's on [`crate::tuner::Tuner::launch`], the tuner's own while tuning).
+/// When the shape makes the map unencodable (a dim out of `1..=2^32`, a row stride that is no
+/// multiple of 16 bytes or over 2^40, a base address that is not 16-byte aligned), the kernel
+/// gets an all-zero map instead: the kernel must then take a path without TMA. It can test the
+/// same conditions (e.g. `K % 8 == 0` for f16 rows of K elements) or test the map for zeros.
+/// Callers do not pass tensor-map arguments: `launch` takes the other arguments, in order.
+#[derive(Clone, Debug)]
+pub struct TensorMapSpec {
+    /// Index (in [`KernelSpec::args`]) of the buffer the map describes.
+    pub of: usize,
+    /// Global dims, innermost first (expressions of the shape).
+    pub dims: Vec<Expr>,
+    /// Box dims, innermost first (expressions of the parameters).
+    pub box_dims: Vec<Expr>,
+    pub swizzle: Swizzle,
 }
 
 /// How synthetic inputs are generated (never zeros: they hide unwritten outputs).
@@ -248,6 +334,9 @@ pub struct ArgSpec {
     pub len: Expr,
     /// Generator for inputs (`In`/`InOut` buffers).
     pub init: Option<Generator>,
+    /// The map of a [`Role::TensorMap`] argument (`None` for every other role); its `ty` is
+    /// the described buffer's and its `len` is `0`.
+    pub map: Option<TensorMapSpec>,
 }
 
 /// A shape dimension and its bucketing rule.
@@ -302,6 +391,10 @@ pub struct KernelSpec {
     pub args: Vec<ArgSpec>,
     pub default: Config,
     pub tolerance: f64,
+    /// Constraints implied by tensor-map arguments (box dims in `1..=256`, the inner box no
+    /// wider than the swizzle and a multiple of 16 bytes), named `tensor_map.ARG.*`. Derived
+    /// from `args`, so not part of the canonical form on their own.
+    pub implicit_constraints: Vec<(String, Expr)>,
     id: KernelId,
 }
 
@@ -348,7 +441,12 @@ impl KernelSpec {
             .zip(shape.iter().copied())
             .collect();
         constants.extend(DeviceLimits::NAMES.iter().copied().zip(limits.values()));
-        let exprs: Vec<Expr> = self.constraints.iter().map(|(_, e)| e.clone()).collect();
+        let exprs: Vec<Expr> = self
+            .constraints
+            .iter()
+            .chain(&self.implicit_constraints)
+            .map(|(_, e)| e.clone())
+            .collect();
         SearchSpace::new(self.params.clone(), &exprs, &constants).map_err(|e| Error::Spec {
             spec: self.name.clone(),
             field: "constraints".into(),
@@ -445,6 +543,56 @@ impl KernelSpec {
         })
     }
 
+    /// Checks the tensor maps' box rules for the default config (every other config is held
+    /// to them by [`KernelSpec::implicit_constraints`] in the search space).
+    fn check_default_maps(&self) -> Result<()> {
+        if self.implicit_constraints.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<i64> = self
+            .params
+            .iter()
+            .zip(&self.default.0)
+            .map(|(p, &i)| p.values[i as usize].as_i64().unwrap_or(i as i64))
+            .collect();
+        let mut env = [0i64; MAX_VARS];
+        let shape = vec![0i64; self.dims.len()];
+        self.fill_env(&values, &shape, &DeviceLimits::h100(), &mut env);
+        for (name, e) in &self.implicit_constraints {
+            match e.eval(&env) {
+                Ok(0) => {
+                    return Err(Error::Spec {
+                        spec: self.name.clone(),
+                        field: name.clone(),
+                        msg: format!("the default config breaks `{}`", e.source()),
+                    })
+                }
+                Ok(_) => {}
+                Err(m) => {
+                    return Err(Error::Spec {
+                        spec: self.name.clone(),
+                        field: name.clone(),
+                        msg: format!("`{}`: {m}", e.source()),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of tensor-map arguments (derived by jitune, not passed by callers).
+    pub fn tensor_maps(&self) -> usize {
+        self.args
+            .iter()
+            .filter(|a| a.role == Role::TensorMap)
+            .count()
+    }
+
+    /// Number of arguments a caller passes to `launch` (every argument but the tensor maps).
+    pub fn caller_args(&self) -> usize {
+        self.args.len() - self.tensor_maps()
+    }
+
     /// Index of the first shape dimension in the variable table (for filling it in place).
     pub fn shape_slot(&self) -> usize {
         self.dim_base()
@@ -538,6 +686,26 @@ fn canonical(s: &KernelSpec) -> String {
         line(&format!("dim.{}", d.name), d.bucketing.canonical());
     }
     for a in &s.args {
+        if let Some(m) = &a.map {
+            let list = |v: &[Expr]| {
+                v.iter()
+                    .map(|e| e.canonical())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            line(
+                &format!("arg.{}", a.name),
+                format!(
+                    "{}:tensor_map:of={}:dims=[{}]:box=[{}]:swizzle={}",
+                    a.ty.name(),
+                    s.args[m.of].name,
+                    list(&m.dims),
+                    list(&m.box_dims),
+                    m.swizzle.name()
+                ),
+            );
+            continue;
+        }
         line(
             &format!("arg.{}", a.name),
             format!(
@@ -567,9 +735,28 @@ pub struct SpecBuilder {
     block: [String; 3],
     shared_mem: String,
     dims: Vec<Dim>,
-    args: Vec<(String, String, String, String, Option<String>)>,
+    args: Vec<ArgDecl>,
     default: Vec<(String, String)>,
     tolerance: Option<f64>,
+}
+
+/// An argument as the builder received it (parsed in [`SpecBuilder::build`]).
+#[derive(Clone, Debug)]
+struct ArgDecl {
+    name: String,
+    ty: String,
+    role: String,
+    len: String,
+    init: Option<String>,
+    map: Option<MapDecl>,
+}
+
+#[derive(Clone, Debug)]
+struct MapDecl {
+    of: String,
+    dims: Vec<String>,
+    box_dims: Vec<String>,
+    swizzle: String,
 }
 
 impl SpecBuilder {
@@ -632,14 +819,60 @@ impl SpecBuilder {
     /// A buffer argument: type name, role (`in`/`out`/`inout`), length expression, generator.
     pub fn arg_buffer(mut self, name: &str, ty: &str, role: &str, len: &str, init: &str) -> Self {
         let init = (!init.is_empty()).then(|| init.to_string());
-        self.args
-            .push((name.into(), ty.into(), role.into(), len.into(), init));
+        self.args.push(ArgDecl {
+            name: name.into(),
+            ty: ty.into(),
+            role: role.into(),
+            len: len.into(),
+            init,
+            map: None,
+        });
         self
     }
     /// A scalar argument whose value is an expression of the shape.
     pub fn arg_scalar(mut self, name: &str, ty: &str, value: &str) -> Self {
-        self.args
-            .push((name.into(), ty.into(), "scalar".into(), value.into(), None));
+        self.args.push(ArgDecl {
+            name: name.into(),
+            ty: ty.into(),
+            role: "scalar".into(),
+            len: value.into(),
+            init: None,
+            map: None,
+        });
+        self
+    }
+    /// A tensor-map argument (see [`TensorMapSpec`]): a TMA descriptor of the buffer argument
+    /// `of`, with global `dims` (expressions of the shape) and `box_dims` (expressions of the
+    /// parameters), both innermost first, and a swizzle (`none`, `32B`, `64B`, `128B`).
+    pub fn arg_tensor_map(
+        mut self,
+        name: &str,
+        of: &str,
+        dims: &[&str],
+        box_dims: &[&str],
+        swizzle: &str,
+    ) -> Self {
+        self.args.push(ArgDecl {
+            name: name.into(),
+            ty: String::new(),
+            role: "tensor_map".into(),
+            len: "0".into(),
+            init: None,
+            map: Some(MapDecl {
+                of: of.into(),
+                dims: dims.iter().map(|d| d.to_string()).collect(),
+                box_dims: box_dims.iter().map(|d| d.to_string()).collect(),
+                swizzle: swizzle.into(),
+            }),
+        });
+        self
+    }
+    /// Declares the element type of the tensor-map argument `name` added last by
+    /// [`SpecBuilder::arg_tensor_map`]: optional, checked against the described buffer's type.
+    pub fn arg_type_check(mut self, name: &str, ty: &str) -> Self {
+        if let Some(a) = self.args.iter_mut().rev().find(|a| a.name == name) {
+            a.ty = ty.to_string();
+        }
         self
     }
     /// The default config, as parameter name and value text.
@@ -792,8 +1025,25 @@ impl SpecBuilder {
         let block = geom("launch.block", &self.block)?;
         let shared_mem = compile("launch.shared_mem", &self.shared_mem, true)?;
         let mut args = Vec::new();
-        for (name, ty, role, len, init) in &self.args {
+        for decl in &self.args {
+            let (name, ty, role, len, init) =
+                (&decl.name, &decl.ty, &decl.role, &decl.len, &decl.init);
             let field = format!("args.{name}");
+            if args.iter().any(|a: &ArgSpec| a.name == *name) {
+                return Err(err(&field, "defined twice".into()));
+            }
+            if decl.map.is_some() {
+                // Resolved below, once every buffer is known (`of` may come later).
+                args.push(ArgSpec {
+                    name: name.clone(),
+                    ty: ElemType::U8,
+                    role: Role::TensorMap,
+                    len: compile(&format!("{field}.len"), "0", false)?,
+                    init: None,
+                    map: None,
+                });
+                continue;
+            }
             let ty =
                 ElemType::parse(ty).ok_or_else(|| err(&field, format!("unknown type `{ty}`")))?;
             let role = match role.as_str() {
@@ -804,7 +1054,7 @@ impl SpecBuilder {
                 other => {
                     return Err(err(
                         &field,
-                        format!("unknown role `{other}` (in, out, inout, scalar)"),
+                        format!("unknown role `{other}` (in, out, inout, scalar, tensor_map)"),
                     ))
                 }
             };
@@ -825,15 +1075,126 @@ impl SpecBuilder {
                 }),
                 None => None,
             };
-            if args.iter().any(|a: &ArgSpec| a.name == *name) {
-                return Err(err(&field, "defined twice".into()));
-            }
             args.push(ArgSpec {
                 name: name.clone(),
                 ty,
                 role,
                 len,
                 init,
+                map: None,
+            });
+        }
+        if self.args.iter().filter(|a| a.map.is_some()).count() > MAX_TENSOR_MAPS {
+            return Err(err(
+                "args",
+                format!("at most {MAX_TENSOR_MAPS} tensor-map arguments"),
+            ));
+        }
+        let mut implicit_constraints = Vec::new();
+        for (i, decl) in self.args.iter().enumerate() {
+            let Some(m) = &decl.map else { continue };
+            let field = format!("args.{}", decl.name);
+            let of = args.iter().position(|a| a.name == m.of).ok_or_else(|| {
+                err(
+                    &format!("{field}.of"),
+                    format!("unknown argument `{}`", m.of),
+                )
+            })?;
+            if !matches!(args[of].role, Role::In | Role::Out | Role::InOut) {
+                return Err(err(
+                    &format!("{field}.of"),
+                    format!(
+                        "`{}` is a {} argument; a tensor map describes a buffer (in, out or inout)",
+                        m.of,
+                        args[of].role.name()
+                    ),
+                ));
+            }
+            if m.dims.is_empty() || m.dims.len() > MAX_TENSOR_MAP_RANK {
+                return Err(err(
+                    &format!("{field}.dims"),
+                    format!(
+                        "rank {} (a tensor map has 1 to {MAX_TENSOR_MAP_RANK} dims)",
+                        m.dims.len()
+                    ),
+                ));
+            }
+            if m.box_dims.len() != m.dims.len() {
+                return Err(err(
+                    &format!("{field}.box"),
+                    format!(
+                        "{} box dims for {} dims (one per dim, innermost first)",
+                        m.box_dims.len(),
+                        m.dims.len()
+                    ),
+                ));
+            }
+            let swizzle = Swizzle::parse(&m.swizzle).ok_or_else(|| {
+                err(
+                    &format!("{field}.swizzle"),
+                    format!("unknown swizzle `{}` (none, 32B, 64B, 128B)", m.swizzle),
+                )
+            })?;
+            if !decl.ty.is_empty() && ElemType::parse(&decl.ty) != Some(args[of].ty) {
+                return Err(err(
+                    &format!("{field}.type"),
+                    format!(
+                        "`{}` differs from the type of `{}` ({}); leave it out",
+                        decl.ty,
+                        m.of,
+                        args[of].ty.name()
+                    ),
+                ));
+            }
+            let dims = m
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(d, src)| compile(&format!("{field}.dims[{d}]"), src, false))
+                .collect::<Result<Vec<Expr>>>()?;
+            let mut box_dims = Vec::new();
+            for (d, src) in m.box_dims.iter().enumerate() {
+                let bf = format!("{field}.box[{d}]");
+                let e = compile(&bf, src, true)?;
+                if let Some(dim) = self.dims.iter().find(|x| e.variables().contains(&x.name)) {
+                    return Err(err(
+                        &bf,
+                        format!(
+                            "`{src}` reads the dimension `{}`; a box may only depend on parameters",
+                            dim.name
+                        ),
+                    ));
+                }
+                box_dims.push(e);
+            }
+            let elem = args[of].ty.size() as i64;
+            let mut rules = Vec::new();
+            for (d, b) in box_dims.iter().enumerate() {
+                rules.push((
+                    format!("tensor_map.{}.box{d}", decl.name),
+                    format!("({0}) >= 1 && ({0}) <= {MAX_TENSOR_MAP_BOX}", b.source()),
+                ));
+            }
+            let inner = box_dims[0].source();
+            rules.push((
+                format!("tensor_map.{}.inner16", decl.name),
+                format!("(({inner}) * {elem}) % 16 == 0"),
+            ));
+            if swizzle != Swizzle::None {
+                rules.push((
+                    format!("tensor_map.{}.swizzle", decl.name),
+                    format!("({inner}) * {elem} <= {}", swizzle.bytes()),
+                ));
+            }
+            for (rname, rsrc) in rules {
+                implicit_constraints.push((rname.clone(), compile(&rname, &rsrc, true)?));
+            }
+            args[i].ty = args[of].ty;
+            args[i].map = Some(TensorMapSpec {
+                of,
+                dims,
+                box_dims,
+                swizzle,
             });
         }
         if args.is_empty() {
@@ -887,8 +1248,10 @@ impl SpecBuilder {
             args,
             default,
             tolerance,
+            implicit_constraints,
             id: KernelId([0; 32]),
         };
+        spec.check_default_maps()?;
         spec.id = KernelId(*blake3::hash(canonical(&spec).as_bytes()).as_bytes());
         Ok(spec)
     }

@@ -27,6 +27,13 @@
 //! role = "in"                      # in, out, inout, scalar (scalars take `value` instead of `len`)
 //! len = "m * k"
 //! init = "uniform(-1, 1)"
+//! [[args]]                         # a TMA descriptor of `A`, encoded by jitune at launch
+//! name = "A_map"
+//! role = "tensor_map"
+//! of = "A"                         # the element type is A's
+//! dims = ["k", "m"]                # global dims, innermost first (expressions of the shape)
+//! box = ["64", "BM"]               # box dims, innermost first (expressions of the parameters)
+//! swizzle = "128B"                 # none, 32B, 64B, 128B (default none)
 //! [default]
 //! BM = 64
 //! ```
@@ -218,10 +225,25 @@ pub(crate) fn parse(
             .ok_or_else(|| spec_err(n, &field, "must be a table"))?;
         let get = |k: &str| t.get(k).and_then(expr_text);
         let aname = get("name").ok_or_else(|| spec_err(n, &format!("{field}.name"), "missing"))?;
-        let ty =
-            get("type").ok_or_else(|| spec_err(n, &format!("args.{aname}.type"), "missing"))?;
         let role =
             get("role").ok_or_else(|| spec_err(n, &format!("args.{aname}.role"), "missing"))?;
+        if role == "tensor_map" {
+            b = tensor_map_arg(n, &aname, t, b)?;
+            continue;
+        }
+        let known_role = ["in", "out", "inout", "scalar"].contains(&role.as_str());
+        if let Some(k) = ["of", "dims", "box", "swizzle"]
+            .iter()
+            .find(|k| known_role && t.contains_key(**k))
+        {
+            return Err(spec_err(
+                n,
+                &format!("args.{aname}.{k}"),
+                "only a `tensor_map` argument takes this key",
+            ));
+        }
+        let ty =
+            get("type").ok_or_else(|| spec_err(n, &format!("args.{aname}.type"), "missing"))?;
         if role == "scalar" {
             let v = get("value")
                 .ok_or_else(|| spec_err(n, &format!("args.{aname}.value"), "missing"))?;
@@ -254,6 +276,61 @@ pub(crate) fn parse(
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     b.default_config(&refs).build()
+}
+
+/// A `role = "tensor_map"` argument: `of`, `dims`, `box`, optional `swizzle` (and optional
+/// `type`, which must then be the described buffer's).
+fn tensor_map_arg(n: &str, aname: &str, t: &Table, b: SpecBuilder) -> Result<SpecBuilder> {
+    const KNOWN: [&str; 7] = ["name", "role", "type", "of", "dims", "box", "swizzle"];
+    if let Some(k) = t.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(spec_err(
+            n,
+            &format!("args.{aname}.{k}"),
+            &format!("unknown key for a tensor map (known: {})", KNOWN.join(", ")),
+        ));
+    }
+    let field = |k: &str| format!("args.{aname}.{k}");
+    let of = match t.get("of") {
+        Some(T::String(s)) => s.clone(),
+        Some(_) => return Err(spec_err(n, &field("of"), "must be a string")),
+        None => {
+            return Err(spec_err(
+                n,
+                &field("of"),
+                "missing (the buffer argument the map describes)",
+            ))
+        }
+    };
+    let list = |k: &str| -> Result<Vec<String>> {
+        let v = t.get(k).ok_or_else(|| spec_err(n, &field(k), "missing"))?;
+        array(n, &field(k), v)?
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                expr_text(e).ok_or_else(|| {
+                    spec_err(
+                        n,
+                        &format!("{}[{i}]", field(k)),
+                        "must be a string or integer",
+                    )
+                })
+            })
+            .collect()
+    };
+    let (dims, boxes) = (list("dims")?, list("box")?);
+    let swizzle = match t.get("swizzle") {
+        Some(T::String(s)) => s.clone(),
+        Some(_) => return Err(spec_err(n, &field("swizzle"), "must be a string")),
+        None => "none".to_string(),
+    };
+    let dims: Vec<&str> = dims.iter().map(String::as_str).collect();
+    let boxes: Vec<&str> = boxes.iter().map(String::as_str).collect();
+    let b = b.arg_tensor_map(aname, &of, &dims, &boxes, &swizzle);
+    Ok(match t.get("type") {
+        Some(T::String(ty)) => b.arg_type_check(aname, ty),
+        Some(_) => return Err(spec_err(n, &field("type"), "must be a string")),
+        None => b,
+    })
 }
 
 fn spec_err(spec: &str, field: &str, msg: &str) -> Error {

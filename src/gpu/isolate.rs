@@ -210,13 +210,22 @@ pub fn spec_to_toml(spec: &KernelSpec) -> String {
     for a in &spec.args {
         let _ = writeln!(s, "[[args]]");
         let _ = writeln!(s, "name = {}", q(&a.name));
+        if let Some(m) = &a.map {
+            let list = |v: &[crate::expr::Expr]| {
+                v.iter()
+                    .map(|e| q(e.source()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(s, "role = \"tensor_map\"");
+            let _ = writeln!(s, "of = {}", q(&spec.args[m.of].name));
+            let _ = writeln!(s, "dims = [{}]", list(&m.dims));
+            let _ = writeln!(s, "box = [{}]", list(&m.box_dims));
+            let _ = writeln!(s, "swizzle = {}", q(m.swizzle.name()));
+            continue;
+        }
         let _ = writeln!(s, "type = {}", q(a.ty.name()));
-        let role = match a.role {
-            Role::In => "in",
-            Role::Out => "out",
-            Role::InOut => "inout",
-            Role::Scalar => "scalar",
-        };
+        let role = a.role.name();
         let _ = writeln!(s, "role = {}", q(role));
         if a.role == Role::Scalar {
             let _ = writeln!(s, "value = {}", q(a.len.source()));
