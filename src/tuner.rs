@@ -35,12 +35,15 @@ use crate::gpu::compile::{compile_in_process, CompileRequest, Image};
 use crate::gpu::device::Gpu;
 use crate::gpu::evaluator::GpuEvaluator;
 use crate::gpu::isolate::{IsolatedEvaluator, Isolation, IsolationOptions};
-use crate::gpu::measure::{allow_shared, iqr, launch_raw, median, scalar_bits, MAX_ARGS};
+use crate::gpu::measure::{
+    allow_shared, iqr, launch_raw, launch_raw_maps, median, scalar_bits, MAX_ARGS,
+};
 use crate::gpu::pool::CompilePool;
+use crate::gpu::tensor_map::{encode_all, TensorMapSlot};
 use crate::key::{KeyHashBuilder, TuningKey, MAX_DIMS};
 use crate::search::{strategy_by_name, Hooks, SearchOptions};
 use crate::space::Config;
-use crate::spec::{ElemType, Geometry, KernelSpec, Role, MAX_VARS};
+use crate::spec::{ElemType, Geometry, KernelSpec, Role, MAX_TENSOR_MAPS, MAX_VARS};
 use crate::{Error, Result};
 
 /// What a launch does on a cache miss.
@@ -328,11 +331,17 @@ impl Plan {
         shape: &[i64],
         args: &mut [Arg<'_>],
     ) -> Result<()> {
-        if args.len() != spec.args.len() || args.len() > MAX_ARGS {
+        let n_maps = spec.tensor_maps();
+        if args.len() + n_maps != spec.args.len() || spec.args.len() > MAX_ARGS {
             return Err(Error::InvalidArgument(format!(
-                "kernel `{}` takes {} arguments, got {}",
+                "kernel `{}` takes {} arguments{}, got {}",
                 spec.name,
-                spec.args.len(),
+                spec.args.len() - n_maps,
+                if n_maps > 0 {
+                    " (its tensor maps are made by jitune, not passed)"
+                } else {
+                    ""
+                },
                 args.len()
             )));
         }
@@ -345,10 +354,16 @@ impl Plan {
         }
         let mut need = [0i64; MAX_ARGS];
         let geometry = self.resolve(spec, shape, &mut need)?;
-        let n_args = args.len();
+        let n_args = spec.args.len();
         let mut raw = [0u64; MAX_ARGS];
         let mut guards: [Option<SyncOnDrop<'_>>; MAX_ARGS] = [const { None }; MAX_ARGS];
-        for (i, (arg, a)) in args.iter_mut().zip(&spec.args).enumerate() {
+        // Caller arguments in spec order, skipping the tensor maps (made below).
+        let spec_args = spec
+            .args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.role != Role::TensorMap);
+        for (ci, (arg, (i, a))) in args.iter_mut().zip(spec_args).enumerate() {
             match (arg, a.role) {
                 (Arg::Int(v), Role::Scalar) => raw[i] = scalar_bits(a.ty, *v),
                 (Arg::Float(v), Role::Scalar) => {
@@ -372,7 +387,7 @@ impl Plan {
                 }
                 _ => {
                     return Err(Error::InvalidArgument(format!(
-                        "kernel `{}`: argument {i} (`{}`) must be {}",
+                        "kernel `{}`: argument {ci} (`{}`) must be {}",
                         spec.name,
                         a.name,
                         match a.role {
@@ -384,7 +399,27 @@ impl Plan {
                 }
             }
         }
-        let r = unsafe { launch_raw(&self.func, &geometry, stream, &mut raw[..n_args]) };
+        let r = if n_maps == 0 {
+            unsafe { launch_raw(&self.func, &geometry, stream, &mut raw[..n_args]) }
+        } else {
+            // Tensor maps: encoded from the caller's buffer pointers into slots on this stack.
+            let mut env = self.env;
+            let base = spec.shape_slot();
+            env[base..base + shape.len()].copy_from_slice(shape);
+            let mut slots = [TensorMapSlot::ZERO; MAX_TENSOR_MAPS];
+            let mut map_args = [0usize; MAX_TENSOR_MAPS];
+            let n = encode_all(spec, &env, &raw[..n_args], &mut slots, &mut map_args)?;
+            unsafe {
+                launch_raw_maps(
+                    &self.func,
+                    &geometry,
+                    stream,
+                    &mut raw[..n_args],
+                    &mut slots[..n],
+                    &map_args[..n],
+                )
+            }
+        };
         drop(guards);
         r.map_err(|e| {
             Error::Cuda(format!(

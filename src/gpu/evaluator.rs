@@ -51,6 +51,8 @@ impl Default for MeasureOptions {
 struct Loaded {
     func: CudaFunction,
     geometry: Geometry,
+    /// The config's parameter values as expressions see them (for tensor maps).
+    values: Vec<i64>,
 }
 
 /// Compiles, checks and times configs of one spec at one shape on one GPU.
@@ -226,7 +228,7 @@ impl GpuEvaluator {
         };
         let text = self.space.config_text(config);
         self.cache.mark_inflight(&self.key, &text)?;
-        let checked = self.bench.run_checked(&func, &geometry)?;
+        let checked = self.bench.run_checked(&func, &geometry, &values)?;
         let outcome = match checked {
             Err(LaunchFailure::Invalid(m)) => Some(self.fail(config, FailureClass::Launch, m)),
             Err(LaunchFailure::Sticky(m)) => {
@@ -270,8 +272,14 @@ impl GpuEvaluator {
         };
         self.cache.clear_inflight(&self.key, &text)?;
         if outcome.is_none() {
-            self.loaded
-                .insert(config.clone(), Loaded { func, geometry });
+            self.loaded.insert(
+                config.clone(),
+                Loaded {
+                    func,
+                    geometry,
+                    values,
+                },
+            );
         }
         Ok(outcome)
     }
@@ -286,9 +294,9 @@ impl GpuEvaluator {
         let Some(l) = self.loaded.get(config) else {
             return Err(Error::Search("timing a config that was not loaded".into()));
         };
-        let (func, g) = (l.func.clone(), l.geometry);
+        let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
         // A first look: if the candidate is far slower than the best, do not spend more on it.
-        let probe = match self.bench.time(&func, &g, 1)? {
+        let probe = match self.bench.time(&func, &g, &v, 1)? {
             Ok(s) => s,
             Err(LaunchFailure::Invalid(m)) => {
                 return Ok(self.fail(config, FailureClass::Launch, m))
@@ -304,7 +312,7 @@ impl GpuEvaluator {
         }
         let samples = match self
             .bench
-            .time_budgeted(&func, &g, budget_ms, min_reps, max_reps)?
+            .time_budgeted(&func, &g, &v, budget_ms, min_reps, max_reps)?
         {
             Ok(s) => s,
             Err(LaunchFailure::Invalid(m)) => {
@@ -346,8 +354,8 @@ impl GpuEvaluator {
         // is measured (batches finish compiling in any order, so the first timed candidate may
         // be a slow one).
         if let Some(l) = self.loaded.get(&default) {
-            let (func, g) = (l.func.clone(), l.geometry);
-            match self.bench.time(&func, &g, 3)? {
+            let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
+            match self.bench.time(&func, &g, &v, 3)? {
                 Ok(s) => self.best_ms = self.best_ms.min(median(&s)),
                 Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
                 Err(LaunchFailure::Invalid(_)) => {}
@@ -506,8 +514,8 @@ impl Evaluator for GpuEvaluator {
                     }));
                     continue;
                 };
-                let (func, g) = (l.func.clone(), l.geometry);
-                match self.bench.time(&func, &g, 1)? {
+                let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
+                match self.bench.time(&func, &g, &v, 1)? {
                     Ok(s) => collected[i].extend(s),
                     Err(LaunchFailure::Invalid(m)) => {
                         failed[i] = Some(self.fail(c, FailureClass::Launch, m))

@@ -17,8 +17,11 @@ use cudarc::driver::{
 };
 
 use super::device::Gpu;
+use super::tensor_map::{encode_all, TensorMapSlot};
 use crate::rng::Rng;
-use crate::spec::{ElemType, Generator, Geometry, KernelSpec, Role};
+use crate::spec::{
+    DeviceLimits, ElemType, Generator, Geometry, KernelSpec, Role, MAX_TENSOR_MAPS, MAX_VARS,
+};
 use crate::{Error, Result};
 
 /// Most kernel arguments a spec may have.
@@ -75,6 +78,40 @@ pub unsafe fn launch_raw(
     let n = values.len().min(MAX_ARGS);
     for i in 0..n {
         params[i] = (&mut values[i]) as *mut u64 as *mut std::ffi::c_void;
+    }
+    cu::launch_kernel(
+        func.cu_function(),
+        (g.grid[0], g.grid[1], g.grid[2]),
+        (g.block[0], g.block[1], g.block[2]),
+        g.shared_mem,
+        stream.cu_stream(),
+        &mut params[..n],
+    )
+}
+
+/// Like [`launch_raw`], for kernels with tensor-map arguments: the kernel parameter of argument
+/// `map_args[j]` points at the 128-byte map `slots[j]` (passed by value, as a
+/// `__grid_constant__ CUtensorMap` wants) instead of at its `values` entry. Allocation-free.
+///
+/// # Safety
+/// As [`launch_raw`]; `map_args` must hold argument indices below `values.len()`.
+pub unsafe fn launch_raw_maps(
+    func: &CudaFunction,
+    g: &Geometry,
+    stream: &CudaStream,
+    values: &mut [u64],
+    slots: &mut [TensorMapSlot],
+    map_args: &[usize],
+) -> std::result::Result<(), DriverError> {
+    let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
+    let n = values.len().min(MAX_ARGS);
+    for i in 0..n {
+        params[i] = (&mut values[i]) as *mut u64 as *mut std::ffi::c_void;
+    }
+    for (slot, &arg) in slots.iter_mut().zip(map_args) {
+        if arg < n {
+            params[arg] = slot as *mut TensorMapSlot as *mut std::ffi::c_void;
+        }
     }
     cu::launch_kernel(
         func.cu_function(),
@@ -270,6 +307,9 @@ pub struct Bench {
     flush: CudaSlice<u8>,
     events: Vec<(CudaEvent, CudaEvent)>,
     rotation: usize,
+    /// The spec, shape and limits when the spec has tensor maps (encoded per config and input
+    /// set at each launch); `None` otherwise (launches exactly as before tensor maps existed).
+    maps: Option<(KernelSpec, Vec<i64>, DeviceLimits)>,
 }
 
 fn cuda(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -295,7 +335,7 @@ impl Bench {
             let mut input_bytes = 0usize;
             for a in &spec.args {
                 let v = spec.arg_value(a, shape, &gpu.limits)?;
-                if a.role != Role::Scalar {
+                if !matches!(a.role, Role::Scalar | Role::TensorMap) {
                     if !(0..=(1i64 << 40)).contains(&v) {
                         return Err(Error::Shape(format!(
                             "argument `{}` would have {v} elements",
@@ -317,7 +357,7 @@ impl Bench {
             };
             let mut buffers = Vec::new();
             for (i, a) in spec.args.iter().enumerate() {
-                if a.role == Role::Scalar {
+                if matches!(a.role, Role::Scalar | Role::TensorMap) {
                     continue;
                 }
                 let n = lens[i] as usize;
@@ -379,6 +419,7 @@ impl Bench {
                 flush,
                 events: Vec::new(),
                 rotation: 0,
+                maps: (spec.tensor_maps() > 0).then(|| (spec.clone(), shape.to_vec(), gpu.limits)),
             })
         })
     }
@@ -398,6 +439,39 @@ impl Bench {
         Ok(())
     }
 
+    /// Launches input set `set` with the config `config` (parameter values as expressions see
+    /// them): tensor maps, if any, are encoded from this set's buffers for this config.
+    fn launch_set(
+        &self,
+        func: &CudaFunction,
+        g: &Geometry,
+        set: usize,
+        config: &[i64],
+    ) -> std::result::Result<(), LaunchFailure> {
+        let mut values = self.values[set].clone();
+        let Some((spec, shape, limits)) = &self.maps else {
+            return unsafe { launch_raw(func, g, &self.stream, &mut values) }
+                .map_err(|e| classify(e, "launch"));
+        };
+        let mut env = [0i64; MAX_VARS];
+        spec.fill_env(config, shape, limits, &mut env);
+        let mut slots = [TensorMapSlot::ZERO; MAX_TENSOR_MAPS];
+        let mut map_args = [0usize; MAX_TENSOR_MAPS];
+        let n = encode_all(spec, &env, &values, &mut slots, &mut map_args)
+            .map_err(|e| LaunchFailure::Invalid(format!("encoding tensor maps: {e}")))?;
+        unsafe {
+            launch_raw_maps(
+                func,
+                g,
+                &self.stream,
+                &mut values,
+                &mut slots[..n],
+                &map_args[..n],
+            )
+        }
+        .map_err(|e| classify(e, "launch"))
+    }
+
     fn flush_l2(&self) -> std::result::Result<(), DriverError> {
         let (p, _sync) = self.flush.device_ptr(&self.stream);
         unsafe { cu::memset_d8_async(p, 0, self.flush.len(), self.stream.cu_stream()) }
@@ -409,6 +483,7 @@ impl Bench {
         &mut self,
         func: &CudaFunction,
         g: &Geometry,
+        config: &[i64],
     ) -> Result<std::result::Result<Vec<Vec<f64>>, LaunchFailure>> {
         super::guarded("checking a candidate", || {
             for b in &self.buffers {
@@ -427,9 +502,8 @@ impl Bench {
             if let Err(e) = allow_shared(func, g) {
                 return Ok(Err(classify(e, "setting the shared memory limit")));
             }
-            let mut values = self.values[0].clone();
-            if let Err(e) = unsafe { launch_raw(func, g, &self.stream, &mut values) } {
-                return Ok(Err(classify(e, "launch")));
+            if let Err(f) = self.launch_set(func, g, 0, config) {
+                return Ok(Err(f));
             }
             if let Err(e) = self.stream.synchronize() {
                 return Ok(Err(classify(e, "running the kernel")));
@@ -449,10 +523,12 @@ impl Bench {
     }
 
     /// Times `reps` runs, each after an L2 flush, with CUDA events; milliseconds per run.
+    /// `config` holds the parameter values (as expressions see them) for tensor maps.
     pub fn time(
         &mut self,
         func: &CudaFunction,
         g: &Geometry,
+        config: &[i64],
         reps: usize,
     ) -> Result<std::result::Result<Vec<f64>, LaunchFailure>> {
         let reps = reps.max(1);
@@ -464,13 +540,12 @@ impl Bench {
                 }
                 let set = self.rotation % self.values.len();
                 self.rotation += 1;
-                let mut values = self.values[set].clone();
                 let (start, end) = &self.events[i];
                 start
                     .record(&self.stream)
                     .map_err(cuda("recording an event"))?;
-                if let Err(e) = unsafe { launch_raw(func, g, &self.stream, &mut values) } {
-                    return Ok(Err(classify(e, "launch")));
+                if let Err(f) = self.launch_set(func, g, set, config) {
+                    return Ok(Err(f));
                 }
                 end.record(&self.stream)
                     .map_err(cuda("recording an event"))?;
@@ -495,18 +570,19 @@ impl Bench {
         &mut self,
         func: &CudaFunction,
         g: &Geometry,
+        config: &[i64],
         budget_ms: f64,
         min_reps: usize,
         max_reps: usize,
     ) -> Result<std::result::Result<Vec<f64>, LaunchFailure>> {
-        let mut samples = match self.time(func, g, 3)? {
+        let mut samples = match self.time(func, g, config, 3)? {
             Ok(s) => s,
             Err(f) => return Ok(Err(f)),
         };
         let est = median(&samples).max(1e-4);
         let want = ((budget_ms / est) as usize).clamp(min_reps, max_reps.max(min_reps));
         if want > samples.len() {
-            match self.time(func, g, want - samples.len())? {
+            match self.time(func, g, config, want - samples.len())? {
                 Ok(more) => samples.extend(more),
                 Err(f) => return Ok(Err(f)),
             }

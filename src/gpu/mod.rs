@@ -18,6 +18,7 @@ pub mod evaluator;
 pub mod isolate;
 
 pub mod pool;
+pub mod tensor_map;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
