@@ -298,3 +298,57 @@ fn the_map_may_follow_its_buffer() {
     assert_eq!(last.role, Role::TensorMap);
     assert_eq!(spec.args[last.map.as_ref().unwrap().of].name, "a");
 }
+
+#[test]
+fn the_tma_gemm_specs_load_with_two_maps_and_six_caller_arguments() {
+    for (name, plain) in [
+        ("hgemm_sm90_tma_f16", "hgemm_sm90_f16"),
+        ("hgemm_sm90_tma_bf16", "hgemm_sm90_bf16"),
+    ] {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+        let spec = KernelSpec::from_toml_file(format!("{dir}/{name}.toml")).unwrap();
+        let old = KernelSpec::from_toml_file(format!("{dir}/{plain}.toml")).unwrap();
+        assert_eq!(spec.tensor_maps(), 2);
+        assert_eq!(spec.caller_args(), 6);
+        // The caller's six arguments are the cp.async spec's, in the same order.
+        let callers: Vec<_> = spec
+            .args
+            .iter()
+            .filter(|a| a.role != Role::TensorMap)
+            .map(|a| (a.name.clone(), a.ty, a.role))
+            .collect();
+        let olds: Vec<_> = old
+            .args
+            .iter()
+            .map(|a| (a.name.clone(), a.ty, a.role))
+            .collect();
+        assert_eq!(callers, olds);
+        for (map, of) in [("a_map", "a"), ("b_map", "b")] {
+            let a = spec.args.iter().find(|a| a.name == map).unwrap();
+            let m = a.map.as_ref().unwrap();
+            assert_eq!(spec.args[m.of].name, of);
+            assert_eq!(m.swizzle, Swizzle::B128);
+            assert_eq!(a.ty, spec.args[m.of].ty);
+        }
+        let limits = DeviceLimits::h100();
+        for shape in [[4096, 4096, 4096], [257, 129, 200], [1, 4096, 4096]] {
+            let space = spec.space_for(&shape, &limits).unwrap();
+            assert!(space.iter().any(|c| c == spec.default), "{name} {shape:?}");
+            assert!(space.count() > 100, "{name}: {}", space.count());
+            for c in space.iter() {
+                let values: Vec<i64> = (0..spec.params.len())
+                    .map(|d| space.int_value(&c, d))
+                    .collect();
+                spec.geometry(&values, &shape, &limits).unwrap();
+                assert!(
+                    spec.defines(&c).contains(&"-DWS=1".to_string())
+                        || spec.defines(&c).contains(&"-DWS=2".to_string())
+                );
+            }
+        }
+        assert!(spec.flags.contains(&"-DTMA=1".to_string()));
+        assert_ne!(spec.id(), old.id());
+        let back = spec_from_toml(&spec_to_toml(&spec), &spec.source, &spec).unwrap();
+        assert_eq!(back.id(), spec.id());
+    }
+}
