@@ -14,8 +14,9 @@
 //!
 //! Options can also be given as environment variables (GEMM_PARTS, GEMM_SHAPES, GEMM_TUNE_S,
 //! GEMM_CURVE_S, GEMM_JSON); `--f16-spec NAME` / `--bf16-spec NAME` (GEMM_F16_SPEC,
-//! GEMM_BF16_SPEC) pick other specs under `kernels/` than the default (`hgemm_sm90_*` on sm_90, else `hgemm_*`). A "diff"
-//! of 0 means jitune's and cuBLAS's outputs are bitwise equal (same summation order).
+//! GEMM_BF16_SPEC) pick other specs under `kernels/` than the default (`hgemm_sm90_tma_*` on
+//! sm_90, else `hgemm_*`). A "diff" of 0 means jitune's and cuBLAS's outputs are bitwise equal
+//! (same summation order).
 //!
 //! The cache is memory-only, so nothing from earlier runs is reused (shapes tuned earlier in the
 //! run warm-start later ones, as in the tuner's normal use); each shape gets at most

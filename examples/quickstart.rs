@@ -6,8 +6,8 @@
 //!
 //! Without a GPU or without the CUDA libraries it says why in one line and exits with status 2.
 //! Without libcublas it says so once and leaves out the cuBLAS column. The HGEMM spec
-//! (`kernels/hgemm_sm90_f16.toml` on sm_90 devices, else `kernels/hgemm_f16.toml`) is loaded at
-//! run time; without it that part is skipped.
+//! (`kernels/hgemm_sm90_tma_f16.toml`, wgmma with TMA loads, on sm_90 devices, else
+//! `kernels/hgemm_f16.toml`) is loaded at run time; without it that part is skipped.
 //!
 //!     cargo run --release --example quickstart
 

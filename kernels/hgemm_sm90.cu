@@ -1,8 +1,9 @@
 // Hopper (sm_90a) tensor-core GEMM: C[M,N] (f32) = A[M,K] * B[K,N], A and B row-major FP16
 // (default) or BF16 (-DHGEMM_BF16=1), FP32 accumulation, any M, N, K.
 //
-// Shared by kernels/hgemm_sm90_f16.toml and kernels/hgemm_sm90_bf16.toml, which compile it for
-// the arch-specific target sm_90a (wgmma exists nowhere else; the specs' constraints keep it to
+// Shared by kernels/hgemm_sm90_f16.toml and hgemm_sm90_bf16.toml (cp.async loads) and
+// kernels/hgemm_sm90_tma_f16.toml and hgemm_sm90_tma_bf16.toml (TMA = 1, below), which compile
+// it for the arch-specific target sm_90a (wgmma exists nowhere else; the specs' constraints keep it to
 // compute capability 9.0). The portable mma.sync kernel is hgemm.cu.
 //
 // Parameters arrive as -D defines from jitune. Common to both paths:
@@ -56,6 +57,18 @@
 // skipped after the first fill (consumers alone) and 810 with the wgmmas skipped (producer
 // alone): each side alone is fast enough, together they reach 535, so they slow each other
 // down (shared-memory or load-path contention between cp.async and wgmma), not either alone.
+// TMA = 1 (the hgemm_sm90_tma_* specs; WS = 1 or 2 only): the kernel takes two more parameters,
+// tensor maps of A (dims K x M, box 64 x BM) and B (dims N x K, box 64 x 64, one copy per 64-wide N
+// block), both with the 128-byte swizzle, encoded by jitune at launch and passed by value
+// (__grid_constant__). One elected producer thread fills each stage with cp.async.bulk.tensor
+// copies (the copy engine, not the SM's load path) completing on the stage's "full" mbarrier (count
+// 1) through mbarrier.arrive.expect_tx of the stage's bytes (out-of-bounds box elements are zero-
+// filled and counted). The TMA's 128-byte swizzle of a 1024-byte aligned box is exactly swz(), so
+// the consumers are unchanged. When a map is all zeros (jitune's cue that the shape cannot be
+// described: K or N no multiple of 8, a pointer not 16-byte aligned) or the same conditions fail
+// here, the producer falls back to the cp.async path of TMA = 0 at run time. On the H100 at 4096^3
+// the best TMA config (128 x 256, WGM = 64, 4 stages, WS = 1) runs at 0.194 ms = 710 TFLOP/s
+// against 0.256 ms for the best cp.async one: the contention described above is gone.
 // PRODUCER_WGS = 2 (two producer warpgroups, 256 copying threads) raised 256 x 128 x WGM 128
 // from 535 to 577 TFLOP/s in that diagnostic run, but it has not been through a GPU correctness
 // check, so the specs do not offer it yet (with 512 threads the register cap at entry is 128,
@@ -84,6 +97,9 @@
 #endif
 #ifndef HGEMM_BF16
 #define HGEMM_BF16 0
+#endif
+#ifndef TMA
+#define TMA 0
 #endif
 // Producer warpgroups of the WS path (not a spec parameter yet, see the header).
 #ifndef PRODUCER_WGS
@@ -125,6 +141,10 @@
 #endif
 #if WS < 0 || WS > 2 || (WS == 2 && BM != WGM) || (WS && NCWG > 3)
 #error "WS is 0, 1 or 2; ping-pong (WS = 2) needs BM = WGM; at most 3 consumer warpgroups"
+#endif
+
+#if TMA && (WS == 0 || PRODUCER_WGS != 1)
+#error "TMA = 1 needs the warp-specialised path (WS = 1 or 2) with one producer warpgroup"
 #endif
 
 #if HGEMM_BF16
@@ -197,6 +217,41 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity)
             __trap();
     }
 }
+
+#if TMA
+// A CUtensorMap as the driver encodes it: 128 opaque bytes, 64-byte aligned (cuda.h is not
+// available to NVRTC here).
+struct __align__(64) TmaDesc {
+    u64 w[16];
+};
+
+// Whether jitune passed a real map (an all-zero map means "unencodable: do not use TMA").
+__device__ __forceinline__ bool tma_map_valid(const TmaDesc& m)
+{
+    u64 any = 0;
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+        any |= m.w[i];
+    return any != 0;
+}
+
+// Arrives on `bar` and raises its transaction count by `bytes` (the copies then complete it).
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+// One 2-D tensor copy of the box at (c0 innermost, c1) into shared memory at `dst`, completing
+// `bytes` of `bar`'s transaction count.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaDesc* map, int c0, int c1, u32 bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"((u64)map), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+#endif
 
 // Matrix descriptor: start address, leading and stride byte offsets (all >> 4), 128B swizzle.
 __device__ __forceinline__ u64 desc(u32 addr, u32 lbo, u32 sbo)
@@ -517,7 +572,11 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restrict__ C, int M,
-           int N, int K)
+           int N, int K
+#if TMA
+           , const __grid_constant__ TmaDesc a_map, const __grid_constant__ TmaDesc b_map
+#endif
+)
 {
     extern __shared__ __align__(1024) unsigned char smem[];
     // The swizzle atoms need 1024-byte alignment (the spec asks for 1 KiB of slack); the
@@ -532,14 +591,31 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
     const int wg = tid >> 7;
     const int lane = tid & 31;
 
+    const bool vec =
+        (K % 8 == 0) && (N % 8 == 0) && ((size_t)A % 16 == 0) && ((size_t)B % 16 == 0);
+#if TMA
+    // The same conditions jitune's encoder checks, and its verdict (a zero map): uniform over
+    // the grid, so every thread agrees on the barrier counts below.
+    const bool use_tma = vec && tma_map_valid(a_map) && tma_map_valid(b_map);
+#else
+    const bool use_tma = false;
+#endif
+
     if (tid == 0) {
 #pragma unroll
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full + 8 * s, NPT);       // one arrival per producer thread
+            // TMA: one arrival (the elected producer thread's expect_tx); otherwise one per
+            // producer thread.
+            mbar_init(full + 8 * s, use_tma ? 1 : NPT);
             mbar_init(empty + 8 * s, 4 * NWG);  // one per warp of the consuming team
         }
         mbar_init(order, 4 * NWG);
         mbar_init(order + 8, 4 * NWG);
+#if TMA
+        // Make the initialised barriers visible to the async proxy (the copy engine).
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
     }
     __syncthreads();
 
@@ -553,8 +629,30 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
 #if NCWG + PRODUCER_WGS >= 3
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
 #endif
-        const bool vec =
-            (K % 8 == 0) && (N % 8 == 0) && ((size_t)A % 16 == 0) && ((size_t)B % 16 == 0);
+#if TMA
+        if (use_tma) {
+            // One elected thread issues every copy; the rest of the warpgroup has nothing to do.
+            if (tid == 0) {
+                u32 g = 0;
+                for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                    int bm, bn;
+                    tile_origin(tile, tiles_m, tiles_n, bm, bn);
+                    for (int kt = 0; kt < nk; ++kt, ++g) {
+                        const u32 s = g % STAGES;
+                        const u32 st = sbase + s * STAGE_BYTES;
+                        mbar_wait(empty + 8 * s, ((g / STAGES) & 1) ^ 1);
+                        mbar_arrive_expect_tx(full + 8 * s, STAGE_BYTES);
+                        tma_load_2d(st, &a_map, kt * BK, bm, full + 8 * s);
+#pragma unroll
+                        for (int nb = 0; nb < BN / 64; ++nb)
+                            tma_load_2d(st + A_STAGE_BYTES + nb * (BK * 128), &b_map, bn + nb * 64,
+                                        kt * BK, full + 8 * s);
+                    }
+                }
+            }
+            return;
+        }
+#endif
         u32 g = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             int bm, bn;

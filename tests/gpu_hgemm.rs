@@ -1,4 +1,7 @@
-//! GPU tests of the tensor-core GEMM specs (`kernels/hgemm_f16.toml`, `kernels/hgemm_bf16.toml`).
+//! GPU tests of the tensor-core GEMM specs: the portable `hgemm_{f16,bf16}`, and on compute
+//! capability 9.0 the wgmma `hgemm_sm90_{f16,bf16}` (cp.async) and `hgemm_sm90_tma_{f16,bf16}`
+//! (TMA loads through tensor maps jitune encodes at launch; zero maps and the cp.async fallback
+//! where a shape cannot be described).
 //!
 //! - The tuned winner (Blocking mode, small budget) at ordinary and edge shapes (M = 1 decode
 //!   rows, sizes no tile divides, K and N not multiples of 8) matches a CPU float64 product of
@@ -174,29 +177,42 @@ fn gpu_hgemm_sm90_matches_cpu() {
     for (name, ty) in [
         ("hgemm_sm90_f16", ElemType::F16),
         ("hgemm_sm90_bf16", ElemType::Bf16),
+        ("hgemm_sm90_tma_f16", ElemType::F16),
+        ("hgemm_sm90_tma_bf16", ElemType::Bf16),
     ] {
         let k = kernel(name);
         for shape in [
             (96, 200, 264),
             (257, 129, 200),
             (1, 256, 4096),
+            (1, 4096, 4096),
             (512, 512, 512),
         ] {
             check(&cache_only, &k, ty, shape);
         }
     }
     let gpu = Arc::new(cache_only.gpu().clone());
-    let cover = ["BM", "BN", "WGM", "STAGES", "INFLIGHT"];
+    let cover = ["BM", "BN", "WGM", "STAGES", "INFLIGHT", "WS"];
     agree(&gpu, "hgemm_sm90_f16", [96, 200, 264], &cover);
     agree(&gpu, "hgemm_sm90_f16", [257, 129, 200], &cover);
     agree(&gpu, "hgemm_sm90_bf16", [200, 264, 1024], &cover);
+    // TMA: real maps, zero maps (N % 8 != 0: the cp.async fallback), one row of A in BM-row boxes.
+    agree(&gpu, "hgemm_sm90_tma_f16", [512, 512, 512], &cover);
+    agree(&gpu, "hgemm_sm90_tma_f16", [257, 129, 200], &cover);
+    agree(&gpu, "hgemm_sm90_tma_f16", [1, 4096, 4096], &cover);
+    agree(&gpu, "hgemm_sm90_tma_bf16", [200, 264, 1024], &cover);
     // Tuned winners.
     let tuner = tuner(Mode::Blocking, 8, 15.0);
-    let (f16, bf16) = (kernel("hgemm_sm90_f16"), kernel("hgemm_sm90_bf16"));
-    for shape in [(1, 4096, 4096), (257, 129, 200), (512, 512, 512), (3, 5, 7)] {
-        check(&tuner, &f16, ElemType::F16, shape);
+    for (f16, bf16) in [
+        ("hgemm_sm90_f16", "hgemm_sm90_bf16"),
+        ("hgemm_sm90_tma_f16", "hgemm_sm90_tma_bf16"),
+    ] {
+        let (f16, bf16) = (kernel(f16), kernel(bf16));
+        for shape in [(1, 4096, 4096), (257, 129, 200), (512, 512, 512), (3, 5, 7)] {
+            check(&tuner, &f16, ElemType::F16, shape);
+        }
+        check(&tuner, &bf16, ElemType::Bf16, (100, 4104, 72));
     }
-    check(&tuner, &bf16, ElemType::Bf16, (100, 4104, 72));
 }
 
 #[test]
@@ -209,7 +225,7 @@ fn gpu_hgemm_f16_4096_tuning_and_spread() {
         return;
     }
     let names = std::env::var("JITUNE_HGEMM_PERF_SPECS")
-        .unwrap_or_else(|_| "hgemm_f16,hgemm_sm90_f16".into());
+        .unwrap_or_else(|_| "hgemm_f16,hgemm_sm90_f16,hgemm_sm90_tma_f16".into());
     for name in names.split(',') {
         tune_and_spread(name);
     }

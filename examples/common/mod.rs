@@ -52,11 +52,11 @@ pub fn optional_kernel(name: &str) -> Result<Option<Kernel>> {
     Kernel::from_toml_file(&path).map(Some)
 }
 
-/// The hgemm spec to use on this GPU for `dtype` ("f16" or "bf16"): the Hopper `wgmma` specs
-/// (`hgemm_sm90_*`, sm_90a only) on an sm_90 device when they are in this checkout, else the
-/// portable `mma.sync` specs (`hgemm_*`).
+/// The hgemm spec to use on this GPU for `dtype` ("f16" or "bf16"): on an sm_90 device the
+/// Hopper `wgmma` + TMA specs (`hgemm_sm90_tma_*`, sm_90a only; the fastest there), else the
+/// portable `mma.sync` specs (`hgemm_*`). A spec missing from this checkout is passed over.
 pub fn hgemm_spec_for(gpu: &jitune::gpu::device::Gpu, dtype: &str) -> String {
-    let hopper = format!("hgemm_sm90_{dtype}");
+    let hopper = format!("hgemm_sm90_tma_{dtype}");
     if gpu.arch == "sm_90" && spec_path(&hopper).is_file() {
         hopper
     } else {

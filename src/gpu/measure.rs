@@ -74,19 +74,7 @@ pub unsafe fn launch_raw(
     stream: &CudaStream,
     values: &mut [u64],
 ) -> std::result::Result<(), DriverError> {
-    let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
-    let n = values.len().min(MAX_ARGS);
-    for i in 0..n {
-        params[i] = (&mut values[i]) as *mut u64 as *mut std::ffi::c_void;
-    }
-    cu::launch_kernel(
-        func.cu_function(),
-        (g.grid[0], g.grid[1], g.grid[2]),
-        (g.block[0], g.block[1], g.block[2]),
-        g.shared_mem,
-        stream.cu_stream(),
-        &mut params[..n],
-    )
+    unsafe { launch_raw_maps(func, g, stream, values, &mut [], &[]) }
 }
 
 /// Like [`launch_raw`], for kernels with tensor-map arguments: the kernel parameter of argument

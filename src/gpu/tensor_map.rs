@@ -39,6 +39,20 @@ pub struct MapDims {
     pub box_dims: [i64; MAX_TENSOR_MAP_RANK],
 }
 
+impl MapDims {
+    /// A 2-D map: `inner` x `outer` elements (innermost first), boxes of `box_inner` x `box_outer`.
+    pub fn two_d(inner: i64, outer: i64, box_inner: i64, box_outer: i64) -> MapDims {
+        let mut d = MapDims {
+            rank: 2,
+            dims: [0; MAX_TENSOR_MAP_RANK],
+            box_dims: [0; MAX_TENSOR_MAP_RANK],
+        };
+        (d.dims[0], d.dims[1]) = (inner, outer);
+        (d.box_dims[0], d.box_dims[1]) = (box_inner, box_outer);
+        d
+    }
+}
+
 /// Evaluates a map's dims and box from a variable table filled by
 /// [`KernelSpec::fill_env`]. Allocation-free.
 pub fn map_dims(
@@ -295,14 +309,6 @@ pub fn encode_all(
 mod tests {
     use super::*;
 
-    fn dims2(inner: i64, outer: i64, b0: i64, b1: i64) -> MapDims {
-        MapDims {
-            rank: 2,
-            dims: [inner, outer, 0, 0, 0],
-            box_dims: [b0, b1, 0, 0, 0],
-        }
-    }
-
     #[test]
     fn slot_is_128_bytes_and_aligned() {
         assert_eq!(std::mem::size_of::<TensorMapSlot>(), 128);
@@ -317,14 +323,17 @@ mod tests {
     #[test]
     fn unencodable_shapes_are_recognised() {
         let f16 = ElemType::F16;
-        assert_eq!(unencodable(f16, 256, &dims2(4096, 4096, 64, 128)), None);
-        assert!(unencodable(f16, 256, &dims2(4100, 4096, 64, 128)).is_some());
-        assert!(unencodable(f16, 8, &dims2(4096, 4096, 64, 128)).is_some());
-        assert!(unencodable(f16, 256, &dims2(0, 4096, 64, 128)).is_some());
+        assert_eq!(
+            unencodable(f16, 256, &MapDims::two_d(4096, 4096, 64, 128)),
+            None
+        );
+        assert!(unencodable(f16, 256, &MapDims::two_d(4100, 4096, 64, 128)).is_some());
+        assert!(unencodable(f16, 8, &MapDims::two_d(4096, 4096, 64, 128)).is_some());
+        assert!(unencodable(f16, 256, &MapDims::two_d(0, 4096, 64, 128)).is_some());
         // The outermost dim has no stride: K % 8 == 0 is all a row-major f16 matrix needs.
-        assert_eq!(unencodable(f16, 256, &dims2(8, 3, 64, 128)), None);
-        assert!(unencodable(f16, 256, &dims2(200, 257, 64, 128)).is_none());
-        assert!(unencodable(f16, 256, &dims2(129, 200, 64, 64)).is_some());
+        assert_eq!(unencodable(f16, 256, &MapDims::two_d(8, 3, 64, 128)), None);
+        assert!(unencodable(f16, 256, &MapDims::two_d(200, 257, 64, 128)).is_none());
+        assert!(unencodable(f16, 256, &MapDims::two_d(129, 200, 64, 64)).is_some());
     }
 
     #[test]
@@ -333,7 +342,7 @@ mod tests {
         let e = encode_tiled(
             ElemType::F16,
             256,
-            &dims2(4096, 4096, 128, 64),
+            &MapDims::two_d(4096, 4096, 128, 64),
             Swizzle::B128,
             &mut slot,
         );
@@ -345,7 +354,7 @@ mod tests {
         let e = encode_tiled(
             ElemType::F16,
             256,
-            &dims2(4096, 4096, 64, 512),
+            &MapDims::two_d(4096, 4096, 64, 512),
             Swizzle::B128,
             &mut slot,
         );
@@ -354,7 +363,7 @@ mod tests {
         let ok = encode_tiled(
             ElemType::F16,
             256,
-            &dims2(4100, 4096, 64, 128),
+            &MapDims::two_d(4100, 4096, 64, 128),
             Swizzle::B128,
             &mut slot,
         );
