@@ -337,6 +337,11 @@ pub struct ArgSpec {
     /// The map of a [`Role::TensorMap`] argument (`None` for every other role); its `ty` is
     /// the described buffer's and its `len` is `0`.
     pub map: Option<TensorMapSpec>,
+    /// `Out`/`InOut` buffers only: when this expression of the config and shape is non-zero,
+    /// jitune zero-fills the buffer's `len` elements on the launch stream right before the
+    /// kernel (for kernels that accumulate into their output, e.g. split-K with atomics). The
+    /// fill is part of every launch and of every timed run.
+    pub zero: Option<Expr>,
 }
 
 /// A shape dimension and its bucketing rule.
@@ -709,11 +714,16 @@ fn canonical(s: &KernelSpec) -> String {
         line(
             &format!("arg.{}", a.name),
             format!(
-                "{}:{}:{}:{}",
+                "{}:{}:{}:{}{}",
                 a.ty.name(),
                 a.role.name(),
                 a.len.canonical(),
-                a.init.as_ref().map(|g| g.canonical()).unwrap_or_default()
+                a.init.as_ref().map(|g| g.canonical()).unwrap_or_default(),
+                // Only specs that zero-fill get the field, so every other id stays as it was.
+                a.zero
+                    .as_ref()
+                    .map(|z| format!(":zero={}", z.canonical()))
+                    .unwrap_or_default()
             ),
         );
     }
@@ -738,6 +748,8 @@ pub struct SpecBuilder {
     args: Vec<ArgDecl>,
     default: Vec<(String, String)>,
     tolerance: Option<f64>,
+    /// `zero_fill` calls naming no argument declared before (an error in `build`).
+    unknown_zero_fill: Vec<String>,
 }
 
 /// An argument as the builder received it (parsed in [`SpecBuilder::build`]).
@@ -749,6 +761,7 @@ struct ArgDecl {
     len: String,
     init: Option<String>,
     map: Option<MapDecl>,
+    zero: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -826,7 +839,19 @@ impl SpecBuilder {
             len: len.into(),
             init,
             map: None,
+            zero: None,
         });
+        self
+    }
+    /// Asks jitune to zero-fill the buffer argument `arg` (declared before) before every launch
+    /// of a config for which `when` (an expression of params and shape) is non-zero. See
+    /// [`ArgSpec::zero`].
+    pub fn zero_fill(mut self, arg: &str, when: &str) -> Self {
+        if let Some(a) = self.args.iter_mut().rev().find(|a| a.name == arg) {
+            a.zero = Some(when.into());
+        } else {
+            self.unknown_zero_fill.push(arg.into());
+        }
         self
     }
     /// A scalar argument whose value is an expression of the shape.
@@ -838,6 +863,7 @@ impl SpecBuilder {
             len: value.into(),
             init: None,
             map: None,
+            zero: None,
         });
         self
     }
@@ -858,6 +884,7 @@ impl SpecBuilder {
             role: "tensor_map".into(),
             len: "0".into(),
             init: None,
+            zero: None,
             map: Some(MapDecl {
                 of: of.into(),
                 dims: dims.iter().map(|d| d.to_string()).collect(),
@@ -913,6 +940,12 @@ impl SpecBuilder {
             return Err(err(
                 "params",
                 "a spec needs at least one tunable parameter".into(),
+            ));
+        }
+        if let Some(a) = self.unknown_zero_fill.first() {
+            return Err(err(
+                &format!("args.{a}.zero"),
+                "no such argument declared before".into(),
             ));
         }
         let mut params = self.params;
@@ -1041,6 +1074,7 @@ impl SpecBuilder {
                     len: compile(&format!("{field}.len"), "0", false)?,
                     init: None,
                     map: None,
+                    zero: None,
                 });
                 continue;
             }
@@ -1075,6 +1109,16 @@ impl SpecBuilder {
                 }),
                 None => None,
             };
+            let zero = match &decl.zero {
+                Some(_) if !matches!(role, Role::Out | Role::InOut) => {
+                    return Err(err(
+                        &format!("{field}.zero"),
+                        "only an `out` or `inout` buffer can be zero-filled".into(),
+                    ))
+                }
+                Some(z) => Some(compile(&format!("{field}.zero"), z, true)?),
+                None => None,
+            };
             args.push(ArgSpec {
                 name: name.clone(),
                 ty,
@@ -1082,6 +1126,7 @@ impl SpecBuilder {
                 len,
                 init,
                 map: None,
+                zero,
             });
         }
         if self.args.iter().filter(|a| a.map.is_some()).count() > MAX_TENSOR_MAPS {

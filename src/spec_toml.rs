@@ -253,6 +253,9 @@ pub(crate) fn parse(
                 get("len").ok_or_else(|| spec_err(n, &format!("args.{aname}.len"), "missing"))?;
             b = b.arg_buffer(&aname, &ty, &role, &len, &get("init").unwrap_or_default());
         }
+        if let Some(z) = get("zero") {
+            b = b.zero_fill(&aname, &z);
+        }
     }
     let default = table
         .get("default")

@@ -211,6 +211,8 @@ struct LaunchMemo {
     shape: [AtomicI64; MAX_DIMS],
     geometry: [AtomicU32; 7],
     need: [AtomicI64; MAX_ARGS],
+    /// Bit i: argument i is zero-filled before the launch (its `zero` expression is non-zero).
+    zero: AtomicU64,
 }
 
 impl LaunchMemo {
@@ -220,10 +222,17 @@ impl LaunchMemo {
             shape: std::array::from_fn(|_| AtomicI64::new(0)),
             geometry: std::array::from_fn(|_| AtomicU32::new(0)),
             need: std::array::from_fn(|_| AtomicI64::new(0)),
+            zero: AtomicU64::new(0),
         }
     }
 
-    fn read(&self, shape: &[i64], n_args: usize, need: &mut [i64; MAX_ARGS]) -> Option<Geometry> {
+    fn read(
+        &self,
+        shape: &[i64],
+        n_args: usize,
+        need: &mut [i64; MAX_ARGS],
+        zero: &mut u64,
+    ) -> Option<Geometry> {
         let s1 = self.seq.load(Ordering::Acquire);
         if s1 == 0 || s1 & 1 == 1 {
             return None;
@@ -239,6 +248,7 @@ impl LaunchMemo {
         for (n, m) in need[..n_args].iter_mut().zip(&self.need) {
             *n = m.load(Ordering::Relaxed);
         }
+        *zero = self.zero.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         if self.seq.load(Ordering::Relaxed) != s1 {
             return None;
@@ -250,7 +260,7 @@ impl LaunchMemo {
         })
     }
 
-    fn write(&self, shape: &[i64], g: &Geometry, need: &[i64]) {
+    fn write(&self, shape: &[i64], g: &Geometry, need: &[i64], zero: u64) {
         let s = self.seq.load(Ordering::Relaxed);
         if s & 1 == 1
             || self
@@ -279,6 +289,7 @@ impl LaunchMemo {
         for (m, n) in self.need.iter().zip(need) {
             m.store(*n, Ordering::Relaxed);
         }
+        self.zero.store(zero, Ordering::Relaxed);
         self.seq.store(s + 2, Ordering::Release);
     }
 }
@@ -297,14 +308,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Geometry and required buffer lengths for `shape`, from the memo or evaluated.
+    /// Geometry, required buffer lengths and the zero-filled arguments (bit mask) for
+    /// `shape`, from the memo or evaluated.
     fn resolve(
         &self,
         spec: &KernelSpec,
         shape: &[i64],
         need: &mut [i64; MAX_ARGS],
+        zero: &mut u64,
     ) -> Result<Geometry> {
-        if let Some(g) = self.memo.read(shape, spec.args.len(), need) {
+        if let Some(g) = self.memo.read(shape, spec.args.len(), need, zero) {
             return Ok(g);
         }
         let mut env = self.env;
@@ -319,7 +332,20 @@ impl Plan {
                 ))
             })?;
         }
-        self.memo.write(shape, &g, &need[..spec.args.len()]);
+        *zero = 0;
+        for (i, a) in spec.args.iter().enumerate() {
+            let Some(z) = &a.zero else { continue };
+            let on = z.eval(&env).map_err(|e| {
+                Error::Eval(format!(
+                    "kernel `{}`, argument `{}`, zero: {e}",
+                    spec.name, a.name
+                ))
+            })?;
+            if on != 0 {
+                *zero |= 1 << i;
+            }
+        }
+        self.memo.write(shape, &g, &need[..spec.args.len()], *zero);
         Ok(g)
     }
 
@@ -353,7 +379,8 @@ impl Plan {
             )));
         }
         let mut need = [0i64; MAX_ARGS];
-        let geometry = self.resolve(spec, shape, &mut need)?;
+        let mut zero = 0u64;
+        let geometry = self.resolve(spec, shape, &mut need, &mut zero)?;
         let n_args = spec.args.len();
         let mut raw = [0u64; MAX_ARGS];
         let mut guards: [Option<SyncOnDrop<'_>>; MAX_ARGS] = [const { None }; MAX_ARGS];
@@ -397,6 +424,21 @@ impl Plan {
                         }
                     )))
                 }
+            }
+        }
+        // Outputs the kernel accumulates into start at zero (see `ArgSpec::zero`).
+        for (i, a) in spec.args.iter().enumerate() {
+            if zero & (1 << i) != 0 {
+                let bytes = need[i].max(0) as usize * a.ty.size();
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(raw[i], 0, bytes, stream.cu_stream())
+                }
+                .map_err(|e| {
+                    Error::Cuda(format!(
+                        "zero-filling `{}` for `{}`: {e}",
+                        a.name, spec.name
+                    ))
+                })?;
             }
         }
         let r = if n_maps == 0 {
@@ -1104,13 +1146,20 @@ mod tests {
     #[test]
     fn memo_returns_only_what_was_written_for_that_shape() {
         let m = LaunchMemo::new();
-        let mut need = [0i64; MAX_ARGS];
-        assert!(m.read(&[5, 6], 2, &mut need).is_none(), "empty memo");
-        m.write(&[5, 6], &geometry_of(&[5]), &[50, 60]);
-        assert_eq!(m.read(&[5, 6], 2, &mut need), Some(geometry_of(&[5])));
-        assert_eq!(&need[..2], &[50, 60]);
+        let (mut need, mut zero) = ([0i64; MAX_ARGS], 0u64);
         assert!(
-            m.read(&[5, 7], 2, &mut need).is_none(),
+            m.read(&[5, 6], 2, &mut need, &mut zero).is_none(),
+            "empty memo"
+        );
+        m.write(&[5, 6], &geometry_of(&[5]), &[50, 60], 0b10);
+        assert_eq!(
+            m.read(&[5, 6], 2, &mut need, &mut zero),
+            Some(geometry_of(&[5]))
+        );
+        assert_eq!(&need[..2], &[50, 60]);
+        assert_eq!(zero, 0b10);
+        assert!(
+            m.read(&[5, 7], 2, &mut need, &mut zero).is_none(),
             "another shape misses"
         );
     }
@@ -1122,20 +1171,26 @@ mod tests {
             .map(|t| {
                 let m = m.clone();
                 std::thread::spawn(move || {
-                    let mut need = [0i64; MAX_ARGS];
+                    let (mut need, mut zero) = ([0i64; MAX_ARGS], 0u64);
                     let mut hits = 0;
                     for i in 0..20_000i64 {
                         // Each thread repeats a shape a few times, then moves on.
                         let x = 1 + ((i / 8) * 7 + t) % 13;
                         let shape = [x, x * 10];
-                        match m.read(&shape, 2, &mut need) {
+                        match m.read(&shape, 2, &mut need, &mut zero) {
                             Some(g) => {
                                 // A hit must be exactly what was written for this shape.
                                 assert_eq!(g, geometry_of(&shape));
                                 assert_eq!(&need[..2], &[x * 100, x * 1000]);
+                                assert_eq!(zero, x as u64 % 3);
                                 hits += 1;
                             }
-                            None => m.write(&shape, &geometry_of(&shape), &[x * 100, x * 1000]),
+                            None => m.write(
+                                &shape,
+                                &geometry_of(&shape),
+                                &[x * 100, x * 1000],
+                                x as u64 % 3,
+                            ),
                         }
                     }
                     hits

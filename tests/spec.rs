@@ -321,3 +321,38 @@ fn shipped_sgemm_spec_loads_with_a_large_space() {
     );
     assert!(KernelSpec::from_toml_file(dir.join("missing.toml")).is_err());
 }
+
+#[test]
+fn zero_filled_outputs_are_part_of_the_spec() {
+    // TOML `zero = "..."` on an out/inout buffer and the builder's `zero_fill` are the same spec.
+    let toml = TOML.replace(
+        "role = \"inout\"\nlen = \"n * batch\"",
+        "role = \"inout\"\nlen = \"n * batch\"\nzero = \"UNROLL > 1\"",
+    );
+    let t = load(&toml).unwrap();
+    let r = rust_form().zero_fill("y", "UNROLL>1").build().unwrap();
+    assert_eq!(t.id(), r.id());
+    // It changes what runs, so it changes the id; specs without it keep theirs.
+    let plain = rust_form().build().unwrap();
+    assert_ne!(t.id(), plain.id());
+    assert!(!plain.canonical().contains("zero"));
+    let y = t.args.iter().find(|a| a.name == "y").unwrap();
+    let z = y.zero.as_ref().expect("y is zero-filled");
+    assert_eq!(z.eval_with(|v| (v == "UNROLL").then_some(4)), Ok(1));
+    assert_eq!(z.eval_with(|v| (v == "UNROLL").then_some(1)), Ok(0));
+    // The worker-process form carries it.
+    let back =
+        jitune::gpu::isolate::spec_from_toml(&jitune::gpu::isolate::spec_to_toml(&t), SRC, &t)
+            .unwrap();
+    assert_eq!(back.id(), t.id());
+    assert!(back.args.iter().any(|a| a.name == "y" && a.zero.is_some()));
+    // Only outputs can be zero-filled, only known arguments, and the expression must parse.
+    let on_input = TOML.replace(
+        "init = \"uniform(-1, 1)\"",
+        "init = \"uniform(-1, 1)\"\nzero = \"1\"",
+    );
+    assert!(err_text(&on_input).contains("only an `out` or `inout` buffer"));
+    let e = rust_form().zero_fill("nope", "1").build().unwrap_err();
+    assert!(e.to_string().contains("args.nope.zero"), "{e}");
+    assert!(err_text(&toml.replace("UNROLL > 1", "UNROLL >")).contains("args.y.zero"));
+}

@@ -241,6 +241,9 @@ pub fn spec_to_toml(spec: &KernelSpec) -> String {
             }
             None => {}
         }
+        if let Some(z) = &a.zero {
+            let _ = writeln!(s, "zero = {}", q(z.source()));
+        }
     }
     let _ = writeln!(s, "[default]");
     for (p, &i) in spec.params.iter().zip(&spec.default.0) {

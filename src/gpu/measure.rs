@@ -296,8 +296,9 @@ pub struct Bench {
     events: Vec<(CudaEvent, CudaEvent)>,
     rotation: usize,
     /// The spec, shape and limits when the spec has tensor maps (encoded per config and input
-    /// set at each launch); `None` otherwise (launches exactly as before tensor maps existed).
-    maps: Option<(KernelSpec, Vec<i64>, DeviceLimits)>,
+    /// set at each launch) or zero-filled outputs (filled per config before each launch, inside
+    /// the timed region); `None` otherwise (launches exactly as before either existed).
+    per_config: Option<(KernelSpec, Vec<i64>, DeviceLimits)>,
 }
 
 fn cuda(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -407,7 +408,8 @@ impl Bench {
                 flush,
                 events: Vec::new(),
                 rotation: 0,
-                maps: (spec.tensor_maps() > 0).then(|| (spec.clone(), shape.to_vec(), gpu.limits)),
+                per_config: (spec.tensor_maps() > 0 || spec.args.iter().any(|a| a.zero.is_some()))
+                    .then(|| (spec.clone(), shape.to_vec(), gpu.limits)),
             })
         })
     }
@@ -428,7 +430,8 @@ impl Bench {
     }
 
     /// Launches input set `set` with the config `config` (parameter values as expressions see
-    /// them): tensor maps, if any, are encoded from this set's buffers for this config.
+    /// them): outputs the spec zero-fills for this config are filled first, and tensor maps, if
+    /// any, are encoded from this set's buffers for this config.
     fn launch_set(
         &self,
         func: &CudaFunction,
@@ -437,12 +440,28 @@ impl Bench {
         config: &[i64],
     ) -> std::result::Result<(), LaunchFailure> {
         let mut values = self.values[set].clone();
-        let Some((spec, shape, limits)) = &self.maps else {
+        let Some((spec, shape, limits)) = &self.per_config else {
             return unsafe { launch_raw(func, g, &self.stream, &mut values) }
                 .map_err(|e| classify(e, "launch"));
         };
         let mut env = [0i64; MAX_VARS];
         spec.fill_env(config, shape, limits, &mut env);
+        for b in &self.buffers {
+            let Some(zero) = &spec.args[b.arg].zero else {
+                continue;
+            };
+            let on = zero.eval(&env).map_err(|e| {
+                LaunchFailure::Invalid(format!("`{}` zero: {e}", spec.args[b.arg].name))
+            })?;
+            if on != 0 {
+                unsafe { cu::memset_d8_async(values[b.arg], 0, b.bytes, self.stream.cu_stream()) }
+                    .map_err(|e| classify(e, "zero-filling an output"))?;
+            }
+        }
+        if spec.tensor_maps() == 0 {
+            return unsafe { launch_raw(func, g, &self.stream, &mut values) }
+                .map_err(|e| classify(e, "launch"));
+        }
         let mut slots = [TensorMapSlot::ZERO; MAX_TENSOR_MAPS];
         let mut map_args = [0usize; MAX_TENSOR_MAPS];
         let n = encode_all(spec, &env, &values, &mut slots, &mut map_args)
