@@ -69,6 +69,10 @@
 // here, the producer falls back to the cp.async path of TMA = 0 at run time. On the H100 at 4096^3
 // the best TMA config (128 x 256, WGM = 64, 4 stages, WS = 1) runs at 0.194 ms = 710 TFLOP/s
 // against 0.256 ms for the best cp.async one: the contention described above is gone.
+// SPLIT_K (WS = 1, 2; the TMA specs offer 1, 2, 4, 8): a block's work units are the SPLIT_K K
+// parts of each tile (ceil(nk / SPLIT_K) slices each; slices past K read zeros), so a grid with
+// few tiles (decode rows) still fills the SMs. With SPLIT_K > 1 the epilogue adds its partial
+// tile into C with atomics; jitune zero-fills C before each launch (the spec's `zero`).
 // PRODUCER_WGS = 2 (two producer warpgroups, 256 copying threads) raised 256 x 128 x WGM 128
 // from 535 to 577 TFLOP/s in that diagnostic run, but it has not been through a GPU correctness
 // check, so the specs do not offer it yet (with 512 threads the register cap at entry is 128,
@@ -100,6 +104,10 @@
 #endif
 #ifndef TMA
 #define TMA 0
+#endif
+// K split into SPLIT_K parts (WS path only): see the header.
+#ifndef SPLIT_K
+#define SPLIT_K 1
 #endif
 // Producer warpgroups of the WS path (not a spec parameter yet, see the header).
 #ifndef PRODUCER_WGS
@@ -143,6 +151,9 @@
 #error "WS is 0, 1 or 2; ping-pong (WS = 2) needs BM = WGM; at most 3 consumer warpgroups"
 #endif
 
+#if SPLIT_K < 1 || (WS == 0 && SPLIT_K != 1)
+#error "SPLIT_K > 1 needs the warp-specialised path (WS = 1 or 2)"
+#endif
 #if TMA && (WS == 0 || PRODUCER_WGS != 1)
 #error "TMA = 1 needs the warp-specialised path (WS = 1 or 2) with one producer warpgroup"
 #endif
@@ -492,7 +503,12 @@ __device__ __forceinline__ void store_tile(float* __restrict__ C, const float (&
                     continue;
                 float* out = C + (size_t)r * N + c;
                 const float v0 = acc[mi][4 * j + 2 * h], v1 = acc[mi][4 * j + 2 * h + 1];
-                if (vec_c) {
+                if (SPLIT_K > 1) {
+                    // Partial sums of one K part: add to C, which jitune zero-filled.
+                    atomicAdd(out, v0);
+                    if (c + 1 < N)
+                        atomicAdd(out + 1, v1);
+                } else if (vec_c) {
                     *(float2*)out = make_float2(v0, v1);
                 } else {
                     out[0] = v0;
@@ -623,6 +639,10 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
     const int tiles_n = (N + BN - 1) / BN;
     const int tiles = tiles_m * tiles_n;
     const int nk = (K + BK - 1) / BK;
+    // Work units: SPLIT_K parts of every tile, part-major (unit u: tile u % tiles, K slices
+    // from (u / tiles) * nks); every unit runs nks slices (those past K read zeros).
+    const int units = tiles * SPLIT_K;
+    const int nks = (nk + SPLIT_K - 1) / SPLIT_K;
 
     if (PRODUCER_WGS == 1 ? wg == 0 : wg < PRODUCER_WGS) {
         // Producer.
@@ -634,10 +654,11 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
             // One elected thread issues every copy; the rest of the warpgroup has nothing to do.
             if (tid == 0) {
                 u32 g = 0;
-                for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
                     int bm, bn;
-                    tile_origin(tile, tiles_m, tiles_n, bm, bn);
-                    for (int kt = 0; kt < nk; ++kt, ++g) {
+                    tile_origin(unit % tiles, tiles_m, tiles_n, bm, bn);
+                    const int k0 = (unit / tiles) * nks;
+                    for (int kt = k0; kt < k0 + nks; ++kt, ++g) {
                         const u32 s = g % STAGES;
                         const u32 st = sbase + s * STAGE_BYTES;
                         mbar_wait(empty + 8 * s, ((g / STAGES) & 1) ^ 1);
@@ -654,10 +675,11 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
         }
 #endif
         u32 g = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
             int bm, bn;
-            tile_origin(tile, tiles_m, tiles_n, bm, bn);
-            for (int kt = 0; kt < nk; ++kt, ++g) {
+            tile_origin(unit % tiles, tiles_m, tiles_n, bm, bn);
+            const int k0 = (unit / tiles) * nks;
+            for (int kt = k0; kt < k0 + nks; ++kt, ++g) {
                 const u32 s = g % STAGES;
                 mbar_wait(empty + 8 * s, ((g / STAGES) & 1) ^ 1);
                 if (vec) {
@@ -691,8 +713,8 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
                 acc[i][j] = 0.0f;
 
         for (int it = team, j = 0;; it += TEAMS, ++j) {
-            const int tile = blockIdx.x + it * gridDim.x;
-            if (tile >= tiles)
+            const int unit = blockIdx.x + it * gridDim.x;
+            if (unit >= units)
                 break;
 #if TEAMS == 2
             // Ping-pong: start this tile's waits only once the other team has passed the full
@@ -705,9 +727,9 @@ hgemm_sm90(const u16* __restrict__ A, const u16* __restrict__ B, float* __restri
                 mbar_wait(order + 8, (j - 1) & 1);
 #endif
             int bm, bn;
-            tile_origin(tile, tiles_m, tiles_n, bm, bn);
-            u32 g = (u32)it * (u32)nk;
-            for (int kt = 0; kt < nk; ++kt, ++g) {
+            tile_origin(unit % tiles, tiles_m, tiles_n, bm, bn);
+            u32 g = (u32)it * (u32)nks;
+            for (int kt = 0; kt < nks; ++kt, ++g) {
                 const u32 s = g % STAGES;
                 mbar_wait(full + 8 * s, (g / STAGES) & 1);
                 // cp.async (and the scalar path's stores) wrote through the generic proxy;

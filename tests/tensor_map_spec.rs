@@ -347,6 +347,11 @@ fn the_tma_gemm_specs_load_with_two_maps_and_six_caller_arguments() {
             }
         }
         assert!(spec.flags.contains(&"-DTMA=1".to_string()));
+        // Split-K adds into c: jitune zero-fills it for those configs only.
+        let c = spec.args.iter().find(|a| a.name == "c").unwrap();
+        let zero = c.zero.as_ref().expect("c is zero-filled for split-K");
+        assert_eq!(zero.eval_with(|v| (v == "SPLIT_K").then_some(4)), Ok(1));
+        assert_eq!(zero.eval_with(|v| (v == "SPLIT_K").then_some(1)), Ok(0));
         assert_ne!(spec.id(), old.id());
         let back = spec_from_toml(&spec_to_toml(&spec), &spec.source, &spec).unwrap();
         assert_eq!(back.id(), spec.id());
