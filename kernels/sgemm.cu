@@ -21,6 +21,12 @@
 // per slice. DBUF = 0 has one buffer and two __syncthreads per slice.
 // Shared memory is dynamic (the spec's shared_mem expression): NBUF * BK * (BM + 4 * ATRANS + BN)
 // floats.
+// SPLIT_K > 1 splits K into that many parts, one per blockIdx.z (ceil(slices / SPLIT_K) slices
+// each; a part past K reads zeros): grids with few tiles, such as decode rows, fill the SMs. The
+// parts add their tiles into C with atomics, so jitune zero-fills C first (the spec's `zero`).
+#ifndef SPLIT_K
+#define SPLIT_K 1
+#endif
 #ifndef BM
 #define BM 128
 #endif
@@ -234,8 +240,12 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
         }
     };
 
-    const int slices = (K + BK - 1) / BK;
-    load(0);
+    // This block's K part: slices first .. first + slices - 1 (all of K without split-K).
+    const int all_slices = (K + BK - 1) / BK;
+    const int per_part = (all_slices + SPLIT_K - 1) / SPLIT_K;
+    const int first = blockIdx.z * per_part;
+    const int slices = min(per_part, all_slices - first);
+    load(first * BK);
     store(0);
     __syncthreads();
 #if DBUF
@@ -243,7 +253,7 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
         const int buf = s & 1;
         const bool more = s + 1 < slices;
         if (more)
-            load((s + 1) * BK);
+            load((first + s + 1) * BK);
         compute(buf);
         if (more)
             store(buf ^ 1);
@@ -254,7 +264,7 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
         compute(0);
         __syncthreads();
         if (s + 1 < slices) {
-            load((s + 1) * BK);
+            load((first + s + 1) * BK);
             store(0);
             __syncthreads();
         }
@@ -277,7 +287,13 @@ sgemm(const float* __restrict__ A, const float* __restrict__ B, float* __restric
                     const int c = block_col + warp_col * WN + wn * WSUBN + lane_col * TN + j;
                     const int ai = wm * TM + i;
                     const int aj = wn * TN + j;
-                    if (vec_c) {
+                    if (SPLIT_K > 1) {
+                        // A partial sum over this K part: add into the zero-filled C.
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            if (c + e < N)
+                                atomicAdd(crow + c + e, acc[ai][aj + e]);
+                    } else if (vec_c) {
                         if (c < N)
                             *reinterpret_cast<float4*>(crow + c) =
                                 make_float4(acc[ai][aj], acc[ai][aj + 1], acc[ai][aj + 2], acc[ai][aj + 3]);

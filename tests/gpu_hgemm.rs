@@ -25,7 +25,10 @@ mod gpu_common;
 
 use std::sync::Arc;
 
-use gpu_common::{cpu_gemm, gpu_or_skip, kernel, sample_covering, sweep_evaluator, tuner, Gemm};
+use gpu_common::{
+    cpu_gemm, gpu_or_skip, kernel, kernel_with_default, sample_covering, sweep_evaluator, tuner,
+    Gemm,
+};
 use jitune::gpu::measure::{f32_to_bf16, f32_to_f16, to_f64};
 use jitune::gpu::pool::CompilePool;
 use jitune::rng::Rng;
@@ -117,31 +120,6 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
     agree(&gpu, "hgemm_bf16", [1, 256, 4096], &cover);
 }
 
-/// The spec `name` with its default config's `param` set to `value` (launched untuned by a
-/// CacheOnly tuner, this runs that value through the caller's launch path).
-fn with_default(name: &str, param: &str, value: &str) -> Kernel {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
-    let text = std::fs::read_to_string(format!("{dir}/{name}.toml")).unwrap();
-    let (head, default) = text.split_once("[default]").unwrap();
-    let default: String = default
-        .lines()
-        .map(|l| {
-            if l.split('=').next().map(str::trim) == Some(param) {
-                format!("{param} = {value}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    let spec =
-        jitune::spec::KernelSpec::from_toml_str(&format!("{head}[default]{default}"), &|f| {
-            let p = format!("{dir}/{f}");
-            std::fs::read_to_string(&p).map_err(|e| jitune::Error::io(p, e))
-        })
-        .unwrap();
-    Kernel::new(spec)
-}
-
 /// Evaluates 36 random configs of `name` at `shape` (plus more until every value of each
 /// parameter in `cover` is in) through a `GpuEvaluator`, whose reference is the spec's default
 /// config: wrong results and compile errors fail.
@@ -229,7 +207,9 @@ fn gpu_hgemm_sm90_matches_cpu() {
     // Split-K through the caller's launch path: c starts as NaN, so the parts add up right only
     // if jitune zero-filled it first. K parts past K read zeros: (64, 256, 192) has 3 slices in
     // 4 parts (TMA), (96, 200, 264) 5 in 4 parts of 2 (N % 8 != 0: the cp.async fallback).
-    let split = with_default("hgemm_sm90_tma_f16", "SPLIT_K", "4");
+    // (A tuner of its own: the spec's id ignores its default, so plans made above would be used.)
+    let split = kernel_with_default("hgemm_sm90_tma_f16", "SPLIT_K", "4");
+    let cache_only = tuner(Mode::CacheOnly, 1, 1.0);
     for shape in [
         (16, 4096, 4096),
         (64, 256, 192),

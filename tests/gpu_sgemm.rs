@@ -23,7 +23,9 @@ mod gpu_common;
 
 use std::sync::Arc;
 
-use gpu_common::{gpu_or_skip, kernel, sample_covering, sweep_evaluator, tuner, Gemm};
+use gpu_common::{
+    gpu_or_skip, kernel, kernel_with_default, sample_covering, sweep_evaluator, tuner, Gemm,
+};
 use jitune::gpu::pool::CompilePool;
 use jitune::rng::Rng;
 use jitune::search::evaluator::{Evaluator, Outcome};
@@ -77,6 +79,17 @@ fn gpu_sgemm_default_and_tuned_winners_match_cpu() {
     let blocking = tuner(Mode::Blocking, 8, 15.0);
     for shape in SHAPES {
         check(&blocking, &kernel, shape);
+    }
+    // Split-K through the caller's launch path: C starts as NaN, so the parts add up right only
+    // if jitune zero-filled it first; at K = 7 three of the four parts lie past K.
+    let split = kernel_with_default("sgemm", "SPLIT_K", "4");
+    let cache_only = tuner(Mode::CacheOnly, 1, 1.0);
+    for (m, n, k) in [(16, 4096, 4096), (257, 129, 203), (3, 5, 7)] {
+        check(&cache_only, &split, (m, n, k));
+        let plan = cache_only
+            .plan(&split, &[m as i64, n as i64, k as i64])
+            .unwrap();
+        assert!(plan.config.contains("SPLIT_K=4"), "{}", plan.config);
     }
 }
 

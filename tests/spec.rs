@@ -272,13 +272,19 @@ fn shipped_sgemm_spec_loads_with_a_large_space() {
     assert_eq!(s.name, "sgemm");
     let limits = DeviceLimits::h100();
     // Large enough to hold poor and excellent configs, small enough for an exhaustive sweep.
-    for shape in [[2048, 2048, 2048], [4096, 4096, 4096]] {
+    // Split-K is valid only where the tiles leave SMs idle, so at large shapes only SPLIT_K = 1
+    // is (decode rows get all four values).
+    for shape in [[2048, 2048, 2048], [4096, 4096, 4096], [16, 4096, 4096]] {
         let space = s.space_for(&shape, &limits).unwrap();
         let n = space.count();
         println!("sgemm: {n} valid configs at {shape:?}");
-        assert!((500..=2500).contains(&n), "{n} valid configs at {shape:?}");
+        let most = if shape[0] == 16 { 10_000 } else { 3000 };
+        assert!((500..=most).contains(&n), "{n} valid configs at {shape:?}");
         // No dead values: every value of every parameter is in some valid config.
         for (d, p) in s.params.iter().enumerate() {
+            if p.name == "SPLIT_K" && shape[0] != 16 {
+                continue;
+            }
             let mut seen = vec![false; p.values.len()];
             for c in space.iter() {
                 seen[c.0[d] as usize] = true;

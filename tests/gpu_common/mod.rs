@@ -32,6 +32,30 @@ pub fn kernel(name: &str) -> Kernel {
     Kernel::from_toml_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The spec `name` with its default config's `param` set to `value` (launched untuned by a
+/// CacheOnly tuner, this runs that value through the caller's launch path).
+pub fn kernel_with_default(name: &str, param: &str, value: &str) -> Kernel {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+    let text = std::fs::read_to_string(format!("{dir}/{name}.toml")).unwrap();
+    let (head, default) = text.split_once("[default]").unwrap();
+    let default: String = default
+        .lines()
+        .map(|l| {
+            if l.split('=').next().map(str::trim) == Some(param) {
+                format!("{param} = {value}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let spec = KernelSpec::from_toml_str(&format!("{head}[default]{default}"), &|f| {
+        let p = format!("{dir}/{f}");
+        std::fs::read_to_string(&p).map_err(|e| jitune::Error::io(p, e))
+    })
+    .unwrap();
+    Kernel::new(spec)
+}
+
 /// A tuner on device 0 with a memory-only cache, tuning at most `evals` configs in `secs`.
 pub fn tuner(mode: Mode, evals: usize, secs: f64) -> Tuner {
     let tuner = Tuner::with_context(
