@@ -585,6 +585,32 @@ impl KernelSpec {
         Ok(())
     }
 
+    /// Which arguments jitune zero-fills before a launch with the variable table `env` (filled
+    /// by [`KernelSpec::fill_env`]): bit `i` is set when argument `i`'s [`ArgSpec::zero`]
+    /// expression is non-zero. Allocation-free unless it fails.
+    pub fn zero_mask(&self, env: &[i64]) -> Result<u64> {
+        let mut mask = 0u64;
+        for (i, a) in self.args.iter().enumerate() {
+            let Some(z) = &a.zero else { continue };
+            let on = z.eval(env).map_err(|e| {
+                Error::Eval(format!(
+                    "kernel `{}`, argument `{}`, zero: {e}",
+                    self.name, a.name
+                ))
+            })?;
+            if on != 0 {
+                let bit = 1u64.checked_shl(i as u32).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "kernel `{}`: argument {i} is zero-filled; at most 64 arguments can be",
+                        self.name
+                    ))
+                })?;
+                mask |= bit;
+            }
+        }
+        Ok(mask)
+    }
+
     /// Number of tensor-map arguments (derived by jitune, not passed by callers).
     pub fn tensor_maps(&self) -> usize {
         self.args

@@ -332,19 +332,7 @@ impl Plan {
                 ))
             })?;
         }
-        *zero = 0;
-        for (i, a) in spec.args.iter().enumerate() {
-            let Some(z) = &a.zero else { continue };
-            let on = z.eval(&env).map_err(|e| {
-                Error::Eval(format!(
-                    "kernel `{}`, argument `{}`, zero: {e}",
-                    spec.name, a.name
-                ))
-            })?;
-            if on != 0 {
-                *zero |= 1 << i;
-            }
-        }
+        *zero = spec.zero_mask(&env)?;
         self.memo.write(shape, &g, &need[..spec.args.len()], *zero);
         Ok(g)
     }

@@ -346,6 +346,19 @@ fn zero_filled_outputs_are_part_of_the_spec() {
     let z = y.zero.as_ref().expect("y is zero-filled");
     assert_eq!(z.eval_with(|v| (v == "UNROLL").then_some(4)), Ok(1));
     assert_eq!(z.eval_with(|v| (v == "UNROLL").then_some(1)), Ok(0));
+    // As the launch paths see it: a mask with y's bit (argument 2) for UNROLL = 4 only.
+    let mask = |unroll: i64| {
+        let names: Vec<&str> = t.params.iter().map(|p| p.name.as_str()).collect();
+        let values: Vec<i64> = names
+            .iter()
+            .map(|n| if *n == "UNROLL" { unroll } else { 1 })
+            .collect();
+        let mut env = [0i64; jitune::spec::MAX_VARS];
+        t.fill_env(&values, &[1024, 8], &DeviceLimits::h100(), &mut env);
+        t.zero_mask(&env).unwrap()
+    };
+    assert_eq!(mask(4), 1 << 2);
+    assert_eq!(mask(1), 0);
     // The worker-process form carries it.
     let back =
         jitune::gpu::isolate::spec_from_toml(&jitune::gpu::isolate::spec_to_toml(&t), SRC, &t)

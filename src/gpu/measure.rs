@@ -446,17 +446,12 @@ impl Bench {
         };
         let mut env = [0i64; MAX_VARS];
         spec.fill_env(config, shape, limits, &mut env);
-        for b in &self.buffers {
-            let Some(zero) = &spec.args[b.arg].zero else {
-                continue;
-            };
-            let on = zero.eval(&env).map_err(|e| {
-                LaunchFailure::Invalid(format!("`{}` zero: {e}", spec.args[b.arg].name))
-            })?;
-            if on != 0 {
-                unsafe { cu::memset_d8_async(values[b.arg], 0, b.bytes, self.stream.cu_stream()) }
-                    .map_err(|e| classify(e, "zero-filling an output"))?;
-            }
+        let zero = spec
+            .zero_mask(&env)
+            .map_err(|e| LaunchFailure::Invalid(e.to_string()))?;
+        for b in self.buffers.iter().filter(|b| zero & (1 << b.arg) != 0) {
+            unsafe { cu::memset_d8_async(values[b.arg], 0, b.bytes, self.stream.cu_stream()) }
+                .map_err(|e| classify(e, "zero-filling an output"))?;
         }
         if spec.tensor_maps() == 0 {
             return unsafe { launch_raw(func, g, &self.stream, &mut values) }
