@@ -54,8 +54,7 @@ fn run() -> jitune::Result<()> {
     let cmd = jitune::gpu::pool::worker_command()
         .ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
     // The same in-process loop with a CUDA context alive (as in a tuning process), 20 configs.
-    let _ctx =
-        cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let _ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
     let t = Instant::now();
     for r in &reqs[..20] {
         let _ = compile_in_process(r)?;

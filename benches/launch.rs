@@ -65,7 +65,7 @@ fn run() -> jitune::Result<()> {
         .default_config(&[("B", "64")])
         .build()?;
     let kernel = Kernel::new(spec);
-    let ctx = CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let ctx = CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
     let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
     tuner.set_tune_options(TuneOptions {
         max_evals: 3,
@@ -73,14 +73,14 @@ fn run() -> jitune::Result<()> {
     });
     let stream = ctx
         .new_stream()
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let n = 256usize;
     let x = stream
         .clone_htod(&vec![1.0f32; n])
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let mut y = stream
         .alloc_zeros::<f32>(n)
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let shape = [n as i64];
     // First launch tunes; then every launch is a hit.
     tuner.launch(
@@ -91,7 +91,7 @@ fn run() -> jitune::Result<()> {
     )?;
     stream
         .synchronize()
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let plan = tuner
         .plan(&kernel, &shape)
         .ok_or_else(|| jitune::Error::Search("no plan".into()))?;
@@ -101,13 +101,13 @@ fn run() -> jitune::Result<()> {
     let img = jitune::gpu::compile::compile_in_process(
         &jitune::gpu::compile::CompileRequest::new(&kernel.spec, &cfg, &tuner.gpu().arch),
     )?
-    .map_err(|log| jitune::Error::Compile { log })?;
+    .map_err(jitune::Error::compile)?;
     let module = ctx
         .load_module(img.to_ptx())
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let func = module
         .load_function("tiny")
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let b = space.int_value(&cfg, 0) as u32;
     let lc = LaunchConfig {
         grid_dim: ((n as u32).div_ceil(b), 1, 1),
@@ -125,13 +125,13 @@ fn run() -> jitune::Result<()> {
             let raw_side = (side + round) % 2 == 0;
             stream
                 .synchronize()
-                .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+                .map_err(|e| jitune::Error::driver("CUDA", e))?;
             let t = Instant::now();
             for _ in 0..BATCH {
                 if raw_side {
                     let mut l = stream.launch_builder(&func);
                     l.arg(&x).arg(&mut y).arg(&ni);
-                    unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+                    unsafe { l.launch(lc) }.map_err(|e| jitune::Error::driver("CUDA", e))?;
                 } else {
                     tuner.launch(
                         &kernel,
@@ -144,7 +144,7 @@ fn run() -> jitune::Result<()> {
             let ns = t.elapsed().as_nanos() as f64 / BATCH as f64;
             stream
                 .synchronize()
-                .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+                .map_err(|e| jitune::Error::driver("CUDA", e))?;
             if round > 2 {
                 if raw_side {
                     raw_ns.push(ns)
@@ -169,12 +169,12 @@ fn run() -> jitune::Result<()> {
     for _ in 0..1000 {
         let mut l = stream.launch_builder(&func);
         l.arg(&x).arg(&mut y).arg(&ni);
-        unsafe { l.launch(lc) }.map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        unsafe { l.launch(lc) }.map_err(|e| jitune::Error::driver("CUDA", e))?;
     }
     let raw_allocs = ALLOCS.load(Ordering::Relaxed) - before;
     stream
         .synchronize()
-        .map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+        .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let raw = median(&mut raw_ns);
     let jit = median(&mut jit_ns);
     println!(

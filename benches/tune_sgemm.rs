@@ -40,8 +40,7 @@ fn run() -> jitune::Result<()> {
     let evals: usize = arg("--evals").and_then(|s| s.parse().ok()).unwrap_or(100);
     let skip_exhaustive = std::env::args().any(|a| a == "--skip-exhaustive");
     let flops = 2.0 * shape.iter().map(|d| *d as f64).product::<f64>();
-    let ctx =
-        cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::Cuda(e.to_string()))?;
+    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
 
     // Separate memory-only caches: neither run may reuse the other's CUBINs.
     let lfbo_tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;

@@ -61,7 +61,10 @@ fn kt_failure(c: FailureClass) -> &'static str {
     match c {
         FailureClass::Compile => "CompilationFailedConfig",
         FailureClass::WrongResult => "VerificationFailedConfig",
-        FailureClass::Launch | FailureClass::Timeout => "RuntimeFailedConfig",
+        FailureClass::Launch
+        | FailureClass::TooSlow
+        | FailureClass::Timeout
+        | FailureClass::Crashed => "RuntimeFailedConfig",
     }
 }
 

@@ -62,7 +62,7 @@ fn run() -> Result<()> {
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
     let tuner = Tuner::with_context(ctx, Cache::open(CacheOptions::at(&build))?, Mode::Blocking)?;
     let store = tuner.cache().user_store().ok_or_else(|| {
-        Error::Store(format!(
+        Error::store(format!(
             "cannot write the build cache {}: {}",
             build.display(),
             tuner.cache().degraded().unwrap_or("unknown reason")

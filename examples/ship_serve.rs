@@ -46,7 +46,7 @@ fn run() -> Result<bool> {
     jitune::gpu::require_cuda()?;
     let shipped = common::ship_dir().join("tuned.sqlite");
     if !shipped.is_file() {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "{} does not exist; run `cargo run --release --example ship` first",
             shipped.display()
         )));
@@ -59,7 +59,7 @@ fn run() -> Result<bool> {
         .collect();
     let cache = Cache::open(CacheOptions::memory_only().with_shipped(&shipped))?;
     if cache.shipped_stores().is_empty() {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "{} could not be opened as a shipped cache (see the warning above)",
             shipped.display()
         )));

@@ -30,8 +30,12 @@ pub enum Error {
     Space(String),
     /// A shape does not match the spec's dimensions.
     Shape(String),
-    /// The SQLite store failed.
-    Store(String),
+    /// The SQLite store failed: what it was doing (the file, usually), and SQLite's own error
+    /// when there was one (kept as the [`source`](std::error::Error::source)).
+    Store {
+        msg: String,
+        source: Option<rusqlite::Error>,
+    },
     /// A cache file was written by a newer jitune schema than this build understands.
     NewerSchema {
         path: PathBuf,
@@ -47,10 +51,14 @@ pub enum Error {
     Json { what: String, msg: String },
     /// The CUDA driver or NVRTC library is missing or failed to load.
     NoCuda(String),
-    /// A CUDA driver call failed.
-    Cuda(String),
-    /// NVRTC failed to compile a kernel; the log is kept.
-    Compile { log: String },
+    /// A CUDA driver call failed: what it was doing, and the driver's error when there was one
+    /// (kept as the [`source`](std::error::Error::source)).
+    Cuda {
+        msg: String,
+        source: Option<cudarc::driver::DriverError>,
+    },
+    /// NVRTC failed to compile a kernel; its log is the [`source`](std::error::Error::source).
+    Compile { log: CompileLog },
     /// A search or evaluation could not proceed.
     Search(String),
     /// An argument passed by the caller is invalid.
@@ -70,7 +78,10 @@ impl fmt::Display for Error {
             Error::Eval(m) => write!(f, "expression evaluation failed: {m}"),
             Error::Space(m) => write!(f, "search space: {m}"),
             Error::Shape(m) => write!(f, "shape: {m}"),
-            Error::Store(m) => write!(f, "cache store: {m}"),
+            Error::Store { msg, source } => match source {
+                Some(e) => write!(f, "cache store: {msg}: {e}"),
+                None => write!(f, "cache store: {msg}"),
+            },
             Error::NewerSchema { path, found, supported } => write!(
                 f,
                 "cache file {} has schema version {found}, newer than this jitune supports ({supported}); \
@@ -80,8 +91,11 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Json { what, msg } => write!(f, "{what}: malformed JSON: {msg}"),
             Error::NoCuda(m) => write!(f, "CUDA unavailable: {m}"),
-            Error::Cuda(m) => write!(f, "CUDA error: {m}"),
-            Error::Compile { log } => write!(f, "NVRTC compilation failed:\n{log}"),
+            Error::Cuda { msg, source } => match source {
+                Some(e) => write!(f, "CUDA error: {msg}: {e}"),
+                None => write!(f, "CUDA error: {msg}"),
+            },
+            Error::Compile { log } => write!(f, "NVRTC compilation failed:\n{}", log.0),
             Error::Search(m) => write!(f, "search: {m}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
         }
@@ -92,6 +106,13 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Store {
+                source: Some(e), ..
+            } => Some(e),
+            Error::Cuda {
+                source: Some(e), ..
+            } => Some(e),
+            Error::Compile { log } => Some(log),
             _ => None,
         }
     }
@@ -99,16 +120,104 @@ impl std::error::Error for Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Store(e.to_string())
+        Error::Store {
+            msg: "SQLite".into(),
+            source: Some(e),
+        }
     }
 }
 
+/// NVRTC's compile log, as the source of an [`Error::Compile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileLog(pub String);
+
+impl fmt::Display for CompileLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CompileLog {}
+
 impl Error {
+    /// A store failure that SQLite did not report (a read-only file, a bad row).
+    pub fn store(msg: impl Into<String>) -> Self {
+        Error::Store {
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// A SQLite error, with what was being done (the file, usually).
+    pub fn sqlite(msg: impl Into<String>, source: rusqlite::Error) -> Self {
+        Error::Store {
+            msg: msg.into(),
+            source: Some(source),
+        }
+    }
+
+    /// A CUDA failure without a driver error code (a missing symbol, a bad image).
+    pub fn cuda(msg: impl Into<String>) -> Self {
+        Error::Cuda {
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// A failed CUDA driver call, with what was being done.
+    pub fn driver(msg: impl Into<String>, source: cudarc::driver::DriverError) -> Self {
+        Error::Cuda {
+            msg: msg.into(),
+            source: Some(source),
+        }
+    }
+
+    /// NVRTC rejected a source; `log` is its compile log.
+    pub fn compile(log: impl Into<String>) -> Self {
+        Error::Compile {
+            log: CompileLog(log.into()),
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_keep_their_source() {
+        let sql = rusqlite::Connection::open_in_memory()
+            .unwrap()
+            .execute("NOT SQL", [])
+            .unwrap_err();
+        let e = Error::sqlite("/tmp/x.sqlite", sql);
+        let src = e.source().expect("the SQLite error is the source");
+        assert!(src.downcast_ref::<rusqlite::Error>().is_some());
+        assert!(e.to_string().starts_with("cache store: /tmp/x.sqlite: "));
+
+        let d = Error::driver(
+            "launching",
+            cudarc::driver::DriverError(
+                cudarc::driver::sys::CUresult::CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+            ),
+        );
+        assert!(d
+            .source()
+            .and_then(|s| s.downcast_ref::<cudarc::driver::DriverError>())
+            .is_some());
+
+        let c = Error::compile("kernel.cu(3): error: identifier \"x\" is undefined");
+        let log = c.source().and_then(|s| s.downcast_ref::<CompileLog>());
+        assert!(log.is_some_and(|l| l.0.contains("undefined")));
+        assert!(Error::store("read-only").source().is_none());
     }
 }

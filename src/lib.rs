@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod error;
 pub mod expr;
+pub mod failure;
 pub mod gpu;
 pub mod key;
 pub mod replay;

@@ -422,10 +422,7 @@ impl Plan {
                     cudarc::driver::result::memset_d8_async(raw[i], 0, bytes, stream.cu_stream())
                 }
                 .map_err(|e| {
-                    Error::Cuda(format!(
-                        "zero-filling `{}` for `{}`: {e}",
-                        a.name, spec.name
-                    ))
+                    Error::driver(format!("zero-filling `{}` for `{}`", a.name, spec.name), e)
                 })?;
             }
         }
@@ -451,12 +448,7 @@ impl Plan {
             }
         };
         drop(guards);
-        r.map_err(|e| {
-            Error::Cuda(format!(
-                "launching `{}` with {}: {e}",
-                spec.name, self.config
-            ))
-        })
+        r.map_err(|e| Error::driver(format!("launching `{}` with {}", spec.name, self.config), e))
     }
 }
 
@@ -897,7 +889,7 @@ impl Tuner {
             _ => {
                 self.inner.compiles.fetch_add(1, Ordering::Relaxed);
                 let img = compile_in_process(&CompileRequest::new(spec, config, &gpu.arch))?
-                    .map_err(|log| Error::Compile { log })?;
+                    .map_err(Error::compile)?;
                 if let Err(e) = self.inner.cache.put_binary(&bkey, &img.to_bytes()) {
                     log::warn!("jitune: could not store a CUBIN: {e}");
                 }
@@ -908,9 +900,9 @@ impl Tuner {
         let func = crate::gpu::guarded("loading a module", || {
             let m = ctx
                 .load_module(image.to_ptx())
-                .map_err(|e| Error::Cuda(format!("loading {}: {e}", spec.name)))?;
+                .map_err(|e| Error::driver(format!("loading {}", spec.name), e))?;
             m.load_function(&spec.entry)
-                .map_err(|e| Error::Cuda(format!("function `{}`: {e}", spec.entry)))
+                .map_err(|e| Error::driver(format!("function `{}`", spec.entry), e))
         })?;
         let values: Vec<i64> = (0..spec.params.len())
             .map(|d| space.int_value(config, d))
@@ -918,7 +910,7 @@ impl Tuner {
         let mut env = [0i64; MAX_VARS];
         spec.fill_env(&values, shape, &gpu.limits, &mut env);
         let g = spec.geometry_in(&env)?;
-        allow_shared(&func, &g).map_err(|e| Error::Cuda(format!("shared memory limit: {e}")))?;
+        allow_shared(&func, &g).map_err(|e| Error::driver("shared memory limit", e))?;
         Ok(Plan {
             func,
             env,

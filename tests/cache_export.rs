@@ -7,6 +7,7 @@ use cache_common::*;
 use jitune::cache::export::{export_json, export_sqlite, import, merge, Snapshot};
 use jitune::cache::store::{BinaryKey, Store};
 use jitune::cache::{Cache, CacheOptions};
+use jitune::failure::FailureClass;
 use jitune::Error;
 
 fn sample_store(path: &std::path::Path) -> Store {
@@ -29,7 +30,7 @@ fn sample_store(path: &std::path::Path) -> Store {
         .record_failure(
             &key(1, &[1, 4096], &b),
             "BM=512,BN=512,BK=64",
-            "compile",
+            FailureClass::Compile,
             "uses too much shared memory \"quoted\"\n",
         )
         .unwrap();
@@ -135,13 +136,13 @@ fn merge_keeps_the_faster_winner_and_the_union() {
     a.put(&entry(1, &[64], &d, "from=a,slow", 2.0)).unwrap();
     a.put(&entry(1, &[128], &d, "from=a,fast", 1.0)).unwrap();
     a.put(&entry(3, &[8], &d, "only=a", 1.0)).unwrap();
-    a.record_failure(&key(1, &[64], &d), "bad=a", "launch", "m")
+    a.record_failure(&key(1, &[64], &d), "bad=a", FailureClass::Launch, "m")
         .unwrap();
     let b = Store::open_rw(dir.join("b.sqlite")).unwrap();
     b.put(&entry(1, &[64], &d, "from=b,fast", 1.5)).unwrap();
     b.put(&entry(1, &[128], &d, "from=b,slow", 3.0)).unwrap();
     b.put(&entry(4, &[8], &d, "only=b", 1.0)).unwrap();
-    b.record_failure(&key(1, &[64], &d), "bad=b", "compile", "m")
+    b.record_failure(&key(1, &[64], &d), "bad=b", FailureClass::Compile, "m")
         .unwrap();
     // Mix the formats: a as JSON, b as SQLite.
     export_json(&a, dir.join("a.json")).unwrap();

@@ -7,6 +7,7 @@ use cache_common::*;
 use jitune::cache::export::export_sqlite;
 use jitune::cache::store::{BinaryKey, Store};
 use jitune::cache::{Cache, CacheOptions, UserCache};
+use jitune::failure::FailureClass;
 
 #[test]
 fn put_then_lookup_through_memory_and_user_file() {
@@ -207,16 +208,16 @@ fn failures_binaries_and_inflight_pass_through() {
     let d = dev("GPU A");
     let k = key(1, &[32], &d);
     cache
-        .record_failure(&k, "BM=256", "compile", "too many registers")
+        .record_failure(&k, "BM=256", FailureClass::Compile, "too many registers")
         .unwrap();
     cache
-        .record_failure(&k, "BM=512", "launch", "too many resources")
+        .record_failure(&k, "BM=512", FailureClass::Launch, "too many resources")
         .unwrap();
     cache
-        .record_failure(&k, "BM=512", "launch", "again")
+        .record_failure(&k, "BM=512", FailureClass::Launch, "again")
         .unwrap();
     cache
-        .record_failure(&key(1, &[64], &d), "BM=1", "too_slow", "x")
+        .record_failure(&key(1, &[64], &d), "BM=1", FailureClass::TooSlow, "x")
         .unwrap();
     let f = cache.failures_for(&k).unwrap();
     assert_eq!(
@@ -224,12 +225,12 @@ fn failures_binaries_and_inflight_pass_through() {
         vec![
             (
                 "BM=256".to_string(),
-                "compile".to_string(),
+                FailureClass::Compile,
                 "too many registers".to_string()
             ),
             (
                 "BM=512".to_string(),
-                "launch".to_string(),
+                FailureClass::Launch,
                 "again".to_string()
             )
         ]
@@ -271,7 +272,7 @@ fn memory_only_cache_works_without_files() {
     assert_eq!(cache.entries().unwrap(), vec![e]);
     // pass-throughs are harmless no-ops
     cache
-        .record_failure(&key(1, &[8], &d), "x=2", "compile", "m")
+        .record_failure(&key(1, &[8], &d), "x=2", FailureClass::Compile, "m")
         .unwrap();
     assert!(cache.failures_for(&key(1, &[8], &d)).unwrap().is_empty());
 }

@@ -22,6 +22,7 @@ use cache_common::{dev, entry, key, TempDir};
 use cache_load_common::*;
 use jitune::cache::store::BinaryKey;
 use jitune::cache::{Cache, CacheOptions};
+use jitune::failure::FailureClass;
 use jitune::rng::Rng;
 
 const PROCS: usize = 8;
@@ -70,7 +71,7 @@ fn child(env: ChildEnv) {
                         cache.clear_inflight(&tk, &config).expect("clear");
                     }
                     cache
-                        .record_failure(&tk, "c=9", "wrong_result", "planted")
+                        .record_failure(&tk, "c=9", FailureClass::WrongResult, "planted")
                         .expect("failure");
                     let bk = BinaryKey {
                         kernel: tk.kernel,

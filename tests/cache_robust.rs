@@ -45,7 +45,10 @@ fn garbage_file_is_moved_aside_and_replaced() {
     // A stale WAL of the broken file must not be replayed into the fresh one.
     std::fs::write(dir.join("cache.sqlite-wal"), b"junk wal").unwrap();
     // The strict open refuses and leaves everything in place.
-    assert!(matches!(Store::open_rw_strict(&path), Err(Error::Store(_))));
+    assert!(matches!(
+        Store::open_rw_strict(&path),
+        Err(Error::Store { .. })
+    ));
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
 
     check_fresh_cache_works(&path);

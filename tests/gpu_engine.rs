@@ -300,7 +300,7 @@ extern "C" __global__ void twice(const float* x, float* y, int n) {
         failures
             .iter()
             .filter(|f| f.0.contains(&format!("BAD={bad}")))
-            .map(|f| f.1.clone())
+            .map(|f| f.1.name())
             .collect::<Vec<_>>()
     };
     assert_eq!(class_of("1"), vec!["compile", "compile"]);

@@ -138,7 +138,7 @@ fn faults_are_survived_and_recorded() {
         .failures_for(&key)
         .expect("failures")
         .into_iter()
-        .map(|(c, class, msg)| (c, (class, msg)))
+        .map(|(c, class, msg)| (c, (class.name().to_string(), msg)))
         .collect();
     println!(
         "faults: tuned in {tuned_s:.1} s while the host launched {launches} times; winner {}",

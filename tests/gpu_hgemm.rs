@@ -148,7 +148,7 @@ fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, name: &str, shape: [i64; 3], cover
                     launch += 1;
                     println!("  launch failure {}: {}", space.config_text(c), f.detail);
                 }
-                Outcome::Failed(f) if f.class == FailureClass::Timeout => slow += 1,
+                Outcome::Failed(f) if f.class == FailureClass::TooSlow => slow += 1,
                 Outcome::Failed(f) => panic!(
                     "{name} {shape:?}: {} failed: {} ({})",
                     space.config_text(c),

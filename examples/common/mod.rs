@@ -23,7 +23,7 @@ use jitune::{Error, Result};
 
 /// A CUDA error as a jitune error, naming what was being done.
 pub fn cuda<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
-    move |e| Error::Cuda(format!("{what}: {e}"))
+    move |e| Error::cuda(format!("{what}: {e}"))
 }
 
 /// The path of `kernels/NAME.toml` in this checkout.
@@ -304,7 +304,7 @@ impl Blas {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
             )
         }
-        .map_err(|e| Error::Cuda(format!("cublasGemmEx: {e}")))
+        .map_err(|e| Error::cuda(format!("cublasGemmEx: {e}")))
     }
 }
 

@@ -336,7 +336,7 @@ fn failure_to_json(f: &FailureRecord) -> Value {
         format!("{:016x}", f.key.device).into(),
     );
     m.insert("config".into(), f.config.clone().into());
-    m.insert("class".into(), f.class.clone().into());
+    m.insert("class".into(), f.class.name().into());
     m.insert("message".into(), f.message.clone().into());
     m.insert("at".into(), f.at.into());
     Value::Object(m)
@@ -417,7 +417,7 @@ fn failure_from_json(v: &Value) -> std::result::Result<FailureRecord, String> {
     Ok(FailureRecord {
         key: f.key()?,
         config: f.str("config")?.into(),
-        class: f.str("class")?.into(),
+        class: crate::failure::FailureClass::from_stored(f.str("class")?),
         message: f.str("message")?.into(),
         at: f.i64("at")?,
     })

@@ -568,7 +568,7 @@ impl Cache {
         &self,
         key: &TuningKey,
         config: &str,
-        class: &str,
+        class: crate::failure::FailureClass,
         message: &str,
     ) -> Result<()> {
         match &self.user {
@@ -579,8 +579,12 @@ impl Cache {
 
     /// Failed configs for `key`: `(config, class, message)` from the user store and shipped
     /// stores (first occurrence of a config wins).
-    pub fn failures_for(&self, key: &TuningKey) -> Result<Vec<(String, String, String)>> {
-        let mut out: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    pub fn failures_for(
+        &self,
+        key: &TuningKey,
+    ) -> Result<Vec<(String, crate::failure::FailureClass, String)>> {
+        let mut out: BTreeMap<String, (String, crate::failure::FailureClass, String)> =
+            BTreeMap::new();
         for store in self.layers() {
             for f in store.failures_for(key)? {
                 out.entry(f.0.clone()).or_insert(f);

@@ -16,6 +16,7 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 
+use crate::failure::FailureClass;
 use crate::key::{DeviceFingerprint, KernelId, ShapeBucket, TuningKey};
 use crate::{Error, Result};
 
@@ -88,20 +89,6 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Failure classes recorded by the tuner (free text in the store; these are the usual ones).
-pub mod failure_class {
-    /// NVRTC rejected the config.
-    pub const COMPILE: &str = "compile";
-    /// The launch failed (too many resources, invalid configuration, ...).
-    pub const LAUNCH: &str = "launch";
-    /// The kernel ran but produced a wrong result.
-    pub const WRONG_RESULT: &str = "wrong_result";
-    /// The config was abandoned because it was far slower than the best so far.
-    pub const TOO_SLOW: &str = "too_slow";
-    /// The process died while this config was being evaluated (found via an in-flight marker).
-    pub const CRASHED: &str = "crashed";
-}
-
 /// How a store was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -120,8 +107,8 @@ pub struct FailureRecord {
     pub key: TuningKey,
     /// The config, canonical text.
     pub config: String,
-    /// Failure class, see [`failure_class`].
-    pub class: String,
+    /// Why it failed.
+    pub class: FailureClass,
     /// What went wrong.
     pub message: String,
     /// When (unix seconds).
@@ -248,8 +235,14 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{}: {e}", path.display()))
+/// A SQLite error about the file at `path`.
+fn store_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::sqlite(path.display().to_string(), e)
+}
+
+/// A store problem SQLite did not report, about the file at `path`.
+fn store_msg(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::store(format!("{}: {msg}", path.display()))
 }
 
 impl Store {
@@ -286,7 +279,7 @@ impl Store {
                     Ok(s) => Ok(s),
                     Err(OpenFail::Other(e)) => Err(e),
                     Err(OpenFail::Corrupt(why)) => {
-                        Err(store_err(path, format!("fresh cache is unusable: {why}")))
+                        Err(store_msg(path, format!("fresh cache is unusable: {why}")))
                     }
                     Err(OpenFail::Newer(found)) => Err(Error::NewerSchema {
                         path: path.to_path_buf(),
@@ -311,7 +304,7 @@ impl Store {
                 supported: SCHEMA_VERSION,
             }),
             Err(OpenFail::Corrupt(why)) => {
-                Err(store_err(path, format!("not a usable jitune cache: {why}")))
+                Err(store_msg(path, format!("not a usable jitune cache: {why}")))
             }
         }
     }
@@ -349,13 +342,13 @@ impl Store {
         let version = match check_file(&conn) {
             Ok(v) => v,
             Err(OpenFail::Corrupt(why)) => {
-                return Err(store_err(path, format!("not a usable jitune cache: {why}")))
+                return Err(store_msg(path, format!("not a usable jitune cache: {why}")))
             }
-            Err(OpenFail::Other(e)) => return Err(store_err(path, e)),
+            Err(OpenFail::Other(e)) => return Err(e),
             Err(OpenFail::Newer(v)) => v,
         };
         if version == 0 {
-            return Err(store_err(path, "not a jitune cache (no schema)"));
+            return Err(store_msg(path, "not a jitune cache (no schema)"));
         }
         let access = if version > SCHEMA_VERSION {
             log::warn!(
@@ -384,7 +377,7 @@ impl Store {
         // SQLite silently opens a write-protected file read-only; we want to know now, not at the
         // first put.
         if conn.is_readonly("main")? {
-            return Err(OpenFail::Other(store_err(path, "file is read-only")));
+            return Err(OpenFail::Other(store_msg(path, "file is read-only")));
         }
         let version = check_file(&conn)?;
         // WAL: readers never block the writer and a killed writer never damages committed data.
@@ -421,7 +414,7 @@ impl Store {
         let version = match migrate(&mut conn) {
             Ok(v) => v,
             Err(OpenFail::Other(e)) => return Err(e),
-            Err(_) => return Err(store_err(path, "could not create schema")),
+            Err(_) => return Err(store_msg(path, "could not create schema")),
         };
         Ok(Store {
             conn: Mutex::new(conn),
@@ -454,7 +447,7 @@ impl Store {
     fn check_writable(&self) -> Result<()> {
         match self.access {
             Access::ReadWrite => Ok(()),
-            Access::ReadOnly => Err(store_err(&self.path, "opened read-only")),
+            Access::ReadOnly => Err(store_msg(&self.path, "opened read-only")),
             Access::NewerSchema => Err(Error::NewerSchema {
                 path: self.path.clone(),
                 found: self.version,
@@ -673,13 +666,13 @@ impl Store {
         &self,
         key: &TuningKey,
         config: &str,
-        class: &str,
+        class: FailureClass,
         message: &str,
     ) -> Result<()> {
         let rec = FailureRecord {
             key: *key,
             config: config.into(),
-            class: class.into(),
+            class,
             message: message.into(),
             at: unix_now(),
         };
@@ -697,7 +690,7 @@ impl Store {
     }
 
     /// The configs that failed for `key`: `(config, class, message)`, sorted by config.
-    pub fn failures_for(&self, key: &TuningKey) -> Result<Vec<(String, String, String)>> {
+    pub fn failures_for(&self, key: &TuningKey) -> Result<Vec<(String, FailureClass, String)>> {
         let conn = self.conn.lock();
         let mut st = conn
             .prepare_cached(
@@ -707,7 +700,10 @@ impl Store {
         let rows = st
             .query_map(
                 params![key.kernel.to_hex(), key.shape.to_text(), key.device as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    let class: String = r.get(1)?;
+                    Ok((r.get(0)?, FailureClass::from_stored(&class), r.get(2)?))
+                },
             )
             .map_err(|e| store_err(&self.path, e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -743,7 +739,7 @@ impl Store {
                 Some(key) => out.push(FailureRecord {
                     key,
                     config,
-                    class,
+                    class: FailureClass::from_stored(&class),
                     message,
                     at,
                 }),
@@ -785,7 +781,7 @@ impl Store {
     }
 
     /// Turns the in-flight markers of `key` left by dead processes into failures of class
-    /// [`failure_class::CRASHED`] and returns their configs (sorted). Markers of this process
+    /// [`FailureClass::Crashed`] and returns their configs (sorted). Markers of this process
     /// and of live processes stay. Liveness is checked through `/proc` on Linux (pid and process
     /// start time, so a recycled pid is not mistaken for the writer); elsewhere every marker of
     /// another process counts as stale.
@@ -814,7 +810,7 @@ impl Store {
                 let rec = FailureRecord {
                     key: *key,
                     config: config.clone(),
-                    class: failure_class::CRASHED.into(),
+                    class: FailureClass::Crashed,
                     message: format!("process {pid} died while evaluating this config (marked in flight at unix time {at})"),
                     at: unix_now(),
                 };
@@ -851,7 +847,7 @@ fn insert_failure(tx: &rusqlite::Transaction<'_>, f: &FailureRecord) -> rusqlite
         "INSERT OR REPLACE INTO failures (kernel_id, shape, device_hash, config, class, message, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![f.key.kernel.to_hex(), f.key.shape.to_text(), f.key.device as i64, f.config, f.class, f.message, f.at])
+    .execute(params![f.key.kernel.to_hex(), f.key.shape.to_text(), f.key.device as i64, f.config, f.class.name(), f.message, f.at])
 }
 
 /// Checks that `conn` holds a healthy jitune cache (or an empty file) and returns its schema
@@ -951,7 +947,7 @@ fn move_aside(path: &Path) -> Result<PathBuf> {
         }
         n += 1;
         if n > 1000 {
-            return Err(store_err(
+            return Err(store_msg(
                 path,
                 "cannot find a free name to move the corrupt cache aside",
             ));
@@ -1040,7 +1036,7 @@ impl RawEntry {
 
     fn into_entry(self, path: &Path) -> Result<Entry> {
         let bad = |what: &str, v: &dyn std::fmt::Debug| {
-            store_err(path, format!("bad {what} {v:?} in entries"))
+            store_msg(path, format!("bad {what} {v:?} in entries"))
         };
         let key = decode_key(&self.kernel, &self.shape, self.device_hash)
             .ok_or_else(|| bad("key", &(&self.kernel, &self.shape)))?;

@@ -78,9 +78,10 @@ impl From<Error> for CliError {
     fn from(e: Error) -> CliError {
         let code = match &e {
             Error::NoCuda(_) => exit::NO_CUDA,
-            Error::Store(_) | Error::NewerSchema { .. } | Error::Json { .. } | Error::Io { .. } => {
-                exit::CACHE
-            }
+            Error::Store { .. }
+            | Error::NewerSchema { .. }
+            | Error::Json { .. }
+            | Error::Io { .. } => exit::CACHE,
             _ => exit::RUNTIME,
         };
         CliError::new(code, e.to_string())

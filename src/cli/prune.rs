@@ -140,8 +140,7 @@ fn delete(
     kept_ids: &BTreeSet<KernelId>,
     prune_binaries: bool,
 ) -> CliResult {
-    let serr =
-        |e: rusqlite::Error| CliError::from(Error::Store(format!("{}: {e}", path.display())));
+    let serr = |e: rusqlite::Error| CliError::from(Error::sqlite(path.display().to_string(), e));
     let mut conn = rusqlite::Connection::open(path).map_err(serr)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(serr)?;
     let tx = conn

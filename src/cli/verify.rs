@@ -277,7 +277,7 @@ fn print_rows(rows: &[Row]) {
 /// Whether an error belongs to one entry (its spec or config) rather than to the GPU: those
 /// become a `failed` row, the others end the command.
 fn entry_level(e: &Error) -> bool {
-    !matches!(e, Error::Cuda(_) | Error::NoCuda(_))
+    !matches!(e, Error::Cuda { .. } | Error::NoCuda(_))
 }
 
 /// Re-measures one entry's winner and its spec's default config.

@@ -116,7 +116,7 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
         let (mut major, mut minor) = (0, 0);
         let r = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
         if r != sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(Error::Cuda(format!("nvrtcVersion: {r:?}")));
+            return Err(Error::cuda(format!("nvrtcVersion: {r:?}")));
         }
         Ok((major, minor))
     })
@@ -172,7 +172,7 @@ fn compile_once(
     cubin: bool,
 ) -> Result<std::result::Result<Image, String>> {
     let prog = nvrtc::create_program(src, Some(name))
-        .map_err(|e| Error::Cuda(format!("nvrtcCreateProgram: {e:?}")))?;
+        .map_err(|e| Error::cuda(format!("nvrtcCreateProgram: {e:?}")))?;
     let mut opts: Vec<String> = options.to_vec();
     opts.push(arch_opt.to_string());
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };

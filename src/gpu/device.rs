@@ -26,7 +26,7 @@ impl Gpu {
     pub fn new(ordinal: usize) -> Result<Gpu> {
         super::require_cuda()?;
         let ctx = super::guarded("opening the device", || {
-            CudaContext::new(ordinal).map_err(|e| Error::Cuda(format!("device {ordinal}: {e}")))
+            CudaContext::new(ordinal).map_err(|e| Error::driver(format!("device {ordinal}"), e))
         })?;
         Gpu::from_context(ctx)
     }
@@ -38,7 +38,7 @@ impl Gpu {
             let attr = |a: A| {
                 ctx.attribute(a)
                     .map(|v| v as i64)
-                    .map_err(|e| Error::Cuda(format!("{a:?}: {e}")))
+                    .map_err(|e| Error::driver(format!("{a:?}"), e))
             };
             let limits = DeviceLimits {
                 max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
@@ -57,9 +57,7 @@ impl Gpu {
                 cc_minor: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
                 l2_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
             };
-            let name = ctx
-                .name()
-                .map_err(|e| Error::Cuda(format!("device name: {e}")))?;
+            let name = ctx.name().map_err(|e| Error::driver("device name", e))?;
             let nvrtc_version = super::compile::nvrtc_version()?;
             let fingerprint = DeviceFingerprint {
                 name,

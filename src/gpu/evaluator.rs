@@ -108,10 +108,10 @@ impl GpuEvaluator {
                 "jitune: {} config {c} was running when a process died; it will not be tried again",
                 spec.name
             );
-            failed.insert(c, FailureClass::Launch);
+            failed.insert(c, FailureClass::Crashed);
         }
         for (c, class, _) in cache.failures_for(&key).unwrap_or_default() {
-            failed.insert(c, class_from_str(&class));
+            failed.insert(c, class);
         }
         Ok(GpuEvaluator {
             gpu,
@@ -181,11 +181,7 @@ impl GpuEvaluator {
 
     fn fail(&mut self, config: &Config, class: FailureClass, detail: String) -> Outcome {
         let text = self.space.config_text(config);
-        let class_name = class_name(class);
-        if let Err(e) = self
-            .cache
-            .record_failure(&self.key, &text, class_name, &detail)
-        {
+        if let Err(e) = self.cache.record_failure(&self.key, &text, class, &detail) {
             log::warn!("jitune: could not record a failure: {e}");
         }
         log::debug!(
@@ -211,10 +207,10 @@ impl GpuEvaluator {
         let func = super::guarded("loading a module", || {
             let module = ctx
                 .load_module(image.to_ptx())
-                .map_err(|e| Error::Cuda(e.to_string()))?;
+                .map_err(|e| Error::driver("loading a module", e))?;
             module
                 .load_function(&entry)
-                .map_err(|e| Error::Cuda(e.to_string()))
+                .map_err(|e| Error::driver("looking up the kernel function", e))
         });
         let func = match func {
             Ok(f) => f,
@@ -233,9 +229,11 @@ impl GpuEvaluator {
             Err(LaunchFailure::Invalid(m)) => Some(self.fail(config, FailureClass::Launch, m)),
             Err(LaunchFailure::Sticky(m)) => {
                 // The context is unusable: record the config as crashed and stop the search.
-                let _ = self.cache.record_failure(&self.key, &text, "crashed", &m);
+                let _ = self
+                    .cache
+                    .record_failure(&self.key, &text, FailureClass::Crashed, &m);
                 let _ = self.cache.clear_inflight(&self.key, &text);
-                return Err(Error::Cuda(format!(
+                return Err(Error::cuda(format!(
                     "config {text} broke the CUDA context: {m}"
                 )));
             }
@@ -301,14 +299,14 @@ impl GpuEvaluator {
             Err(LaunchFailure::Invalid(m)) => {
                 return Ok(self.fail(config, FailureClass::Launch, m))
             }
-            Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
+            Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
         };
         if probe[0] > self.options.too_slow_factor * self.best_ms {
             let detail = format!(
                 "too slow: {:.3} ms against a best of {:.3} ms",
                 probe[0], self.best_ms
             );
-            return Ok(self.fail(config, FailureClass::Timeout, detail));
+            return Ok(self.fail(config, FailureClass::TooSlow, detail));
         }
         let samples = match self
             .bench
@@ -318,7 +316,7 @@ impl GpuEvaluator {
             Err(LaunchFailure::Invalid(m)) => {
                 return Ok(self.fail(config, FailureClass::Launch, m))
             }
-            Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
+            Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
         };
         let m = median(&samples);
         self.best_ms = self.best_ms.min(m);
@@ -357,7 +355,7 @@ impl GpuEvaluator {
             let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
             match self.bench.time(&func, &g, &v, 3)? {
                 Ok(s) => self.best_ms = self.best_ms.min(median(&s)),
-                Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
+                Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
                 Err(LaunchFailure::Invalid(_)) => {}
             }
         }
@@ -470,24 +468,6 @@ pub(crate) fn reference_config(
     })
 }
 
-pub(crate) fn class_name(c: FailureClass) -> &'static str {
-    match c {
-        FailureClass::Compile => "compile",
-        FailureClass::Launch => "launch",
-        FailureClass::WrongResult => "wrong_result",
-        FailureClass::Timeout => "too_slow",
-    }
-}
-
-pub(crate) fn class_from_str(s: &str) -> FailureClass {
-    match s {
-        "compile" => FailureClass::Compile,
-        "wrong_result" => FailureClass::WrongResult,
-        "too_slow" | "timeout" => FailureClass::Timeout,
-        _ => FailureClass::Launch,
-    }
-}
-
 impl Evaluator for GpuEvaluator {
     fn space(&self) -> &SearchSpace {
         &self.space
@@ -520,7 +500,7 @@ impl Evaluator for GpuEvaluator {
                     Err(LaunchFailure::Invalid(m)) => {
                         failed[i] = Some(self.fail(c, FailureClass::Launch, m))
                     }
-                    Err(LaunchFailure::Sticky(m)) => return Err(Error::Cuda(m)),
+                    Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
                 }
             }
         }

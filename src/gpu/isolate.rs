@@ -35,11 +35,9 @@ use serde_json::{json, Value as J};
 
 use super::compile::{CompileRequest, Image};
 use super::device::Gpu;
-use super::evaluator::{
-    class_from_str, class_name, reference_config, GpuEvaluator, MeasureOptions,
-};
+use super::evaluator::{reference_config, GpuEvaluator, MeasureOptions};
 use super::pool::{CompilePool, PoolMode};
-use crate::cache::store::{failure_class, BinaryKey};
+use crate::cache::store::BinaryKey;
 use crate::cache::Cache;
 use crate::key::{Bucketing, TuningKey};
 use crate::search::evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
@@ -49,8 +47,6 @@ use crate::{Error, Result};
 
 /// The `JITUNE_WORKER` role of a benchmark worker.
 pub(crate) const ROLE: &str = "bench";
-/// Store class of a candidate killed at its deadline (a hang, or a kernel running for ages).
-pub const TIMEOUT_CLASS: &str = "timeout";
 
 const MAGIC: &[u8; 8] = b"JITUNEb1";
 const K_INIT: u8 = 1;
@@ -365,14 +361,14 @@ fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Frame>> {
 fn outcome_to_json(o: &Outcome) -> J {
     match o {
         Outcome::Measured(m) => json!({ "time_ms": m.time_ms, "samples": m.samples }),
-        Outcome::Failed(f) => json!({ "class": class_name(f.class), "detail": f.detail }),
+        Outcome::Failed(f) => json!({ "class": f.class.name(), "detail": f.detail }),
     }
 }
 
 fn outcome_from_json(v: &J) -> Outcome {
     if let Some(class) = v.get("class").and_then(J::as_str) {
         return Outcome::Failed(Failure {
-            class: class_from_str(class),
+            class: FailureClass::from_stored(class),
             detail: v
                 .get("detail")
                 .and_then(J::as_str)
@@ -826,10 +822,10 @@ impl IsolatedEvaluator {
         spec_from_toml(&spec_toml, &spec.source, &spec)?;
         let mut failed = HashMap::new();
         for c in cache.take_stale_inflight(&key).unwrap_or_default() {
-            failed.insert(c, FailureClass::Launch);
+            failed.insert(c, FailureClass::Crashed);
         }
         for (c, class, _) in cache.failures_for(&key).unwrap_or_default() {
-            failed.insert(c, class_from_str(&class));
+            failed.insert(c, class);
         }
         let reference = reference_config(&spec, &space, &failed)?;
         Ok(IsolatedEvaluator {
@@ -902,23 +898,15 @@ impl IsolatedEvaluator {
         }
     }
 
-    fn fail(
-        &mut self,
-        config: &Config,
-        class: FailureClass,
-        store_class: &str,
-        detail: String,
-    ) -> Outcome {
+    fn fail(&mut self, config: &Config, class: FailureClass, detail: String) -> Outcome {
         let text = self.space.config_text(config);
-        if let Err(e) = self
-            .cache
-            .record_failure(&self.key, &text, store_class, &detail)
-        {
+        if let Err(e) = self.cache.record_failure(&self.key, &text, class, &detail) {
             log::warn!("jitune: could not record a failure: {e}");
         }
         log::debug!(
-            "jitune: {} {text}: {store_class}: {}",
+            "jitune: {} {text}: {}: {}",
             self.spec.name,
+            class.name(),
             detail.lines().next().unwrap_or("")
         );
         self.failed.insert(text, class);
@@ -940,7 +928,7 @@ impl IsolatedEvaluator {
                     self.pool.compile_all(vec![req]).pop().ok_or_else(|| {
                         Error::Search("the compile pool returned nothing".into())
                     })??;
-                let img = r.map_err(|log| Error::Compile { log })?;
+                let img = r.map_err(Error::compile)?;
                 self.compiled += 1;
                 self.store_binary(&text, &img);
                 img
@@ -1017,12 +1005,12 @@ impl IsolatedEvaluator {
                     "killed after {:.1} s without a result (hang or runaway kernel)",
                     self.opts.candidate_timeout.as_secs_f64()
                 );
-                self.fail(config, FailureClass::Timeout, TIMEOUT_CLASS, detail)
+                self.fail(config, FailureClass::Timeout, detail)
             }
             Death::Exited(why) => {
                 self.stats.crashed += 1;
                 let detail = format!("the benchmark worker died: {why}");
-                self.fail(config, FailureClass::Launch, failure_class::CRASHED, detail)
+                self.fail(config, FailureClass::Crashed, detail)
             }
         }
     }
@@ -1075,7 +1063,7 @@ impl IsolatedEvaluator {
             Outcome::Failed(f) if f.detail.starts_with("failed before") => Outcome::Failed(f),
             Outcome::Failed(f) => {
                 let class = f.class;
-                self.fail(config, class, class_name(class), f.detail)
+                self.fail(config, class, f.detail)
             }
         }
     }
@@ -1170,14 +1158,7 @@ impl Evaluator for IsolatedEvaluator {
                     self.store_binary(&text, &image);
                     out[i] = Some(self.candidate(&batch[i], image)?);
                 }
-                Err(log) => {
-                    out[i] = Some(self.fail(
-                        &batch[i],
-                        FailureClass::Compile,
-                        failure_class::COMPILE,
-                        log,
-                    ))
-                }
+                Err(log) => out[i] = Some(self.fail(&batch[i], FailureClass::Compile, log)),
             }
         }
         Ok(out

@@ -302,7 +302,7 @@ pub struct Bench {
 }
 
 fn cuda(what: &str) -> impl Fn(DriverError) -> Error + '_ {
-    move |e| Error::Cuda(format!("{what}: {e}"))
+    move |e| Error::driver(what, e)
 }
 
 impl Bench {

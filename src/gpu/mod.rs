@@ -72,7 +72,7 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Cuda(format!(
+            Err(Error::cuda(format!(
                 "{what}: the CUDA library failed: {msg}"
             )))
         }

@@ -332,7 +332,7 @@ impl CompilePool {
                     for i in indices {
                         let r = match &result {
                             Ok(r) => Ok(r.clone()),
-                            Err(e) => Err(Error::Cuda(e.to_string())),
+                            Err(e) => Err(Error::cuda(e.to_string())),
                         };
                         if tx.send((i, r)).is_err() {
                             return;
@@ -356,7 +356,7 @@ impl CompilePool {
             out[i] = Some(r);
         }
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Cuda("compile thread ended early".into()))))
+            .map(|r| r.unwrap_or_else(|| Err(Error::cuda("compile thread ended early"))))
             .collect()
     }
 }

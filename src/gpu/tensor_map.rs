@@ -233,7 +233,7 @@ mod driver {
         })?;
         if r != CUresult::CUDA_SUCCESS {
             *out = TensorMapSlot::ZERO;
-            return Err(Error::Cuda(format!(
+            return Err(Error::cuda(format!(
                 "cuTensorMapEncodeTiled ({} dims {:?}, box {:?}, swizzle {}): {r:?}",
                 ty.name(),
                 &d.dims[..d.rank],
@@ -264,7 +264,7 @@ mod driver {
         _: Swizzle,
         _: &mut TensorMapSlot,
     ) -> Result<()> {
-        Err(Error::Cuda(
+        Err(Error::cuda(
             "tensor maps need CUDA 12 or newer (build jitune with a cuda-12xxx or cuda-13xxx feature)"
                 .into(),
         ))

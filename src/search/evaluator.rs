@@ -7,34 +7,10 @@
 //! more samples of a config on request (the fidelity ladder against noisy measurements) and report
 //! the time spent so far, real or simulated, so searches can run on a time budget.
 
-use std::fmt;
-
 use crate::space::{Config, SearchSpace};
 use crate::Result;
 
-/// Why a config could not be measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureClass {
-    /// The kernel did not compile for this config.
-    Compile,
-    /// The launch failed: too many resources (registers, shared memory, threads) or a launch error.
-    Launch,
-    /// The kernel ran but its output did not match the reference.
-    WrongResult,
-    /// The kernel ran past its time limit.
-    Timeout,
-}
-
-impl fmt::Display for FailureClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FailureClass::Compile => "compile error",
-            FailureClass::Launch => "launch/resource error",
-            FailureClass::WrongResult => "wrong result",
-            FailureClass::Timeout => "timeout",
-        })
-    }
-}
+pub use crate::failure::FailureClass;
 
 /// A failed evaluation: its class and a human-readable detail (compiler log, CUDA error, ...).
 #[derive(Clone, Debug, PartialEq)]
