@@ -13,7 +13,6 @@
 //! evaluator), [`gpu`] (device, NVRTC, compile pool, measurement), [`tuner`] (the launch API).
 
 pub mod cache;
-pub mod cli;
 pub mod error;
 pub mod expr;
 pub mod failure;

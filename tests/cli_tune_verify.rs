@@ -5,6 +5,10 @@
 //! Ctrl-C that a terminal sends to the whole process group (so `tune` can finish its batch).
 //! The GPU side of tune and verify is in `tests/gpu_cli.rs`.
 
+/// The exit codes the `jitune` binary returns (its own source file).
+#[path = "../src/bin/jitune/cli/exit.rs"]
+mod exit;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -186,7 +190,6 @@ fn help_and_readme_list_the_same_exit_codes() {
         assert!(h.contains(&c), "code {c} documented");
     }
     // The constants the code returns are the documented ones.
-    use jitune::cli::exit;
     for c in [
         exit::OK,
         exit::RUNTIME,

@@ -43,6 +43,9 @@ pub fn require_cuda() -> Result<()> {
         .map_err(Error::NoCuda)
 }
 
+/// With run-time loading (jitune's `dynamic-loading`, or cudarc's fallback when no link mode was
+/// chosen) the libraries may be missing, and cudarc panics at the first call into one: look first.
+#[cfg(not(any(feature = "dynamic-linking", feature = "static-linking")))]
 fn check_libraries() -> std::result::Result<(), String> {
     let driver =
         catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
@@ -59,6 +62,12 @@ fn check_libraries() -> std::result::Result<(), String> {
                 .into(),
         );
     }
+    Ok(())
+}
+
+/// Linked at build time (`dynamic-linking`, `static-linking`): a process that started has them.
+#[cfg(any(feature = "dynamic-linking", feature = "static-linking"))]
+fn check_libraries() -> std::result::Result<(), String> {
     Ok(())
 }
 

@@ -16,32 +16,12 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::cache::export::{self, Snapshot};
-use crate::cache::store::Store;
-use crate::cache::{CacheOptions, Entry};
-use crate::Error;
+use jitune::cache::export::{self, Snapshot};
+use jitune::cache::store::Store;
+use jitune::cache::{CacheOptions, Entry};
+use jitune::Error;
 
-/// Exit codes scripts can rely on.
-pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// A runtime error (a bad spec or shapes file, a CUDA failure, a failed write, ...).
-    pub const RUNTIME: i32 = 1;
-    /// A usage error: unknown option, missing argument (clap's code).
-    pub const USAGE: i32 = 2;
-    /// No GPU, or the CUDA driver or NVRTC library is missing.
-    pub const NO_CUDA: i32 = 3;
-    /// A cache file problem: missing, unreadable, corrupt, malformed JSON, or a newer schema.
-    pub const CACHE: i32 = 4;
-    /// Nothing matched (`show KEY` with no such entry, `verify` with no cached winner of the
-    /// given specs for this GPU).
-    pub const NOT_FOUND: i32 = 5;
-    /// `verify` flagged at least one entry (drift beyond the threshold, slower than the
-    /// default, or no longer working).
-    pub const DRIFT: i32 = 6;
-    /// Tuning was interrupted with Ctrl-C (finished shapes are stored).
-    pub const INTERRUPTED: i32 = 130;
-}
+pub mod exit;
 
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
@@ -349,7 +329,7 @@ fn kernel_matches(e: &Entry, pat: &str) -> bool {
 }
 
 /// Whether `pat` names this spec: its name, or a prefix of its kernel id (as `--kernel` takes).
-pub fn kernel_matches_spec(s: &crate::spec::KernelSpec, pat: &str) -> bool {
+pub fn kernel_matches_spec(s: &jitune::spec::KernelSpec, pat: &str) -> bool {
     s.name == pat || (!pat.is_empty() && s.id().to_hex().starts_with(pat))
 }
 
@@ -575,7 +555,7 @@ fn cmd_import(cache: Option<PathBuf>, file: &Path, json: bool) -> CliResult {
     // Read the source first: a bad file must not create an empty cache.
     let snap = Snapshot::load(file)?;
     let store = open_writable(&path)?;
-    let r = snap.apply(&store, crate::cache::store::OnConflict::Replace)?;
+    let r = snap.apply(&store, jitune::cache::store::OnConflict::Replace)?;
     if json {
         return print_json(&counts_json(&r));
     }
@@ -593,7 +573,7 @@ fn cmd_import(cache: Option<PathBuf>, file: &Path, json: bool) -> CliResult {
 fn cmd_merge(a: &Path, b: &Path, into: &Path, json: bool) -> CliResult {
     let merged = Snapshot::merge(&Snapshot::load(a)?, &Snapshot::load(b)?);
     let store = open_writable(into)?;
-    let r = merged.apply(&store, crate::cache::store::OnConflict::KeepFaster)?;
+    let r = merged.apply(&store, jitune::cache::store::OnConflict::KeepFaster)?;
     if json {
         return print_json(&counts_json(&r));
     }
