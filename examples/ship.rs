@@ -25,7 +25,7 @@ use jitune::tuner::{Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -49,7 +49,7 @@ fn run() -> Result<()> {
             list.push((k, shapes));
         }
     }
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let dir = common::ship_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // A fresh build cache: what ships is exactly what this run tuned.

@@ -392,7 +392,7 @@ fn tune_without_gpu_says_why_in_one_line() {
         )),
         2
     );
-    if jitune::gpu::require_cuda().is_ok() {
+    if jitune::require_cuda().is_ok() {
         eprintln!("skipping the no-GPU exit code check: CUDA is present here");
         return;
     }

@@ -110,7 +110,7 @@ fn tune_bad_budgets_are_usage_errors() {
 
 #[test]
 fn verify_and_tune_without_gpu_exit_3_in_one_line() {
-    if jitune::gpu::require_cuda().is_ok() {
+    if jitune::require_cuda().is_ok() {
         eprintln!("skipping the no-GPU exit code checks: CUDA is present here");
         return;
     }

@@ -2,7 +2,7 @@
 //! form and its hash, the implicit box constraints, and the round trip through the TOML a
 //! benchmark worker receives.
 
-use jitune::gpu::isolate::{spec_from_toml, spec_to_toml};
+use jitune::internals::{spec_from_toml, spec_to_toml};
 use jitune::key::Bucketing;
 use jitune::space::Param;
 use jitune::spec::{DeviceLimits, KernelSpec, Role, SpecBuilder, Swizzle};

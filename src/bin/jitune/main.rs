@@ -15,6 +15,6 @@ fn main() {
     if std::env::var_os("JITUNE_WORKER").is_some_and(|v| v == "compile") {
         let _ = ctrlc::set_handler(|| {});
     }
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     std::process::exit(cli::main_with_args());
 }

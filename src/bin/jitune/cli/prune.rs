@@ -83,8 +83,8 @@ pub fn run(cache: Option<PathBuf>, args: PruneArgs) -> CliResult {
     let names: BTreeSet<String> = specs.iter().flat_map(|m| m.values().cloned()).collect();
     let gpu = match args.this_gpu {
         Some(ordinal) => {
-            jitune::gpu::require_cuda()?;
-            Some(jitune::gpu::device::Gpu::new(ordinal)?.fingerprint)
+            jitune::require_cuda()?;
+            Some(jitune::Gpu::new(ordinal)?.fingerprint)
         }
         None => None,
     };

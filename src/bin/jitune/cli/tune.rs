@@ -123,7 +123,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             "--time-limit must be a positive number of seconds",
         ));
     }
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let path = cache_path(cache)?;
     let cache = Cache::open(CacheOptions::at(&path))?;
     if let Some(why) = cache.degraded() {
@@ -132,7 +132,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             format!("{}: {why}", path.display()),
         ));
     }
-    let gpu = jitune::gpu::device::Gpu::new(args.device)?;
+    let gpu = jitune::Gpu::new(args.device)?;
     let tuner = Tuner::with_context(gpu.ctx.clone(), cache, Mode::Blocking)?;
 
     let stop = Arc::new(AtomicBool::new(false));

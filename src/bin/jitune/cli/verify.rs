@@ -26,14 +26,14 @@ use super::{
     CliError, CliResult,
 };
 use jitune::cache::{Cache, CacheOptions, Entry};
-use jitune::gpu::device::Gpu;
-use jitune::gpu::evaluator::GpuEvaluator;
-use jitune::gpu::measure::median;
-use jitune::gpu::pool::CompilePool;
+use jitune::engine::GpuEvaluator;
+use jitune::internals::median;
+use jitune::internals::CompilePool;
 use jitune::search::{Evaluator, Outcome};
 use jitune::space::Config;
 use jitune::spec::KernelSpec;
 use jitune::Error;
+use jitune::Gpu;
 
 /// Arguments of `jitune verify`.
 #[derive(Args, Debug)]
@@ -139,7 +139,7 @@ pub fn run(cache: Option<PathBuf>, args: VerifyArgs) -> CliResult<i32> {
             ),
         ));
     }
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let (path, snap) = load_cache(cache)?;
     let gpu = Arc::new(Gpu::new(args.device)?);
     let by_id: BTreeMap<_, _> = specs.iter().map(|s| (s.id(), s.clone())).collect();

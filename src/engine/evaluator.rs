@@ -1,12 +1,15 @@
-//! The GPU engine behind the search's [`Evaluator`] interface.
+//! The candidate pipeline, in this process, behind the search's [`Evaluator`] interface:
+//! image ([`Binaries`]: handed in, binary table or compile pool) → load → correctness check →
+//! timing → failure records ([`FailureBook`]).
 //!
-//! A batch is compiled in the worker pool (CUBINs already in the cache's binary table are
-//! loaded instead) and each config is measured as soon as its compilation finishes, so
-//! benchmarking overlaps the rest of the batch's compilation. Each new candidate is checked
-//! against the reference output before it is timed: a wrong config is a failure, never a
-//! winner. Before a candidate's first launch, an in-flight marker is written to the store; if the
-//! candidate kills the process, the marker survives, and the next process records the config
-//! as crashed and never tries it again.
+//! A batch's images stream in as they are ready, so benchmarking overlaps the rest of the
+//! batch's compilation. Each new candidate is checked against the reference output before it is
+//! timed: a wrong config is a failure, never a winner. Before a candidate's first launch an
+//! in-flight marker is written to the store; if the candidate kills the process, the marker
+//! survives, and the next process records the config as crashed and never tries it again.
+//!
+//! The isolated evaluator's benchmark worker runs this same pipeline (fed the host's images), so
+//! measurement and the correctness gate are one code in both modes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,16 +17,20 @@ use std::time::Instant;
 
 use cudarc::driver::CudaFunction;
 
-use super::compile::{CompileRequest, Image};
-use super::device::Gpu;
-use super::measure::{median, relative_error, Bench, LaunchFailure};
-use super::pool::CompilePool;
-use crate::cache::store::BinaryKey;
+use super::binaries::Binaries;
+use super::failures::FailureBook;
+use super::job::TuningJob;
 use crate::cache::Cache;
+use crate::failure::FailureClass;
+use crate::gpu::compile::Image;
+use crate::gpu::device::Gpu;
+use crate::gpu::launch::load_function;
+use crate::gpu::measure::{median, relative_error, Bench, LaunchFailure, Prepared};
+use crate::gpu::pool::CompilePool;
 use crate::key::TuningKey;
-use crate::search::evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
+use crate::search::evaluator::{Evaluator, Failure, Measurement, Outcome};
 use crate::space::{Config, SearchSpace};
-use crate::spec::{Geometry, KernelSpec};
+use crate::spec::KernelSpec;
 use crate::{Error, Result};
 
 /// Knobs of the measurement.
@@ -48,22 +55,19 @@ impl Default for MeasureOptions {
     }
 }
 
+/// A candidate that passed the correctness check: ready to be timed, remeasured, or served.
 struct Loaded {
     func: CudaFunction,
-    geometry: Geometry,
-    /// The config's parameter values as expressions see them (for tensor maps).
-    values: Vec<i64>,
+    prepared: Prepared,
 }
 
 /// Compiles, checks and times configs of one spec at one shape on one GPU.
 pub struct GpuEvaluator {
     gpu: Arc<Gpu>,
-    spec: Arc<KernelSpec>,
-    shape: Vec<i64>,
-    space: SearchSpace,
-    key: TuningKey,
+    job: TuningJob,
     cache: Arc<Cache>,
-    pool: Arc<CompilePool>,
+    binaries: Binaries,
+    failures: FailureBook,
     bench: Bench,
     reference: Option<Vec<Vec<f64>>>,
     loaded: HashMap<Config, Loaded>,
@@ -72,14 +76,9 @@ pub struct GpuEvaluator {
     supplied: HashMap<Config, Image>,
     /// The config whose outputs are the reference, when the caller chose it.
     reference_config: Option<Config>,
-    failed: HashMap<String, FailureClass>,
     best_ms: f64,
     start: Instant,
     pub options: MeasureOptions,
-    /// Configs compiled by NVRTC (not found in the binary table).
-    pub compiled: usize,
-    /// Configs whose CUBIN came from the cache's binary table.
-    pub binaries_reused: usize,
 }
 
 impl GpuEvaluator {
@@ -92,46 +91,33 @@ impl GpuEvaluator {
         cache: Arc<Cache>,
         pool: Arc<CompilePool>,
     ) -> Result<GpuEvaluator> {
-        let space = spec.space_for(shape, &gpu.limits)?;
-        let bucket = spec
-            .bucket(shape)
-            .ok_or_else(|| Error::Shape(format!("kernel `{}`: bad shape", spec.name)))?;
-        let key = TuningKey {
-            kernel: spec.id(),
-            shape: bucket,
-            device: gpu.fingerprint_hash,
-        };
-        let bench = Bench::new(&gpu, &spec, shape, 0x5EED ^ spec.id().0[0] as u64)?;
-        let mut failed = HashMap::new();
-        for c in cache.take_stale_inflight(&key).unwrap_or_default() {
-            log::warn!(
-                "jitune: {} config {c} was running when a process died; it will not be tried again",
-                spec.name
-            );
-            failed.insert(c, FailureClass::Crashed);
-        }
-        for (c, class, _) in cache.failures_for(&key).unwrap_or_default() {
-            failed.insert(c, class);
-        }
+        let job = TuningJob::new(spec, shape, &gpu)?;
+        GpuEvaluator::for_job(gpu, &job, cache, pool)
+    }
+
+    /// The evaluator of a job built by the tuner.
+    pub fn for_job(
+        gpu: Arc<Gpu>,
+        job: &TuningJob,
+        cache: Arc<Cache>,
+        pool: Arc<CompilePool>,
+    ) -> Result<GpuEvaluator> {
+        let spec = &job.spec;
+        let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;
         Ok(GpuEvaluator {
+            binaries: Binaries::new(gpu.clone(), spec.clone(), cache.clone(), pool),
+            failures: FailureBook::load(cache.clone(), job.key, &spec.name),
             gpu,
-            spec,
-            shape: shape.to_vec(),
-            space,
-            key,
+            job: job.clone(),
             cache,
-            pool,
             bench,
             reference: None,
             loaded: HashMap::new(),
             supplied: HashMap::new(),
             reference_config: None,
-            failed,
             best_ms: f64::INFINITY,
             start: Instant::now(),
             options: MeasureOptions::default(),
-            compiled: 0,
-            binaries_reused: 0,
         })
     }
 
@@ -147,8 +133,8 @@ impl GpuEvaluator {
         self.supplied.insert(config, image);
     }
 
-    /// Runs `config` for the reference outputs instead of the one [`reference_config`] picks
-    /// (an isolated worker runs the reference its host picked from the store's failures).
+    /// Runs `config` for the reference outputs instead of the one the failure records pick
+    /// (an isolated worker runs the reference its host picked).
     pub fn set_reference_config(&mut self, config: Config) {
         self.reference_config = Some(config);
     }
@@ -158,81 +144,57 @@ impl GpuEvaluator {
         self.loaded.contains_key(config)
     }
 
+    /// The loaded function of a checked config (the tuner serves the winner with it rather than
+    /// load its image again).
+    pub fn loaded_function(&self, config: &Config) -> Option<CudaFunction> {
+        self.loaded.get(config).map(|l| l.func.clone())
+    }
+
     /// The tuning key this evaluator measures for.
     pub fn key(&self) -> TuningKey {
-        self.key
+        self.job.key
     }
 
-    fn binary_key<'a>(&'a self, config_text: &'a str, nvrtc: &'a str) -> BinaryKey<'a> {
-        BinaryKey {
-            kernel: self.spec.id(),
-            config: config_text,
-            arch: &self.gpu.arch,
-            nvrtc,
-        }
+    /// Configs compiled by NVRTC so far (not found in the binary table).
+    pub fn compiled(&self) -> usize {
+        self.binaries.compiled
     }
 
-    fn nvrtc_text(&self) -> String {
-        format!(
-            "{}.{}",
-            self.gpu.fingerprint.nvrtc_version.0, self.gpu.fingerprint.nvrtc_version.1
-        )
+    /// Configs whose image came from the binary table so far.
+    pub fn binaries_reused(&self) -> usize {
+        self.binaries.reused
     }
 
     fn fail(&mut self, config: &Config, class: FailureClass, detail: String) -> Outcome {
-        let text = self.space.config_text(config);
-        if let Err(e) = self.cache.record_failure(&self.key, &text, class, &detail) {
-            log::warn!("jitune: could not record a failure: {e}");
-        }
-        log::debug!(
-            "jitune: {} {text}: {class}: {}",
-            self.spec.name,
-            detail.lines().next().unwrap_or("")
-        );
-        self.failed.insert(text, class);
+        let text = self.job.text(config);
+        self.failures.record(&text, class, &detail);
         Outcome::Failed(Failure { class, detail })
     }
 
     /// Loads an image and checks the config's output; `Ok(None)` when it passed.
     fn load_and_check(&mut self, config: &Config, image: Image) -> Result<Option<Outcome>> {
-        let values: Vec<i64> = (0..self.spec.params.len())
-            .map(|d| self.space.int_value(config, d))
+        let spec = &self.job.spec;
+        let values: Vec<i64> = (0..spec.params.len())
+            .map(|d| self.job.space.int_value(config, d))
             .collect();
-        let geometry = match self.spec.geometry(&values, &self.shape, &self.gpu.limits) {
-            Ok(g) => g,
+        let prepared = match Prepared::for_config(spec, &values, &self.job.shape, &self.gpu.limits)
+        {
+            Ok(p) => p,
             Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, e.to_string()))),
         };
-        let ctx = self.gpu.ctx.clone();
-        let entry = self.spec.entry.clone();
-        let func = super::guarded("loading a module", || {
-            let module = ctx
-                .load_module(image.to_ptx())
-                .map_err(|e| Error::driver("loading a module", e))?;
-            module
-                .load_function(&entry)
-                .map_err(|e| Error::driver("looking up the kernel function", e))
-        });
-        let func = match func {
+        let func = match load_function(&self.gpu.ctx, &image, &spec.entry, &prepared.geometry) {
             Ok(f) => f,
-            Err(e) => {
-                return Ok(Some(self.fail(
-                    config,
-                    FailureClass::Launch,
-                    format!("loading the module: {e}"),
-                )))
-            }
+            Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, e.to_string()))),
         };
-        let text = self.space.config_text(config);
-        self.cache.mark_inflight(&self.key, &text)?;
-        let checked = self.bench.run_checked(&func, &geometry, &values)?;
+        let text = self.job.text(config);
+        self.cache.mark_inflight(&self.job.key, &text)?;
+        let checked = self.bench.run_checked(&func, &prepared)?;
         let outcome = match checked {
             Err(LaunchFailure::Invalid(m)) => Some(self.fail(config, FailureClass::Launch, m)),
             Err(LaunchFailure::Sticky(m)) => {
                 // The context is unusable: record the config as crashed and stop the search.
-                let _ = self
-                    .cache
-                    .record_failure(&self.key, &text, FailureClass::Crashed, &m);
-                let _ = self.cache.clear_inflight(&self.key, &text);
+                self.failures.record(&text, FailureClass::Crashed, &m);
+                let _ = self.cache.clear_inflight(&self.job.key, &text);
                 return Err(Error::cuda(format!(
                     "config {text} broke the CUDA context: {m}"
                 )));
@@ -251,7 +213,8 @@ impl GpuEvaluator {
                             None => bad = true,
                         }
                     }
-                    if bad || worst > self.spec.tolerance {
+                    let tolerance = self.job.spec.tolerance;
+                    if bad || worst > tolerance {
                         let what = if bad {
                             "NaN, infinity or unwritten elements".to_string()
                         } else {
@@ -260,7 +223,7 @@ impl GpuEvaluator {
                         Some(self.fail(
                             config,
                             FailureClass::WrongResult,
-                            format!("{what} (tolerance {:.1e})", self.spec.tolerance),
+                            format!("{what} (tolerance {tolerance:.1e})"),
                         ))
                     } else {
                         None
@@ -268,33 +231,22 @@ impl GpuEvaluator {
                 }
             },
         };
-        self.cache.clear_inflight(&self.key, &text)?;
+        self.cache.clear_inflight(&self.job.key, &text)?;
         if outcome.is_none() {
-            self.loaded.insert(
-                config.clone(),
-                Loaded {
-                    func,
-                    geometry,
-                    values,
-                },
-            );
+            self.loaded
+                .insert(config.clone(), Loaded { func, prepared });
         }
         Ok(outcome)
     }
 
-    fn time(
-        &mut self,
-        config: &Config,
-        budget_ms: f64,
-        min_reps: usize,
-        max_reps: usize,
-    ) -> Result<Outcome> {
+    /// Times a loaded config: a first look, abandoned if far slower than the best, then runs to
+    /// fill the budget.
+    fn time(&mut self, config: &Config) -> Result<Outcome> {
         let Some(l) = self.loaded.get(config) else {
             return Err(Error::Search("timing a config that was not loaded".into()));
         };
-        let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
-        // A first look: if the candidate is far slower than the best, do not spend more on it.
-        let probe = match self.bench.time(&func, &g, &v, 1)? {
+        let (func, p) = (l.func.clone(), l.prepared.clone());
+        let probe = match self.bench.time(&func, &p, 1)? {
             Ok(s) => s,
             Err(LaunchFailure::Invalid(m)) => {
                 return Ok(self.fail(config, FailureClass::Launch, m))
@@ -308,16 +260,18 @@ impl GpuEvaluator {
             );
             return Ok(self.fail(config, FailureClass::TooSlow, detail));
         }
-        let samples = match self
-            .bench
-            .time_budgeted(&func, &g, &v, budget_ms, min_reps, max_reps)?
-        {
-            Ok(s) => s,
-            Err(LaunchFailure::Invalid(m)) => {
-                return Ok(self.fail(config, FailureClass::Launch, m))
-            }
-            Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
-        };
+        let o = &self.options;
+        let samples =
+            match self
+                .bench
+                .time_budgeted(&func, &p, o.first_budget_ms, o.min_reps, o.max_reps)?
+            {
+                Ok(s) => s,
+                Err(LaunchFailure::Invalid(m)) => {
+                    return Ok(self.fail(config, FailureClass::Launch, m))
+                }
+                Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
+            };
         let m = median(&samples);
         self.best_ms = self.best_ms.min(m);
         Ok(Outcome::Measured(Measurement {
@@ -326,22 +280,24 @@ impl GpuEvaluator {
         }))
     }
 
-    /// Makes sure the reference exists: the spec's default config (or the first valid config
-    /// when the default is not valid at this shape) is compiled and run first.
+    /// Makes sure the reference exists: the reference config (the spec's default unless it is
+    /// known to fail here) is loaded and run first.
     fn ensure_reference(&mut self) -> Result<()> {
         if self.reference.is_some() {
             return Ok(());
         }
         let default = match &self.reference_config {
             Some(c) => c.clone(),
-            None => reference_config(&self.spec, &self.space, &self.failed)?,
+            None => self
+                .failures
+                .reference_config(&self.job.spec, &self.job.space)?,
         };
         let outcomes = self.evaluate_inner(std::slice::from_ref(&default), false)?;
         if self.reference.is_none() {
             return Err(Error::Search(format!(
                 "kernel `{}`: the reference config {} failed ({:?}); nothing to check candidates against",
-                self.spec.name,
-                self.space.config_text(&default),
+                self.job.spec.name,
+                self.job.text(&default),
                 outcomes.first().and_then(|o| match o {
                     Outcome::Failed(f) => Some(f.detail.lines().next().unwrap_or("").to_string()),
                     _ => None,
@@ -352,8 +308,8 @@ impl GpuEvaluator {
         // is measured (batches finish compiling in any order, so the first timed candidate may
         // be a slow one).
         if let Some(l) = self.loaded.get(&default) {
-            let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
-            match self.bench.time(&func, &g, &v, 3)? {
+            let (func, p) = (l.func.clone(), l.prepared.clone());
+            match self.bench.time(&func, &p, 3)? {
                 Ok(s) => self.best_ms = self.best_ms.min(median(&s)),
                 Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
                 Err(LaunchFailure::Invalid(_)) => {}
@@ -370,8 +326,7 @@ impl GpuEvaluator {
             }
         }
         if timed {
-            let o = self.options.clone();
-            self.time(c, o.first_budget_ms, o.min_reps, o.max_reps)
+            self.time(c)
         } else {
             Ok(Outcome::Measured(Measurement {
                 time_ms: f64::NAN,
@@ -382,56 +337,31 @@ impl GpuEvaluator {
 
     fn evaluate_inner(&mut self, batch: &[Config], timed: bool) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
-        let nvrtc = self.nvrtc_text();
-        let mut to_compile = Vec::new();
-        let mut ready: Vec<(usize, Image)> = Vec::new();
+        let mut wanted = Vec::new();
+        let mut at_hand = Vec::new();
         for (i, c) in batch.iter().enumerate() {
-            let text = self.space.config_text(c);
-            if let Some(class) = self.failed.get(&text) {
+            let text = self.job.text(c);
+            if let Some(class) = self.failures.known(&text) {
                 out[i] = Some(Outcome::Failed(Failure {
-                    class: *class,
+                    class,
                     detail: "failed before (recorded in the store)".into(),
                 }));
             } else if self.loaded.contains_key(c) {
-                ready.push((i, Image::Cubin(Vec::new()))); // already loaded: only timing left
-            } else if let Some(img) = self.supplied.remove(c) {
-                ready.push((i, img));
-            } else if let Ok(Some(bin)) = self.cache.get_binary(&self.binary_key(&text, &nvrtc)) {
-                self.binaries_reused += 1;
-                ready.push((i, Image::from_bytes(bin)));
+                at_hand.push(i); // loaded and checked: only timing left
             } else {
-                to_compile.push(i);
+                let supplied = self.supplied.remove(c);
+                wanted.push((i, c, text, supplied));
             }
         }
-        let reqs: Vec<CompileRequest> = to_compile
-            .iter()
-            .map(|&i| CompileRequest::new(&self.spec, &batch[i], &self.gpu.arch))
-            .collect();
-        let rx = self.pool.submit(reqs);
-        for (i, img) in ready {
-            let image = if self.loaded.contains_key(&batch[i]) {
-                None
-            } else {
-                Some(img)
-            };
-            out[i] = Some(self.process(&batch[i], image, timed)?);
+        let mut fetch = self.binaries.fetch(wanted);
+        for i in at_hand {
+            out[i] = Some(self.process(&batch[i], None, timed)?);
         }
-        for (j, result) in rx.iter() {
-            let i = to_compile[j];
-            match result? {
-                Ok(image) => {
-                    self.compiled += 1;
-                    let text = self.space.config_text(&batch[i]);
-                    if let Err(e) = self
-                        .cache
-                        .put_binary(&self.binary_key(&text, &nvrtc), &image.to_bytes())
-                    {
-                        log::warn!("jitune: could not store a CUBIN: {e}");
-                    }
-                    out[i] = Some(self.process(&batch[i], Some(image), timed)?);
-                }
-                Err(log) => out[i] = Some(self.fail(&batch[i], FailureClass::Compile, log)),
-            }
+        while let Some((i, r)) = fetch.next_image(&mut self.binaries) {
+            out[i] = Some(match r? {
+                Ok(image) => self.process(&batch[i], Some(image), timed)?,
+                Err(log) => self.fail(&batch[i], FailureClass::Compile, log),
+            });
         }
         Ok(out
             .into_iter()
@@ -447,30 +377,9 @@ impl GpuEvaluator {
     }
 }
 
-/// The config whose outputs candidates are checked against: the spec's default when it is
-/// valid here and not recorded as failed, else the first valid config not recorded as failed.
-/// (A process killed while running the default leaves an in-flight marker that turns into a
-/// `crashed` record; that must not make the key untunable for ever.)
-pub(crate) fn reference_config(
-    spec: &KernelSpec,
-    space: &SearchSpace,
-    failed: &HashMap<String, FailureClass>,
-) -> Result<Config> {
-    let usable = |c: &Config| !failed.contains_key(&space.config_text(c));
-    if space.is_valid(&spec.default) && usable(&spec.default) {
-        return Ok(spec.default.clone());
-    }
-    space.iter().find(usable).ok_or_else(|| {
-        Error::Search(format!(
-            "kernel `{}`: every config is recorded as failed; nothing to use as the reference",
-            spec.name
-        ))
-    })
-}
-
 impl Evaluator for GpuEvaluator {
     fn space(&self) -> &SearchSpace {
-        &self.space
+        &self.job.space
     }
 
     fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
@@ -494,8 +403,8 @@ impl Evaluator for GpuEvaluator {
                     }));
                     continue;
                 };
-                let (func, g, v) = (l.func.clone(), l.geometry, l.values.clone());
-                match self.bench.time(&func, &g, &v, 1)? {
+                let (func, p) = (l.func.clone(), l.prepared.clone());
+                match self.bench.time(&func, &p, 1)? {
                     Ok(s) => collected[i].extend(s),
                     Err(LaunchFailure::Invalid(m)) => {
                         failed[i] = Some(self.fail(c, FailureClass::Launch, m))
