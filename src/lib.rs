@@ -24,7 +24,6 @@ pub mod rng;
 pub mod search;
 pub mod space;
 pub mod spec;
-mod spec_toml;
 pub mod tuner;
 
 pub use cache::{Cache, CacheOptions, Entry};

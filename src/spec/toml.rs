@@ -38,14 +38,46 @@
 //! BM = 64
 //! ```
 
-use toml::{Table, Value as T};
+use std::path::Path;
+
+// `::toml`: the crate, not this module.
+use ::toml::{Table, Value as T};
 
 use crate::key::Bucketing;
 use crate::space::Param;
-use crate::spec::{KernelSpec, SpecBuilder};
 use crate::{Error, Result};
 
-pub(crate) fn parse(
+use super::builder::SpecBuilder;
+use super::kernel::KernelSpec;
+use super::model::Role;
+
+impl KernelSpec {
+    /// Loads a spec from a TOML file; a relative `source` path is read beside it.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<KernelSpec> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let fallback = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("spec")
+            .to_string();
+        parse(&text, &fallback, &|rel: &str| {
+            let p = dir.join(rel);
+            std::fs::read_to_string(&p).map_err(|e| Error::io(p, e))
+        })
+    }
+
+    /// Parses a spec from TOML text; `read_source` resolves the `source` file name.
+    pub fn from_toml_str(
+        text: &str,
+        read_source: &dyn Fn(&str) -> Result<String>,
+    ) -> Result<KernelSpec> {
+        parse(text, "spec", read_source)
+    }
+}
+
+fn parse(
     text: &str,
     fallback_name: &str,
     read_source: &dyn Fn(&str) -> Result<String>,
@@ -107,26 +139,8 @@ pub(crate) fn parse(
             })?;
             let dname = req_str(n, t, "name")
                 .map_err(|_| spec_err(n, &format!("{field}.name"), "missing or not a string"))?;
-            let bucketing = match t.get("bucket") {
-                None => Bucketing::Exact,
-                Some(T::String(s)) if s == "exact" => Bucketing::Exact,
-                Some(T::String(s)) if s == "pow2" => Bucketing::NextPow2,
-                Some(T::Array(a)) => Bucketing::Edges(
-                    a.iter()
-                        .map(|v| v.as_integer())
-                        .collect::<Option<Vec<i64>>>()
-                        .ok_or_else(|| {
-                            spec_err(n, &format!("{field}.bucket"), "edges must be integers")
-                        })?,
-                ),
-                Some(_) => {
-                    return Err(spec_err(
-                        n,
-                        &format!("{field}.bucket"),
-                        "must be \"exact\", \"pow2\" or a list of edges",
-                    ))
-                }
-            };
+            let bucketing = read_bucketing(t.get("bucket"))
+                .map_err(|m| spec_err(n, &format!("{field}.bucket"), m))?;
             b = b.dim(dname, bucketing);
         }
     }
@@ -227,7 +241,7 @@ pub(crate) fn parse(
         let aname = get("name").ok_or_else(|| spec_err(n, &format!("{field}.name"), "missing"))?;
         let role =
             get("role").ok_or_else(|| spec_err(n, &format!("args.{aname}.role"), "missing"))?;
-        if role == "tensor_map" {
+        if role == Role::TensorMap.name() {
             b = tensor_map_arg(n, &aname, t, b)?;
             continue;
         }
@@ -363,5 +377,22 @@ fn expr_text(v: &T) -> Option<String> {
         T::String(s) => Some(s.clone()),
         T::Integer(i) => Some(i.to_string()),
         _ => None,
+    }
+}
+
+/// Reads a dimension's `bucket = ...` value: `"exact"`, `"pow2"` or a list of edges; a
+/// missing `bucket` is exact. The error is the message.
+fn read_bucketing(v: Option<&T>) -> std::result::Result<Bucketing, &'static str> {
+    match v {
+        None => Ok(Bucketing::Exact),
+        Some(T::String(s)) if s == "exact" => Ok(Bucketing::Exact),
+        Some(T::String(s)) if s == "pow2" => Ok(Bucketing::NextPow2),
+        Some(T::Array(a)) => a
+            .iter()
+            .map(|v| v.as_integer())
+            .collect::<Option<Vec<i64>>>()
+            .map(Bucketing::Edges)
+            .ok_or("edges must be integers"),
+        Some(_) => Err("must be \"exact\", \"pow2\" or a list of edges"),
     }
 }
