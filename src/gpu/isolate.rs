@@ -24,7 +24,6 @@
 //! magic, so stray output of the worker's program cannot derail the protocol.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -39,10 +38,10 @@ use super::evaluator::{reference_config, GpuEvaluator, MeasureOptions};
 use super::pool::{CompilePool, PoolMode};
 use crate::cache::store::BinaryKey;
 use crate::cache::Cache;
-use crate::key::{Bucketing, TuningKey};
+use crate::key::TuningKey;
 use crate::search::evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
-use crate::space::{Config, SearchSpace, Value};
-use crate::spec::{Generator, KernelSpec, Role};
+use crate::space::{Config, SearchSpace};
+use crate::spec::{wire, KernelSpec};
 use crate::{Error, Result};
 
 /// The `JITUNE_WORKER` role of a benchmark worker.
@@ -119,156 +118,6 @@ impl IsolationOptions {
             .filter(|c| !c.is_empty())
             .or_else(super::pool::worker_command)
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Specs as data.
-
-/// A TOML basic string holding `s` exactly.
-fn q(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn toml_value(v: &Value) -> String {
-    match v {
-        Value::Int(i) => i.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Str(s) => q(s),
-    }
-}
-
-/// The spec as TOML text that [`KernelSpec::from_toml_str`] reads back into the same spec
-/// (same id, same default), with the source to be supplied separately (`source = "inline"`).
-pub fn spec_to_toml(spec: &KernelSpec) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "name = {}", q(&spec.name));
-    let _ = writeln!(s, "source = \"inline\"");
-    let _ = writeln!(s, "entry = {}", q(&spec.entry));
-    let flags: Vec<String> = spec.flags.iter().map(|f| q(f)).collect();
-    let _ = writeln!(s, "flags = [{}]", flags.join(", "));
-    let _ = writeln!(s, "tolerance = {:?}", spec.tolerance);
-    let dims: Vec<String> = spec
-        .dims
-        .iter()
-        .map(|d| {
-            let b = match &d.bucketing {
-                Bucketing::Exact => q("exact"),
-                Bucketing::NextPow2 => q("pow2"),
-                Bucketing::Edges(e) => format!(
-                    "[{}]",
-                    e.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            format!("{{ name = {}, bucket = {b} }}", q(&d.name))
-        })
-        .collect();
-    let _ = writeln!(s, "dims = [{}]", dims.join(", "));
-    let _ = writeln!(s, "[params]");
-    for p in &spec.params {
-        let vals: Vec<String> = p.values.iter().map(toml_value).collect();
-        let _ = writeln!(s, "{} = [{}]", q(&p.name), vals.join(", "));
-    }
-    let _ = writeln!(s, "[constraints]");
-    for (name, e) in &spec.constraints {
-        let _ = writeln!(s, "{} = {}", q(name), q(e.source()));
-    }
-    let triple = |e: &[crate::expr::Expr; 3]| {
-        format!(
-            "[{}, {}, {}]",
-            q(e[0].source()),
-            q(e[1].source()),
-            q(e[2].source())
-        )
-    };
-    let _ = writeln!(s, "[launch]");
-    let _ = writeln!(s, "grid = {}", triple(&spec.grid));
-    let _ = writeln!(s, "block = {}", triple(&spec.block));
-    let _ = writeln!(s, "shared_mem = {}", q(spec.shared_mem.source()));
-    for a in &spec.args {
-        let _ = writeln!(s, "[[args]]");
-        let _ = writeln!(s, "name = {}", q(&a.name));
-        if let Some(m) = &a.map {
-            let list = |v: &[crate::expr::Expr]| {
-                v.iter()
-                    .map(|e| q(e.source()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(s, "role = \"tensor_map\"");
-            let _ = writeln!(s, "of = {}", q(&spec.args[m.of].name));
-            let _ = writeln!(s, "dims = [{}]", list(&m.dims));
-            let _ = writeln!(s, "box = [{}]", list(&m.box_dims));
-            let _ = writeln!(s, "swizzle = {}", q(m.swizzle.name()));
-            continue;
-        }
-        let _ = writeln!(s, "type = {}", q(a.ty.name()));
-        let role = a.role.name();
-        let _ = writeln!(s, "role = {}", q(role));
-        if a.role == Role::Scalar {
-            let _ = writeln!(s, "value = {}", q(a.len.source()));
-        } else {
-            let _ = writeln!(s, "len = {}", q(a.len.source()));
-        }
-        match &a.init {
-            Some(Generator::Uniform(lo, hi)) => {
-                let _ = writeln!(s, "init = {}", q(&format!("uniform({lo:?}, {hi:?})")));
-            }
-            Some(Generator::IntRange(lo, hi)) => {
-                let _ = writeln!(s, "init = {}", q(&format!("int({lo}, {hi})")));
-            }
-            None => {}
-        }
-        if let Some(z) = &a.zero {
-            let _ = writeln!(s, "zero = {}", q(z.source()));
-        }
-    }
-    let _ = writeln!(s, "[default]");
-    for (p, &i) in spec.params.iter().zip(&spec.default.0) {
-        if let Some(v) = p.values.get(i as usize) {
-            let _ = writeln!(s, "{} = {}", q(&p.name), toml_value(v));
-        }
-    }
-    s
-}
-
-/// Rebuilds a spec from [`spec_to_toml`]'s text and its source; an error unless the result
-/// has the id `expected` (the canonical form would not survive the trip: the worker would be
-/// tuning another kernel) and the same default config.
-pub fn spec_from_toml(toml: &str, source: &str, expected: &KernelSpec) -> Result<KernelSpec> {
-    let spec = KernelSpec::from_toml_str(toml, &|_| Ok(source.to_string()))?;
-    check_same(&spec, &expected.id().to_hex(), &expected.default)?;
-    Ok(spec)
-}
-
-fn check_same(spec: &KernelSpec, id_hex: &str, default: &Config) -> Result<()> {
-    if spec.id().to_hex() != id_hex || &spec.default != default {
-        return Err(Error::InvalidArgument(format!(
-            "kernel `{}` does not survive serialisation for a benchmark worker (id {} became {})",
-            spec.name,
-            id_hex,
-            spec.id().to_hex()
-        )));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,12 +276,10 @@ impl WorkerState {
                 .and_then(J::as_str)
                 .ok_or_else(|| Error::InvalidArgument(format!("init frame: `{k}` missing")))
         };
-        let spec = KernelSpec::from_toml_str(text("spec")?, &|_| {
-            Ok(h.get("source")
-                .and_then(J::as_str)
-                .unwrap_or("")
-                .to_string())
-        })?;
+        let spec = wire::read(
+            text("spec")?,
+            h.get("source").and_then(J::as_str).unwrap_or(""),
+        )?;
         let shape: Vec<i64> = h
             .get("shape")
             .and_then(J::as_array)
@@ -442,7 +289,7 @@ impl WorkerState {
         let gpu = Arc::new(Gpu::new(ordinal)?);
         let space = spec.space_for(&shape, &gpu.limits)?;
         let default = space.parse_config_text(text("default")?)?;
-        check_same(&spec, text("id")?, &default)?;
+        wire::check_same(&spec, text("id")?, &default)?;
         let spec = Arc::new(spec);
         // A cache of its own with no file: the host keeps the store, and images come from it.
         let mut eval = GpuEvaluator::new(
@@ -817,9 +664,9 @@ impl IsolatedEvaluator {
             shape: bucket,
             device: gpu.fingerprint_hash,
         };
-        let spec_toml = spec_to_toml(&spec);
+        let spec_toml = wire::to_wire(&spec);
         // Fail here, in the host, rather than in every worker.
-        spec_from_toml(&spec_toml, &spec.source, &spec)?;
+        wire::from_wire(&spec_toml, &spec.source, &spec)?;
         let mut failed = HashMap::new();
         for c in cache.take_stale_inflight(&key).unwrap_or_default() {
             failed.insert(c, FailureClass::Crashed);
@@ -1245,35 +1092,6 @@ impl Evaluator for IsolatedEvaluator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kernels() -> Vec<KernelSpec> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
-        ["sgemm", "softmax", "layernorm", "reduction"]
-            .iter()
-            .map(|n| KernelSpec::from_toml_file(format!("{dir}/{n}.toml")).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn specs_survive_the_trip_to_a_worker() {
-        for spec in kernels() {
-            let text = spec_to_toml(&spec);
-            let back = spec_from_toml(&text, &spec.source, &spec).unwrap();
-            assert_eq!(back.id(), spec.id(), "{}", spec.name);
-            assert_eq!(back.default, spec.default);
-            assert_eq!(back.name, spec.name);
-            assert_eq!(back.source, spec.source);
-        }
-    }
-
-    #[test]
-    fn a_changed_spec_is_refused() {
-        let spec = &kernels()[0];
-        let text = spec_to_toml(spec).replace("tolerance = ", "tolerance = 2.0 # ");
-        assert!(spec_from_toml(&text, &spec.source, spec).is_err());
-        let src = format!("{}\n// changed", spec.source);
-        assert!(spec_from_toml(&spec_to_toml(spec), &src, spec).is_err());
-    }
 
     #[test]
     fn a_failed_default_does_not_leave_a_key_without_reference() {

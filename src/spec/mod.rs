@@ -21,12 +21,14 @@
 //! | `model.rs` | — | the plain types: limits, element types, roles, tensor maps, dims |
 //! | `kernel.rs` | model | [`KernelSpec`]: id, canonical text, bucket, space, geometry |
 //! | `builder.rs` | model, kernel | [`SpecBuilder`]: the one validation, and the id |
-//! | `toml.rs` | model, kernel, builder | the TOML reader |
+//! | `toml.rs` | model, kernel, builder | the TOML reader and writer |
+//! | [`wire`] | kernel, toml | the form in which a spec travels to a worker process |
 
 mod builder;
 mod kernel;
 mod model;
 mod toml;
+pub mod wire;
 
 pub use builder::SpecBuilder;
 pub use kernel::KernelSpec;

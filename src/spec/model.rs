@@ -262,7 +262,8 @@ pub enum Generator {
 }
 
 impl Generator {
-    /// The generator's text in the canonical form (part of the spec id).
+    /// The generator's text in the canonical form (part of the spec id); [`Generator::parse`]
+    /// reads it back, so spec files may use it too.
     pub(super) fn canonical(&self) -> String {
         match self {
             Generator::Uniform(a, b) => format!("uniform({a:?},{b:?})"),
