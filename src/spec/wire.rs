@@ -34,13 +34,13 @@ pub fn from_wire(text: &str, source: &str, expected: &KernelSpec) -> Result<Kern
 
 /// Rebuilds a spec from [`to_wire`]'s text and its source, unchecked: a receiver that was
 /// sent the id and default as text checks them with [`check_same`] once it can read them.
-pub fn read(text: &str, source: &str) -> Result<KernelSpec> {
+pub(crate) fn read(text: &str, source: &str) -> Result<KernelSpec> {
     KernelSpec::from_toml_str(text, &|_| Ok(source.to_string()))
 }
 
 /// An error unless `spec` has the id `id_hex` (as [`crate::key::KernelId::to_hex`] writes it)
 /// and the default config `default`.
-pub fn check_same(spec: &KernelSpec, id_hex: &str, default: &Config) -> Result<()> {
+pub(crate) fn check_same(spec: &KernelSpec, id_hex: &str, default: &Config) -> Result<()> {
     if spec.id().to_hex() != id_hex || &spec.default != default {
         return Err(Error::InvalidArgument(format!(
             "kernel `{}` does not survive serialisation for a benchmark worker (id {} became {})",
