@@ -30,8 +30,8 @@ use super::evaluator::MeasureOptions;
 use super::failures::FailureBook;
 use super::job::TuningJob;
 use super::protocol::{
-    error_text, outcomes_of, read_frame, spec_from_toml, spec_to_toml, write_frame, Frame, Init,
-    K_CRASHED, K_EVALUATE, K_OUTCOMES, K_READY, K_REMEASURE,
+    error_text, outcomes_of, read_frame, write_frame, Frame, Init, K_CRASHED, K_EVALUATE,
+    K_OUTCOMES, K_READY, K_REMEASURE,
 };
 use super::worker::BENCH_ROLE;
 use crate::cache::Cache;
@@ -41,6 +41,7 @@ use crate::gpu::device::Gpu;
 use crate::gpu::pool::{worker_command, CompilePool};
 use crate::search::evaluator::{Evaluator, Failure, Outcome};
 use crate::space::{Config, SearchSpace};
+use crate::spec::wire;
 use crate::{Error, Result};
 
 /// Where candidates are benchmarked.
@@ -285,9 +286,9 @@ impl IsolatedEvaluator {
             )
         })?;
         let spec = &job.spec;
-        let spec_toml = spec_to_toml(spec);
+        let spec_toml = wire::to_wire(spec);
         // Fail here, in the host, rather than in every worker.
-        spec_from_toml(&spec_toml, &spec.source, spec)?;
+        wire::from_wire(&spec_toml, &spec.source, spec)?;
         let failures = FailureBook::load(cache.clone(), job.key, &spec.name);
         let reference = failures.reference_config(spec, &job.space)?;
         Ok(IsolatedEvaluator {

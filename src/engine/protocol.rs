@@ -6,20 +6,17 @@
 //! bounded before anything is allocated. The start-up message is a typed [`Init`], written and
 //! read here, so host and worker cannot disagree on its fields.
 //!
-//! The host sends the spec as data (TOML text with the source beside it); the worker rebuilds
-//! the spec and checks that its id is the host's before measuring anything.
+//! The host sends the spec in its wire form ([`crate::spec::wire`]: TOML text, with the source
+//! beside it in the frame); the worker rebuilds the spec and checks that its id is the host's
+//! before measuring anything.
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 
 use serde_json::{json, Value as J};
 
 use super::evaluator::MeasureOptions;
 use crate::failure::FailureClass;
-use crate::key::Bucketing;
 use crate::search::evaluator::{Failure, Measurement, Outcome};
-use crate::space::{Config, Value};
-use crate::spec::{Generator, KernelSpec, Role};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"JITUNEb1";
@@ -295,188 +292,9 @@ pub fn bytes_to_f64s(b: &[u8]) -> Vec<f64> {
         .collect()
 }
 
-// ---------------------------------------------------------------------------------------------
-// The spec's wire form.
-
-/// A TOML basic string holding `s` exactly.
-fn q(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn toml_value(v: &Value) -> String {
-    match v {
-        Value::Int(i) => i.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Str(s) => q(s),
-    }
-}
-
-/// The spec as TOML text that [`KernelSpec::from_toml_str`] reads back into the same spec
-/// (same id, same default), with the source to be supplied separately (`source = "inline"`).
-pub fn spec_to_toml(spec: &KernelSpec) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "name = {}", q(&spec.name));
-    let _ = writeln!(s, "source = \"inline\"");
-    let _ = writeln!(s, "entry = {}", q(&spec.entry));
-    let flags: Vec<String> = spec.flags.iter().map(|f| q(f)).collect();
-    let _ = writeln!(s, "flags = [{}]", flags.join(", "));
-    let _ = writeln!(s, "tolerance = {:?}", spec.tolerance);
-    let dims: Vec<String> = spec
-        .dims
-        .iter()
-        .map(|d| {
-            let b = match &d.bucketing {
-                Bucketing::Exact => q("exact"),
-                Bucketing::NextPow2 => q("pow2"),
-                Bucketing::Edges(e) => format!(
-                    "[{}]",
-                    e.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            format!("{{ name = {}, bucket = {b} }}", q(&d.name))
-        })
-        .collect();
-    let _ = writeln!(s, "dims = [{}]", dims.join(", "));
-    let _ = writeln!(s, "[params]");
-    for p in &spec.params {
-        let vals: Vec<String> = p.values.iter().map(toml_value).collect();
-        let _ = writeln!(s, "{} = [{}]", q(&p.name), vals.join(", "));
-    }
-    let _ = writeln!(s, "[constraints]");
-    for (name, e) in &spec.constraints {
-        let _ = writeln!(s, "{} = {}", q(name), q(e.source()));
-    }
-    let triple = |e: &[crate::expr::Expr; 3]| {
-        format!(
-            "[{}, {}, {}]",
-            q(e[0].source()),
-            q(e[1].source()),
-            q(e[2].source())
-        )
-    };
-    let _ = writeln!(s, "[launch]");
-    let _ = writeln!(s, "grid = {}", triple(&spec.grid));
-    let _ = writeln!(s, "block = {}", triple(&spec.block));
-    let _ = writeln!(s, "shared_mem = {}", q(spec.shared_mem.source()));
-    for a in &spec.args {
-        let _ = writeln!(s, "[[args]]");
-        let _ = writeln!(s, "name = {}", q(&a.name));
-        if let Some(m) = &a.map {
-            let list = |v: &[crate::expr::Expr]| {
-                v.iter()
-                    .map(|e| q(e.source()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(s, "role = \"tensor_map\"");
-            let _ = writeln!(s, "of = {}", q(&spec.args[m.of].name));
-            let _ = writeln!(s, "dims = [{}]", list(&m.dims));
-            let _ = writeln!(s, "box = [{}]", list(&m.box_dims));
-            let _ = writeln!(s, "swizzle = {}", q(m.swizzle.name()));
-            continue;
-        }
-        let _ = writeln!(s, "type = {}", q(a.ty.name()));
-        let role = a.role.name();
-        let _ = writeln!(s, "role = {}", q(role));
-        if a.role == Role::Scalar {
-            let _ = writeln!(s, "value = {}", q(a.len.source()));
-        } else {
-            let _ = writeln!(s, "len = {}", q(a.len.source()));
-        }
-        match &a.init {
-            Some(Generator::Uniform(lo, hi)) => {
-                let _ = writeln!(s, "init = {}", q(&format!("uniform({lo:?}, {hi:?})")));
-            }
-            Some(Generator::IntRange(lo, hi)) => {
-                let _ = writeln!(s, "init = {}", q(&format!("int({lo}, {hi})")));
-            }
-            None => {}
-        }
-        if let Some(z) = &a.zero {
-            let _ = writeln!(s, "zero = {}", q(z.source()));
-        }
-    }
-    let _ = writeln!(s, "[default]");
-    for (p, &i) in spec.params.iter().zip(&spec.default.0) {
-        if let Some(v) = p.values.get(i as usize) {
-            let _ = writeln!(s, "{} = {}", q(&p.name), toml_value(v));
-        }
-    }
-    s
-}
-
-/// Rebuilds a spec from [`spec_to_toml`]'s text and its source; an error unless the result
-/// has the id `expected` (the canonical form would not survive the trip: the worker would be
-/// tuning another kernel) and the same default config.
-pub fn spec_from_toml(toml: &str, source: &str, expected: &KernelSpec) -> Result<KernelSpec> {
-    let spec = KernelSpec::from_toml_str(toml, &|_| Ok(source.to_string()))?;
-    check_same(&spec, &expected.id().to_hex(), &expected.default)?;
-    Ok(spec)
-}
-
-pub fn check_same(spec: &KernelSpec, id_hex: &str, default: &Config) -> Result<()> {
-    if spec.id().to_hex() != id_hex || &spec.default != default {
-        return Err(Error::InvalidArgument(format!(
-            "kernel `{}` does not survive serialisation for a benchmark worker (id {} became {})",
-            spec.name,
-            id_hex,
-            spec.id().to_hex()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kernels() -> Vec<KernelSpec> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
-        ["sgemm", "softmax", "layernorm", "reduction"]
-            .iter()
-            .map(|n| KernelSpec::from_toml_file(format!("{dir}/{n}.toml")).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn specs_survive_the_trip_to_a_worker() {
-        for spec in kernels() {
-            let text = spec_to_toml(&spec);
-            let back = spec_from_toml(&text, &spec.source, &spec).unwrap();
-            assert_eq!(back.id(), spec.id(), "{}", spec.name);
-            assert_eq!(back.default, spec.default);
-            assert_eq!(back.name, spec.name);
-            assert_eq!(back.source, spec.source);
-        }
-    }
-
-    #[test]
-    fn a_changed_spec_is_refused() {
-        let spec = &kernels()[0];
-        let text = spec_to_toml(spec).replace("tolerance = ", "tolerance = 2.0 # ");
-        assert!(spec_from_toml(&text, &spec.source, spec).is_err());
-        let src = format!("{}\n// changed", spec.source);
-        assert!(spec_from_toml(&spec_to_toml(spec), &src, spec).is_err());
-    }
 
     #[test]
     fn frames_round_trip_through_noise() {

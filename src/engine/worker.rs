@@ -14,8 +14,8 @@ use serde_json::{json, Value as J};
 use super::evaluator::GpuEvaluator;
 use super::job::TuningJob;
 use super::protocol::{
-    check_same, error_frame, outcomes_frame, read_frame, write_frame, Frame, Init, K_CRASHED,
-    K_EVALUATE, K_FATAL, K_INIT, K_READY, K_REMEASURE,
+    error_frame, outcomes_frame, read_frame, write_frame, Frame, Init, K_CRASHED, K_EVALUATE,
+    K_FATAL, K_INIT, K_READY, K_REMEASURE,
 };
 use crate::cache::Cache;
 use crate::gpu::compile::Image;
@@ -23,7 +23,7 @@ use crate::gpu::device::Gpu;
 use crate::gpu::pool::{self, CompilePool, PoolMode};
 use crate::search::evaluator::{Evaluator, Failure, Outcome};
 use crate::space::Config;
-use crate::spec::KernelSpec;
+use crate::spec::wire;
 use crate::{Error, Result};
 
 /// The `JITUNE_WORKER` role of a benchmark worker.
@@ -59,12 +59,11 @@ struct WorkerState {
 impl WorkerState {
     fn init(f: &Frame) -> Result<WorkerState> {
         let init = Init::from_frame(f)?;
-        let source = init.source.clone();
-        let spec = KernelSpec::from_toml_str(&init.spec_toml, &|_| Ok(source.clone()))?;
+        let spec = wire::read(&init.spec_toml, &init.source)?;
         let gpu = Arc::new(Gpu::new(init.ordinal)?);
         let job = TuningJob::new(Arc::new(spec), &init.shape, &gpu)?;
         let default = job.space.parse_config_text(&init.default)?;
-        check_same(&job.spec, &init.id_hex, &default)?;
+        wire::check_same(&job.spec, &init.id_hex, &default)?;
         // A cache of its own with no file: the host keeps the store, and images come from it.
         let mut eval = GpuEvaluator::for_job(
             gpu.clone(),
