@@ -41,6 +41,7 @@ pub use tuner::{launch, Kernel, Mode, TuneOptions, TuneReport, Tuner};
 /// expression parser, the seeded RNG, the key map a launch reads). Applications should not need
 /// anything here.
 pub mod internals {
+    pub use crate::engine::job::key_of;
     pub use crate::expr::Expr;
     pub use crate::gpu::compile::{compile_in_process, nvrtc_version, CompileRequest, Image};
     pub use crate::gpu::convert::{f16_to_f32, f32_to_bf16, f32_to_f16, to_f64};

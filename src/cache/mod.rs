@@ -1,11 +1,13 @@
 //! The two-tier cache of tuned configs: a lock-sharded in-memory map in front of SQLite files.
 //!
-//! Every kernel launch asks the memory tier ([`Cache::get_memory`]), so that path is one
-//! `DashMap` shard read and nothing else. Behind it sit one writable user cache (shared by all
-//! processes of the user, see [`store`]) and any number of read-only "shipped" caches (tuned
-//! results distributed with an application). Lookups go memory → user → shipped; the first hit
-//! wins and is remembered in memory. The cache degrades instead of failing: if the user file
-//! cannot be written, results live in memory for the life of the process.
+//! Launches do not come here: a launch reads its plan from the tuner's key map, and the cache
+//! is asked on a miss (and by tools). The memory tier ([`Cache::get_memory`]) remembers what
+//! the files gave or what was tuned in this process, so a repeated lookup is one `DashMap`
+//! shard read. Behind it sit one writable user cache (shared by all processes of the user, see
+//! [`store`]) and any number of read-only "shipped" caches (tuned results distributed with an
+//! application). Lookups go memory → user → shipped; the first hit wins and is remembered in
+//! memory. The cache degrades instead of failing: if the user file cannot be written, results
+//! live in memory for the life of the process.
 
 pub mod export;
 pub mod store;
@@ -325,8 +327,8 @@ impl Cache {
         self.memory.len()
     }
 
-    /// The hot path: the entry for `key` if it is in the memory tier. One shard read lock, no
-    /// allocation, no I/O.
+    /// The entry for `key` if it is in the memory tier. One shard read lock, no allocation, no
+    /// I/O.
     #[inline]
     pub fn get_memory(&self, key: &TuningKey) -> Option<Arc<Entry>> {
         self.memory.get(key).map(|r| Arc::clone(r.value()))
