@@ -36,6 +36,8 @@ pub struct SpecBuilder {
     args: Vec<ArgDecl>,
     default: Vec<(String, String)>,
     tolerance: Option<f64>,
+    bytes: Option<String>,
+    flops: Option<String>,
     /// `zero_fill` calls naming no argument declared before (an error in `build`).
     unknown_zero_fill: Vec<String>,
 }
@@ -204,6 +206,19 @@ impl SpecBuilder {
         self
     }
 
+    /// The bytes a launch must move at least, as an expression of the shape (and device
+    /// limits): the memory roofline's numerator (see [`KernelSpec::bytes`]).
+    pub fn bytes(mut self, e: &str) -> Self {
+        self.bytes = Some(e.to_string());
+        self
+    }
+    /// The floating-point operations of a launch, as an expression of the shape: the compute
+    /// roofline's numerator (see [`KernelSpec::flops`]).
+    pub fn flops(mut self, e: &str) -> Self {
+        self.flops = Some(e.to_string());
+        self
+    }
+
     /// Validates everything and computes the id.
     pub fn build(self) -> Result<KernelSpec> {
         let spec_name = self.name.clone();
@@ -323,7 +338,7 @@ impl SpecBuilder {
                 msg: if allow_params || !table.contains(&name.as_str()) {
                     format!("unknown name `{name}`")
                 } else {
-                    format!("`{name}` is a tunable parameter; argument sizes may only depend on the shape")
+                    format!("`{name}` is a tunable parameter; argument sizes, `bytes` and `flops` may only depend on the shape")
                 },
             })
         };
@@ -549,6 +564,15 @@ impl SpecBuilder {
                 format!("{tolerance} is not a finite, non-negative number"),
             ));
         }
+        // The work of a launch depends on the shape only (the roofline is the config's bound).
+        let bytes = match &self.bytes {
+            Some(src) => Some(compile("bytes", src, false)?),
+            None => None,
+        };
+        let flops = match &self.flops {
+            Some(src) => Some(compile("flops", src, false)?),
+            None => None,
+        };
         let mut default = vec![None; params.len()];
         for (k, v) in &self.default {
             let d = params
@@ -582,6 +606,8 @@ impl SpecBuilder {
             default,
             tolerance,
             implicit_constraints,
+            bytes,
+            flops,
             id: KernelId([0; 32]),
         };
         spec.check_default_maps()?;

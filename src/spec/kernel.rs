@@ -56,6 +56,13 @@ pub struct KernelSpec {
     /// wider than the swizzle and a multiple of 16 bytes), named `tensor_map.ARG.*`. Derived
     /// from `args`, so not part of the canonical form on their own.
     pub implicit_constraints: Vec<(String, Expr)>,
+    /// The bytes a launch must move at least (an expression of the shape and device limits),
+    /// when the spec gives it: with the device's copy bandwidth, the memory roofline that lets
+    /// tuning stop once the best config is close to it.
+    pub bytes: Option<Expr>,
+    /// The floating-point operations of a launch (an expression of the shape), when the spec
+    /// gives it: with the device's FP32 peak, the compute roofline.
+    pub flops: Option<Expr>,
     /// Set by the builder, from [`KernelSpec::canonical`].
     pub(super) id: KernelId,
 }
@@ -299,6 +306,27 @@ impl KernelSpec {
         })
     }
 
+    /// The spec's `bytes` and `flops` at a raw shape (`None` where the spec gives none). Errors
+    /// name the spec and the field.
+    pub fn work(&self, shape: &[i64], limits: &DeviceLimits) -> Result<(Option<i64>, Option<i64>)> {
+        self.check_shape(shape)?;
+        let mut env = [0i64; MAX_VARS];
+        let zeros = [0i64; MAX_VARS];
+        self.fill_env(&zeros[..self.params.len()], shape, limits, &mut env);
+        let eval = |e: &Option<Expr>, field: &str| -> Result<Option<i64>> {
+            let Some(e) = e else { return Ok(None) };
+            let v = e.eval(&env).map_err(|m| {
+                Error::Eval(format!(
+                    "kernel `{}`, {field} `{}`: {m}",
+                    self.name,
+                    e.source()
+                ))
+            })?;
+            Ok(Some(v))
+        };
+        Ok((eval(&self.bytes, "bytes")?, eval(&self.flops, "flops")?))
+    }
+
     /// The `-D NAME=VALUE` defines that select `config` (booleans as 0/1, enums as their text).
     pub fn defines(&self, config: &Config) -> Vec<String> {
         self.params
@@ -388,5 +416,12 @@ pub(super) fn canonical(s: &KernelSpec) -> String {
         );
     }
     line("tolerance", format!("{:?}", s.tolerance));
+    // Only specs that declare their work get these lines, so every other id stays as it was.
+    if let Some(b) = &s.bytes {
+        line("bytes", b.canonical());
+    }
+    if let Some(f) = &s.flops {
+        line("flops", f.canonical());
+    }
     out
 }

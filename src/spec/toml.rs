@@ -17,6 +17,8 @@
 //! entry = "sgemm"
 //! flags = ["-O3"]
 //! tolerance = 1e-4
+//! bytes = "4 * (m * k + k * n + m * n)"   # optional: least bytes a launch moves (roofline)
+//! flops = "2 * m * n * k"                 # optional: FP32 operations of a launch (roofline)
 //! dims = [{ name = "m", bucket = "pow2" }, { name = "k", bucket = [16, 64, 256] }]
 //! [params]
 //! BM = [32, 64, 128]               # integers (powers of two are encoded as log2)
@@ -102,7 +104,7 @@ fn parse(
         None => fallback_name.to_string(),
     };
     let n = name.as_str();
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 13] = [
         "name",
         "source",
         "entry",
@@ -114,6 +116,8 @@ fn parse(
         "launch",
         "args",
         "default",
+        "bytes",
+        "flops",
     ];
     if let Some(k) = table.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(spec_err(
@@ -139,6 +143,14 @@ fn parse(
         Some(T::Integer(i)) => b = b.tolerance(*i as f64),
         Some(_) => return Err(spec_err(n, "tolerance", "must be a number")),
         None => {}
+    }
+    for key in ["bytes", "flops"] {
+        match table.get(key).map(expr_text) {
+            Some(Some(e)) if key == "bytes" => b = b.bytes(&e),
+            Some(Some(e)) => b = b.flops(&e),
+            Some(None) => return Err(spec_err(n, key, "must be a string or integer")),
+            None => {}
+        }
     }
     if let Some(dims) = table.get("dims") {
         for (i, d) in array(n, "dims", dims)?.iter().enumerate() {
@@ -475,6 +487,12 @@ pub(super) fn write(spec: &KernelSpec, source_file: &str) -> String {
     let flags: Vec<String> = spec.flags.iter().map(|f| q(f)).collect();
     let _ = writeln!(s, "flags = [{}]", flags.join(", "));
     let _ = writeln!(s, "tolerance = {:?}", spec.tolerance);
+    if let Some(e) = &spec.bytes {
+        let _ = writeln!(s, "bytes = {}", q(e.source()));
+    }
+    if let Some(e) = &spec.flops {
+        let _ = writeln!(s, "flops = {}", q(e.source()));
+    }
     let dims: Vec<String> = spec
         .dims
         .iter()
