@@ -67,7 +67,9 @@ impl Init {
                 "first_budget_ms": m.first_budget_ms,
                 "min_reps": m.min_reps,
                 "max_reps": m.max_reps,
-                "too_slow_factor": m.too_slow_factor,
+                // JSON has no infinity: "measure fully" travels as null.
+                "too_slow_factor": m.too_slow_factor.is_finite().then_some(m.too_slow_factor),
+                "stable_within": m.stable_within,
             },
         });
         let mut blobs = vec![self.reference_image.clone()];
@@ -101,10 +103,14 @@ impl Init {
                 .get("max_reps")
                 .and_then(J::as_u64)
                 .map_or(d.max_reps, |v| v as usize),
-            too_slow_factor: m
-                .get("too_slow_factor")
+            too_slow_factor: match m.get("too_slow_factor") {
+                Some(J::Null) => f64::INFINITY,
+                v => v.and_then(J::as_f64).unwrap_or(d.too_slow_factor),
+            },
+            stable_within: m
+                .get("stable_within")
                 .and_then(J::as_f64)
-                .unwrap_or(d.too_slow_factor),
+                .unwrap_or(d.stable_within),
         };
         let reference_outputs = f.blobs.get(1).map(|outputs| {
             let lens: Vec<usize> = h
@@ -360,5 +366,21 @@ mod tests {
         assert_eq!(back.reference_image, vec![9, 9]);
         assert_eq!(back.reference_outputs, init.reference_outputs);
         assert_eq!(back.measure.max_reps, init.measure.max_reps);
+        assert_eq!(back.measure.stable_within, init.measure.stable_within);
+        assert_eq!(back.measure.too_slow_factor, init.measure.too_slow_factor);
+        // "Measure fully" (an infinite factor) survives JSON, which has no infinity.
+        let full = Init {
+            measure: MeasureOptions {
+                too_slow_factor: f64::INFINITY,
+                stable_within: 0.05,
+                ..MeasureOptions::default()
+            },
+            reference_outputs: None,
+            ..init
+        };
+        let back = Init::from_frame(&full.to_frame()).unwrap();
+        assert_eq!(back.measure.too_slow_factor, f64::INFINITY);
+        assert_eq!(back.measure.stable_within, 0.05);
+        assert!(back.reference_outputs.is_none());
     }
 }

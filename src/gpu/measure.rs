@@ -2,11 +2,21 @@
 //! and a correctness gate.
 //!
 //! Inputs are made from the spec's argument descriptions (never zeros) on the tuner's own
-//! stream, in buffers of its own: tuning never reads or writes the caller's buffers. Every timed
-//! run is preceded by a write of a buffer twice the L2 size, so each run starts with a cold L2 as
-//! it would in an application; when the inputs are small enough to fit in L2 anyway, several
-//! input sets are rotated as well. Before each correctness check the outputs are poisoned with
-//! an all-ones byte pattern (NaN for floats), so an element the kernel forgot to write fails.
+//! stream, in buffers of its own: tuning never reads or writes the caller's buffers. Each timed
+//! run starts with a cold L2, as it would in an application: a write of a buffer twice the L2
+//! size comes before it (outside the events), and when the inputs are small enough to fit in L2
+//! anyway, several input sets are rotated as well. When one run moves four times the L2 size or
+//! more, the run itself evicts what the previous one left and the flush is skipped (the
+//! previous run's dirty lines are written back during the next run either way).
+//!
+//! Before each correctness check the outputs are poisoned with an all-ones byte pattern (NaN
+//! for floats), so an element the kernel forgot to write fails. The reference outputs stay on
+//! the device ([`Bench::keep_reference`]) and candidates are compared with them there
+//! ([`super::compare`]); only a reference the user gives on the host is compared on the host.
+//!
+//! Sampling is adaptive ([`decide`]): rounds of runs, each round one synchronisation, until the
+//! median's confidence interval is narrow, the time budget is spent, or the candidate is clearly
+//! slower than the best so far (racing).
 
 use std::sync::Arc;
 
@@ -16,6 +26,7 @@ use cudarc::driver::{
     DriverError,
 };
 
+use super::compare::{compare, Comparison, Operands, SCRATCH_BYTES};
 use super::convert::{f32_to_bf16, f32_to_f16, to_f64};
 use super::device::Gpu;
 use super::launch::{launch, Arg, LaunchError, RawBuffer, Resolved, MAX_ARGS};
@@ -170,20 +181,6 @@ fn generate(ty: ElemType, gen: &Generator, n: usize, rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-/// Relative L2 error of `out` against `reference`; `None` when `out` holds a NaN/inf or the
-/// lengths differ (never a pass).
-pub fn relative_error(out: &[f64], reference: &[f64]) -> Option<f64> {
-    if out.len() != reference.len() || out.iter().any(|x| !x.is_finite()) {
-        return None;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (o, r) in out.iter().zip(reference) {
-        num += (o - r) * (o - r);
-        den += r * r;
-    }
-    Some((num / den.max(f64::MIN_POSITIVE)).sqrt())
-}
-
 struct DeviceBuffer {
     arg: usize,
     ty: ElemType,
@@ -193,6 +190,8 @@ struct DeviceBuffer {
     sets: Vec<CudaSlice<u8>>,
     /// The original contents of an `inout` buffer, restored before each check.
     pristine: Option<CudaSlice<u8>>,
+    /// Outputs only: the reference output, kept on the device ([`Bench::keep_reference`]).
+    reference: Option<CudaSlice<u8>>,
 }
 
 /// The tuner's own buffers and timing machinery for one spec and shape.
@@ -207,9 +206,14 @@ pub struct Bench {
     /// Per input set, per argument: the device pointer of this set's buffer (0 for scalars and
     /// tensor maps).
     ptrs: Vec<[u64; MAX_ARGS]>,
-    flush: CudaSlice<u8>,
+    /// The L2 flush buffer; `None` when runs move enough memory to evict L2 themselves.
+    flush: Option<CudaSlice<u8>>,
     events: Vec<(CudaEvent, CudaEvent)>,
     rotation: usize,
+    /// The NVRTC target (the comparison kernel is compiled for it).
+    arch: String,
+    /// Partials and result of the device comparison (allocated with the first reference).
+    scratch: Option<CudaSlice<u8>>,
 }
 
 fn cuda(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -233,6 +237,7 @@ impl Bench {
             let mut rng = Rng::new(seed);
             let mut lens = Vec::new();
             let mut input_bytes = 0usize;
+            let mut output_bytes = 0usize;
             for a in &spec.args {
                 let v = spec.arg_value(a, shape, &gpu.limits)?;
                 if !matches!(a.role, Role::Scalar | Role::TensorMap) {
@@ -244,6 +249,9 @@ impl Bench {
                     }
                     if matches!(a.role, Role::In | Role::InOut) {
                         input_bytes += v as usize * a.ty.size();
+                    }
+                    if matches!(a.role, Role::Out | Role::InOut) {
+                        output_bytes += v as usize * a.ty.size();
                     }
                 }
                 lens.push(v);
@@ -291,6 +299,7 @@ impl Bench {
                     bytes,
                     sets: slices,
                     pristine,
+                    reference: None,
                 });
             }
             let mut ptrs = Vec::new();
@@ -303,9 +312,15 @@ impl Bench {
                 }
                 ptrs.push(v);
             }
-            let flush = stream
-                .alloc_zeros::<u8>(2 * l2)
-                .map_err(cuda("allocating the L2 flush buffer"))?;
+            let flush = if needs_flush(input_bytes + output_bytes, l2) {
+                Some(
+                    stream
+                        .alloc_zeros::<u8>(2 * l2)
+                        .map_err(cuda("allocating the L2 flush buffer"))?,
+                )
+            } else {
+                None
+            };
             Ok(Bench {
                 stream,
                 ctx,
@@ -316,8 +331,15 @@ impl Bench {
                 flush,
                 events: Vec::new(),
                 rotation: 0,
+                arch: gpu.arch.clone(),
+                scratch: None,
             })
         })
+    }
+
+    /// Whether each timed run is preceded by an L2 flush (see the module docs).
+    pub fn flushes(&self) -> bool {
+        self.flush.is_some()
     }
 
     fn event_pair(&mut self, i: usize) -> Result<()> {
@@ -369,17 +391,21 @@ impl Bench {
     }
 
     fn flush_l2(&self) -> std::result::Result<(), DriverError> {
-        let (p, _sync) = self.flush.device_ptr(&self.stream);
-        unsafe { cu::memset_d8_async(p, 0, self.flush.len(), self.stream.cu_stream()) }
+        let Some(flush) = &self.flush else {
+            return Ok(());
+        };
+        let (p, _sync) = flush.device_ptr(&self.stream);
+        unsafe { cu::memset_d8_async(p, 0, flush.len(), self.stream.cu_stream()) }
     }
 
-    /// Runs the kernel once on poisoned outputs (and restored in-out buffers) and returns each
-    /// output buffer as f64 values, in argument order.
-    pub fn run_checked(
+    /// Runs the kernel once on poisoned outputs (and restored in-out buffers), for a
+    /// correctness check: [`Bench::keep_reference`], [`Bench::compare_with_reference`] or
+    /// [`Bench::read_outputs`] come next.
+    pub fn run_for_check(
         &mut self,
         func: &CudaFunction,
         p: &Prepared,
-    ) -> Result<std::result::Result<Vec<Vec<f64>>, LaunchFailure>> {
+    ) -> Result<std::result::Result<(), LaunchFailure>> {
         super::guarded("checking a candidate", || {
             for b in &self.buffers {
                 if b.role == Role::Out || b.role == Role::InOut {
@@ -400,6 +426,91 @@ impl Bench {
             if let Err(e) = self.stream.synchronize() {
                 return Ok(Err(classify(e, "running the kernel")));
             }
+            Ok(Ok(()))
+        })
+    }
+
+    /// Keeps the outputs of the last [`Bench::run_for_check`] on the device as the reference
+    /// that [`Bench::compare_with_reference`] compares later runs with.
+    pub fn keep_reference(&mut self) -> Result<std::result::Result<(), LaunchFailure>> {
+        super::guarded("keeping the reference outputs", || {
+            if self.scratch.is_none() {
+                self.scratch = Some(
+                    self.stream
+                        .alloc_zeros::<u8>(SCRATCH_BYTES)
+                        .map_err(cuda("allocating the comparison scratch"))?,
+                );
+            }
+            for b in &mut self.buffers {
+                if b.role != Role::Out && b.role != Role::InOut {
+                    continue;
+                }
+                if b.reference.is_none() {
+                    b.reference = Some(
+                        self.stream
+                            .alloc_zeros::<u8>(b.bytes)
+                            .map_err(cuda("allocating a reference output"))?,
+                    );
+                }
+                if let Some(r) = &b.reference {
+                    let (src, _s1) = b.sets[0].device_ptr(&self.stream);
+                    let (dst, _s2) = r.device_ptr(&self.stream);
+                    let copied = unsafe {
+                        cu::memcpy_dtod_async(dst, src, b.bytes, self.stream.cu_stream())
+                    };
+                    if let Err(e) = copied {
+                        return Ok(Err(classify(e, "keeping the reference outputs")));
+                    }
+                }
+            }
+            if let Err(e) = self.stream.synchronize() {
+                return Ok(Err(classify(e, "keeping the reference outputs")));
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    /// Compares the outputs of the last [`Bench::run_for_check`] with the kept reference on
+    /// the device, one [`Comparison`] per output buffer in argument order (32 bytes read back
+    /// per output; nothing else leaves the device).
+    pub fn compare_with_reference(
+        &mut self,
+    ) -> Result<std::result::Result<Vec<Comparison>, LaunchFailure>> {
+        let Some(scratch) = &self.scratch else {
+            return Err(Error::Search(
+                "comparing with a reference that was not kept".into(),
+            ));
+        };
+        let (scratch, _s) = scratch.device_ptr(&self.stream);
+        let mut out = Vec::new();
+        for b in &self.buffers {
+            if b.role != Role::Out && b.role != Role::InOut {
+                continue;
+            }
+            let Some(r) = &b.reference else {
+                return Err(Error::Search("an output has no kept reference".into()));
+            };
+            let (o, _s1) = b.sets[0].device_ptr(&self.stream);
+            let (rp, _s2) = r.device_ptr(&self.stream);
+            let op = Operands {
+                ty: b.ty,
+                out: o,
+                reference: rp,
+                n: b.bytes / b.ty.size(),
+                scratch,
+            };
+            match compare(&self.ctx, &self.arch, &self.stream, op)? {
+                Ok(c) => out.push(c),
+                Err(e) => return Ok(Err(classify(e, "comparing outputs"))),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// The outputs of the last [`Bench::run_for_check`] on the host as f64 values, one vector
+    /// per output buffer in argument order (for a reference the user gave on the host).
+    pub fn read_outputs(&self) -> Result<std::result::Result<Vec<Vec<f64>>, LaunchFailure>> {
+        super::guarded("reading outputs", || {
             let mut outs = Vec::new();
             for b in &self.buffers {
                 if b.role == Role::Out || b.role == Role::InOut {
@@ -454,30 +565,150 @@ impl Bench {
         })
     }
 
-    /// Times with a budget: a few runs estimate the time, then enough runs to fill `budget_ms`
-    /// (between `min_reps` and `max_reps`). Returns all samples.
-    pub fn time_budgeted(
+    /// Times in rounds until [`decide`] says stop: a first run (the "too slow" probe), then
+    /// rounds that double the sample, each one synchronisation. `best` is the best config's
+    /// median and the upper end of its confidence interval, for racing.
+    pub fn sample(
         &mut self,
         func: &CudaFunction,
         p: &Prepared,
-        budget_ms: f64,
-        min_reps: usize,
-        max_reps: usize,
-    ) -> Result<std::result::Result<Vec<f64>, LaunchFailure>> {
-        let mut samples = match self.time(func, p, 3)? {
-            Ok(s) => s,
-            Err(f) => return Ok(Err(f)),
-        };
-        let est = median(&samples).max(1e-4);
-        let want = ((budget_ms / est) as usize).clamp(min_reps, max_reps.max(min_reps));
-        if want > samples.len() {
-            match self.time(func, p, want - samples.len())? {
-                Ok(more) => samples.extend(more),
-                Err(f) => return Ok(Err(f)),
+        rule: &Sampling,
+        best: Option<(f64, f64)>,
+    ) -> Result<std::result::Result<Sampled, LaunchFailure>> {
+        let mut samples = Vec::new();
+        loop {
+            match decide(&samples, rule, best) {
+                Decision::More(n) => match self.time(func, p, n)? {
+                    Ok(s) => samples.extend(s),
+                    Err(f) => return Ok(Err(f)),
+                },
+                Decision::Stop(stop) => return Ok(Ok(Sampled { samples, stop })),
             }
         }
-        Ok(Ok(samples))
     }
+}
+
+/// Whether timed runs need an L2 flush: not when one run moves at least four times the L2
+/// size (it evicts what the previous run left by itself).
+fn needs_flush(bytes_per_run: usize, l2: usize) -> bool {
+    bytes_per_run < 4 * l2
+}
+
+/// The rules of adaptive sampling (see [`decide`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Kernel time (ms) a measurement may spend; once spent, 3 samples are enough.
+    pub budget_ms: f64,
+    /// Samples a measurement takes at least while within the budget.
+    pub min_reps: usize,
+    /// Samples a measurement takes at most.
+    pub max_reps: usize,
+    /// Stop once the half-width of the median's 95% confidence interval is at most this
+    /// fraction of the median.
+    pub stable_within: f64,
+    /// A first run slower than this many times the best median stops as [`Stop::TooSlow`];
+    /// infinite: no probe and no racing (every config measured fully).
+    pub too_slow_factor: f64,
+}
+
+/// Why sampling stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The first run was slower than `too_slow_factor` times the best (a failure of its own).
+    TooSlow,
+    /// Every run so far (two at least) was slower than the upper end of the best's interval.
+    Raced,
+    /// The median's interval is narrow enough.
+    Stable,
+    /// The time budget is spent.
+    Budget,
+    /// `max_reps` samples.
+    MaxReps,
+}
+
+/// What [`decide`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Take this many more samples.
+    More(usize),
+    Stop(Stop),
+}
+
+/// A sampled measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub samples: Vec<f64>,
+    pub stop: Stop,
+}
+
+/// The distribution-free 95% confidence interval of the median of `samples`: the order
+/// statistics `j` and `n - 1 - j` with `j = floor((n - 1.96 sqrt(n)) / 2)` (normal approximation
+/// of the binomial; below 6 samples the whole range). `(0, 0)` for no samples.
+pub fn median_ci(samples: &[f64]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let j = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0)
+        .floor()
+        .max(0.0) as usize;
+    let j = j.min((n - 1) / 2);
+    (s[j], s[n - 1 - j])
+}
+
+/// One step of adaptive sampling: given the samples so far, stop (and why) or how many more
+/// to take. In order: the first run against `too_slow_factor` times the best median; racing
+/// (two runs or more, all slower than the upper end of the best's interval); `max_reps`; then,
+/// with at least `min_reps` samples (3 once the budget is spent), stop when the budget is spent
+/// or the median's interval is within `stable_within`. Otherwise the sample doubles, limited
+/// by what the budget still pays for.
+pub fn decide(samples: &[f64], rule: &Sampling, best: Option<(f64, f64)>) -> Decision {
+    let n = samples.len();
+    if n == 0 {
+        return Decision::More(1);
+    }
+    let max = rule.max_reps.max(1);
+    let pruning = rule.too_slow_factor.is_finite();
+    if let (true, Some((best_ms, best_hi))) = (pruning, best) {
+        if n == 1 && samples[0] > rule.too_slow_factor * best_ms {
+            return Decision::Stop(Stop::TooSlow);
+        }
+        let fastest = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        if n >= 2 && fastest > best_hi {
+            return Decision::Stop(Stop::Raced);
+        }
+    }
+    if n >= max {
+        return Decision::Stop(Stop::MaxReps);
+    }
+    let spent: f64 = samples.iter().sum();
+    let over = spent >= rule.budget_ms;
+    let floor = if over { 3 } else { rule.min_reps.max(1) }.min(max);
+    let med = median(samples);
+    if n >= floor {
+        if over {
+            return Decision::Stop(Stop::Budget);
+        }
+        let (lo, hi) = median_ci(samples);
+        if (hi - lo) / 2.0 <= rule.stable_within * med {
+            return Decision::Stop(Stop::Stable);
+        }
+    }
+    // Below the floor: up to it, doubling (so racing can stop a slow candidate on the way).
+    // Above it: double, but not beyond what the rest of the budget pays for.
+    let add = if n < floor {
+        n.max(2).min(floor - n)
+    } else {
+        let affordable = if med > 0.0 {
+            ((rule.budget_ms - spent) / med).ceil() as usize
+        } else {
+            n
+        };
+        n.min(affordable).max(1)
+    };
+    Decision::More(add.min(max - n))
 }
 
 /// Median of a sample (0 for none).
@@ -516,10 +747,14 @@ mod tests {
 
     #[test]
     fn error_metric_never_passes_nan() {
-        assert_eq!(relative_error(&[1.0, 2.0], &[1.0, 2.0]), Some(0.0));
-        assert_eq!(relative_error(&[f64::NAN, 2.0], &[1.0, 2.0]), None);
-        assert_eq!(relative_error(&[1.0], &[1.0, 2.0]), None);
-        assert!(relative_error(&[1.1, 2.0], &[1.0, 2.0]).unwrap() > 0.01);
+        let rel = |o: &[f64], r: &[f64]| {
+            let c = Comparison::of_host(o, r);
+            (c.nonfinite == 0).then(|| c.relative_error())
+        };
+        assert_eq!(rel(&[1.0, 2.0], &[1.0, 2.0]), Some(0.0));
+        assert_eq!(rel(&[f64::NAN, 2.0], &[1.0, 2.0]), None);
+        assert_eq!(rel(&[1.0], &[1.0, 2.0]), None);
+        assert!(rel(&[1.1, 2.0], &[1.0, 2.0]).unwrap() > 0.01);
         let poisoned = to_f64(ElemType::F32, &[0xFF; 8]);
         assert!(poisoned.iter().all(|x| x.is_nan()));
     }
@@ -545,5 +780,119 @@ mod tests {
         assert!(i.iter().all(|x| (1.0..=9.0).contains(x)));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert!((iqr(&[1.0, 2.0, 3.0, 4.0, 5.0]) - 2.0).abs() < 1e-12);
+    }
+
+    fn rule() -> Sampling {
+        Sampling {
+            budget_ms: 20.0,
+            min_reps: 5,
+            max_reps: 50,
+            stable_within: 0.02,
+            too_slow_factor: 10.0,
+        }
+    }
+
+    /// Runs `decide` against a kernel whose runs take `run(i)` ms; the samples taken and why
+    /// it stopped.
+    fn simulate(
+        rule: &Sampling,
+        best: Option<(f64, f64)>,
+        run: impl Fn(usize) -> f64,
+    ) -> (usize, Stop, usize) {
+        let mut s = Vec::new();
+        let mut rounds = 0;
+        loop {
+            match decide(&s, rule, best) {
+                Decision::More(n) => {
+                    assert!(
+                        n >= 1 && s.len() + n <= rule.max_reps,
+                        "{n} more after {}",
+                        s.len()
+                    );
+                    rounds += 1;
+                    for _ in 0..n {
+                        let i = s.len();
+                        s.push(run(i));
+                    }
+                }
+                Decision::Stop(why) => return (s.len(), why, rounds),
+            }
+        }
+    }
+
+    #[test]
+    fn a_stable_kernel_stops_at_the_floor_in_few_rounds() {
+        let (n, why, rounds) = simulate(&rule(), None, |i| 1.0 + 0.001 * (i % 3) as f64);
+        assert_eq!((n, why), (5, Stop::Stable));
+        assert!(rounds <= 3, "{rounds} rounds");
+    }
+
+    #[test]
+    fn a_noisy_kernel_samples_more_but_not_beyond_the_cap() {
+        // +-10% noise: the interval of the median narrows only with many samples.
+        let noisy = |i: usize| 0.01 * (1.0 + 0.1 * (((i * 7919) % 13) as f64 / 6.0 - 1.0));
+        let (n, why, rounds) = simulate(&rule(), None, noisy);
+        assert!(n > 5, "{n}");
+        assert!(
+            n <= 50 && matches!(why, Stop::Stable | Stop::MaxReps),
+            "{n} {why:?}"
+        );
+        assert!(rounds <= 8, "{rounds} rounds");
+    }
+
+    #[test]
+    fn the_budget_follows_the_kernel_time() {
+        // A 15 ms kernel spends the 20 ms budget at its second run: 3 samples and done.
+        let noisy = |i: usize| 15.0 * (1.0 + 0.1 * (i % 2) as f64);
+        assert_eq!(simulate(&rule(), None, noisy).0, 3);
+        // A 30 ms kernel too (never fewer than 3 samples).
+        assert_eq!(simulate(&rule(), None, |_| 30.0).0, 3);
+        // A 1 ms noisy kernel stops once ~20 ms are spent, not at 50 runs.
+        let (n, why, _) = simulate(&rule(), None, |i| 1.0 + 0.2 * (i % 2) as f64);
+        assert!((10..=25).contains(&n) && why == Stop::Budget, "{n} {why:?}");
+    }
+
+    #[test]
+    fn racing_stops_a_clearly_slower_candidate_early() {
+        let best = Some((1.0, 1.02));
+        // 1.5x slower, steadily: stopped after 3 runs (the probe and one round).
+        let (n, why, _) = simulate(&rule(), best, |_| 1.5);
+        assert_eq!((n, why), (3, Stop::Raced));
+        // 20x slower: the first run is the "too slow" probe.
+        assert_eq!(simulate(&rule(), best, |_| 20.0).1, Stop::TooSlow);
+        // One fast run among slow ones: not clearly slower, so it is measured on.
+        let (n, why, _) = simulate(&rule(), best, |i| if i == 1 { 1.0 } else { 1.5 });
+        assert!(n >= 5 && why != Stop::Raced, "{n} {why:?}");
+        // As fast as the best: never raced.
+        assert_ne!(simulate(&rule(), best, |_| 1.01).1, Stop::Raced);
+        // No pruning when the factor is infinite (record, verify): measured fully.
+        let full = Sampling {
+            too_slow_factor: f64::INFINITY,
+            ..rule()
+        };
+        assert_eq!(simulate(&full, best, |_| 20.0), (3, Stop::Budget, 2));
+        assert_eq!(simulate(&full, best, |_| 1.5).1, Stop::Stable);
+    }
+
+    #[test]
+    fn median_interval_is_the_order_statistics() {
+        assert_eq!(median_ci(&[]), (0.0, 0.0));
+        assert_eq!(median_ci(&[2.0]), (2.0, 2.0));
+        assert_eq!(median_ci(&[3.0, 1.0, 2.0, 5.0, 4.0]), (1.0, 5.0));
+        let v: Vec<f64> = (0..50).map(|i| i as f64).collect();
+        // j = floor((50 - 1.96 * sqrt(50)) / 2) = 18.
+        assert_eq!(median_ci(&v), (18.0, 31.0));
+        let (lo, hi) = median_ci(&v[..10]);
+        assert!(lo <= median(&v[..10]) && median(&v[..10]) <= hi);
+    }
+
+    #[test]
+    fn the_flush_is_skipped_only_when_a_run_evicts_l2_itself() {
+        let l2 = 60 << 20;
+        // Transpose 8192^2 f32: 256 MB in, 256 MB out.
+        assert!(!needs_flush(512 << 20, l2));
+        // SGEMM 4096^3 f32: 192 MB.
+        assert!(needs_flush(192 << 20, l2));
+        assert!(needs_flush(0, l2));
     }
 }

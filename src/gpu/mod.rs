@@ -9,19 +9,24 @@
 //! - [`tensor_map`]: `CUtensorMap` arguments encoded per launch;
 //! - [`launch`]: the one launch path (arguments checked and marshalled, zero-fill, tensor maps,
 //!   `cuLaunchKernel`) and loading an image into a function;
-//! - [`measure`]: synthetic inputs, L2 flushing, CUDA-event timing and the correctness run, all
-//!   through [`launch`].
+//! - [`compare`]: the correctness gate on the device (jitune's own comparison kernel);
+//! - [`measure`]: synthetic inputs, L2 flushing, adaptive CUDA-event timing and the correctness
+//!   run, all through [`launch`];
+//! - [`roofline`]: the device's copy bandwidth (measured once) and FP32 peak, for stopping a
+//!   search near the roofline.
 //!
 //! Every entry point checks that the CUDA libraries are present before the first call (cudarc
 //! panics when a library is missing) and turns anything that still panics inside cudarc into an
 //! error value: the host process never goes down because a GPU or library is missing.
 
+pub mod compare;
 pub mod compile;
 pub mod convert;
 pub mod device;
 pub mod launch;
 pub mod measure;
 pub mod pool;
+pub mod roofline;
 pub mod tensor_map;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
