@@ -59,6 +59,7 @@ fn run() -> jitune::Result<()> {
             max_evals: evals,
             max_time_s: None,
             seed: 1,
+            ..Default::default()
         },
     )?;
     println!(
@@ -88,6 +89,7 @@ fn run() -> jitune::Result<()> {
             max_evals: 100_000,
             max_time_s: None,
             seed: 1,
+            ..Default::default()
         },
     )?;
     println!(

@@ -282,6 +282,7 @@ extern "C" __global__ void twice(const float* x, float* y, int n) {
                 max_evals: 100,
                 max_time_s: None,
                 seed: 1,
+                ..Default::default()
             },
         )
         .unwrap();

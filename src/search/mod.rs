@@ -87,6 +87,9 @@ pub struct SearchOptions {
     pub fidelity: Fidelity,
     /// Cancellation flag and progress callback (none by default).
     pub hooks: Hooks,
+    /// Stop proposing once the best estimate is at or below this many ms (a roofline: nothing
+    /// can be much faster). Not a cancellation: the search finishes normally.
+    pub target_ms: Option<f64>,
 }
 
 /// How far a search is, reported after each batch (see [`Hooks::progress`]).
@@ -155,6 +158,7 @@ impl SearchOptions {
             start: Vec::new(),
             fidelity: Fidelity::default(),
             hooks: Hooks::default(),
+            target_ms: None,
         }
     }
 }
@@ -295,14 +299,18 @@ impl<'a> Session<'a> {
         self.opts
     }
 
-    /// Unique evaluations still allowed (0 once the time budget is spent or the search was
-    /// cancelled: every strategy loops on this, so that is how cancellation reaches them all).
+    /// Unique evaluations still allowed (0 once the time budget is spent, the target reached or
+    /// the search cancelled: every strategy loops on this, so that is how they all stop).
     pub fn remaining(&self) -> usize {
         if self.cancelled()
             || self
                 .opts
                 .max_time_s
                 .is_some_and(|t| self.eval.elapsed_s() >= t)
+            || self
+                .opts
+                .target_ms
+                .is_some_and(|t| self.best().is_some_and(|(_, b)| b <= t))
         {
             return 0;
         }

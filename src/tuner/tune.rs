@@ -1,14 +1,20 @@
 //! Tuning runs: a search over a [`TuningJob`] on the evaluator the isolation asks for, the
 //! winner stored with the statistic that ranked it, and the winner's plan built from what the
 //! evaluator already holds (its loaded function, or its image) rather than read back.
+//!
+//! A spec that declares its work (`bytes`, `flops`) has a roofline at each shape (the time the
+//! device's copy bandwidth and FP32 peak allow); the search stops once its best is within
+//! [`TuneOptions::roofline_stop`] of it (through `SearchOptions::target_ms`: the strategies
+//! know nothing of it, and the result is a normal finish, not a partial one).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Have, Plan, Tuner};
 use crate::cache::Entry;
-use crate::engine::{GpuEvaluator, IsolatedEvaluator, Isolation, TuningJob};
+use crate::engine::{EvalStats, GpuEvaluator, IsolatedEvaluator, Isolation, TuningJob};
 use crate::gpu::measure::iqr;
+use crate::gpu::roofline::{copy_bandwidth, fp32_peak, Roofline};
 use crate::search::evaluator::Evaluator;
 use crate::search::{strategy_by_name, Hooks, SearchOptions};
 use crate::space::Config;
@@ -25,6 +31,10 @@ pub struct TuneOptions {
     /// Most seconds of tuning.
     pub max_time_s: Option<f64>,
     pub seed: u64,
+    /// Stop tuning a key once its best config reaches this fraction of the roofline (the
+    /// time floor of the spec's `bytes`/`flops` at the device's copy bandwidth / FP32 peak);
+    /// `None`, or a spec that declares no work: never. Default 0.95.
+    pub roofline_stop: Option<f64>,
 }
 
 impl Default for TuneOptions {
@@ -34,6 +44,7 @@ impl Default for TuneOptions {
             max_evals: 120,
             max_time_s: Some(60.0),
             seed: 1,
+            roofline_stop: Some(0.95),
         }
     }
 }
@@ -51,6 +62,16 @@ pub struct TuneReport {
     /// Whether the search was cancelled through [`Hooks::cancel`] and the stored winner is the
     /// best of what was measured until then (its entry's strategy says `partial`).
     pub partial: bool,
+    /// The roofline at this shape (ms): the least time the spec's declared work takes on this
+    /// device; `None` when the spec declares none or the device's figures are unknown.
+    pub roofline_ms: Option<f64>,
+    /// Whether the search ended because its best reached [`TuneOptions::roofline_stop`] of the
+    /// roofline.
+    pub roofline_stop: bool,
+    /// Where the evaluator's time went, per candidate (in-process tuning; `None` isolated).
+    pub stats: Option<EvalStats>,
+    /// Seconds spent storing the winner.
+    pub store_s: f64,
 }
 
 /// A finished run: the report, and what the evaluator holds of the winner.
@@ -78,6 +99,13 @@ impl TuningEvaluator {
         match self {
             TuningEvaluator::InProcess(e) => e.compiled(),
             TuningEvaluator::Isolated(e) => e.compiled(),
+        }
+    }
+
+    fn stats(&self) -> Option<EvalStats> {
+        match self {
+            TuningEvaluator::InProcess(e) => Some(e.stats().clone()),
+            TuningEvaluator::Isolated(_) => None,
         }
     }
 
@@ -156,6 +184,10 @@ impl Tuner {
         let mut sopts = SearchOptions::new(opts.seed, opts.max_evals);
         sopts.max_time_s = opts.max_time_s;
         sopts.hooks = hooks;
+        let roofline_ms = self.roofline_ms(job);
+        sopts.target_ms = roofline_ms
+            .zip(opts.roofline_stop.filter(|f| *f > 0.0 && *f <= 1.0))
+            .map(|(t, f)| t / f);
         sopts.start.push(spec.default.clone());
         sopts.start.extend(nearest);
         let result = strategy.search(eval.as_dyn(), &sopts);
@@ -204,7 +236,18 @@ impl Tuner {
         } else {
             strategy.name().to_string()
         };
+        let t = std::time::Instant::now();
         self.inner.cache.put(entry.clone())?;
+        let store_s = t.elapsed().as_secs_f64();
+        if let Some(floor) = roofline_ms.filter(|f| best_ms < 0.8 * f) {
+            log::warn!(
+                "jitune: {} {:?} ran in {best_ms:.4} ms, under 80% of its roofline ({floor:.4} ms): \
+                 its `bytes`/`flops` overstate the work (or count tensor-core operations), so \
+                 the roofline stop ends its tuning too soon",
+                spec.name,
+                job.shape
+            );
+        }
         log::info!(
             "jitune: tuned {} {:?}: {} at {:.4} ms ({} configs, {:.1} s)",
             spec.name,
@@ -223,10 +266,32 @@ impl Tuner {
                 compiled,
                 curve,
                 partial: result.cancelled,
+                roofline_ms,
+                roofline_stop: sopts.target_ms.is_some_and(|t| best_ms <= t),
+                stats: eval.stats(),
+                store_s,
             },
             winner: best,
             have,
         })
+    }
+
+    /// The roofline of `job` (ms), when its spec declares its work and the device's figures for
+    /// it are known (the copy bandwidth is measured at the first call of the process).
+    fn roofline_ms(&self, job: &TuningJob) -> Option<f64> {
+        let gpu = &self.inner.gpu;
+        let (bytes, flops) = match job.spec.work(&job.shape, &gpu.limits) {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("jitune: no roofline for {}: {e}", job.spec.name);
+                return None;
+            }
+        };
+        let roof = Roofline {
+            copy_bytes_per_s: bytes.and_then(|_| copy_bandwidth(&gpu.ctx, gpu.limits.l2_bytes)),
+            fp32_flops_per_s: flops.and_then(|_| fp32_peak(gpu)),
+        };
+        roof.floor_ms(bytes, flops)
     }
 
     /// The evaluator of a tuning run, isolated or not as [`Tuner::isolation`] says. When

@@ -162,6 +162,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
         max_evals: args.budget,
         max_time_s: args.time_limit,
         seed: args.seed,
+        ..Default::default()
     };
     let multi = indicatif::MultiProgress::new();
     let style = bar_style(args.time_limit)?;
