@@ -14,7 +14,11 @@
 //! under load picked.
 //!
 //!     cargo run --release --example server [-- --threads 4 --seconds 120 --tune-s 8
-//!                                               --pause-ms 20 --cache FILE]
+//!                                               --pause-ms 20 --cache FILE --preload]
+//!
+//! `--preload` (or `SERVER_PRELOAD=1`) calls `Tuner::preload` for every kernel before serving
+//! starts and waits for it: the default configs (and winners already in the cache) are compiled
+//! then, so the first pass launches without compiling on a serving thread.
 //!
 //! Threads pause `--pause-ms` between passes over their shapes (requests do not arrive back to
 //! back). The cache is memory-only unless `--cache` names a file (so each run starts cold).
@@ -252,6 +256,8 @@ fn run() -> Result<()> {
     let seconds: f64 = common::num_option("--seconds", "SERVER_SECONDS", 120.0)?;
     let tune_s: f64 = common::num_option("--tune-s", "SERVER_TUNE_S", 8.0)?;
     let pause_ms: u64 = common::num_option("--pause-ms", "SERVER_PAUSE_MS", 20)?;
+    let preload = std::env::args().any(|a| a == "--preload")
+        || std::env::var("SERVER_PRELOAD").is_ok_and(|v| v == "1");
     let sgemm = common::kernel("sgemm")?;
     let softmax = common::kernel("softmax")?;
     jitune::require_cuda()?;
@@ -334,6 +340,28 @@ fn run() -> Result<()> {
         tuner.gpu().fingerprint.to_text(),
         families.len()
     );
+    if preload {
+        let t = Instant::now();
+        let mut kernels: Vec<&Kernel> = Vec::new();
+        for f in &families {
+            if !kernels.iter().any(|k| k.spec.id() == f.kernel.spec.id()) {
+                kernels.push(&f.kernel);
+            }
+        }
+        let running: Vec<_> = kernels.iter().map(|k| tuner.preload(k)).collect();
+        let (mut images, mut compiled, mut failed) = (0, 0, 0);
+        for p in running {
+            let r = p.wait();
+            images += r.configs;
+            compiled += r.compiled;
+            failed += r.failed;
+        }
+        println!(
+            "preloaded {images} images of {} kernels in {:.2} s ({compiled} compiled, {failed} failed)",
+            kernels.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let start = Instant::now();
     let pace = Pace {
         deadline: start + Duration::from_secs_f64(seconds),

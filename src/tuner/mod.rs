@@ -21,6 +21,7 @@
 //! (faster); `JITUNE_ISOLATION` or [`Tuner::set_isolation`] choose otherwise.
 
 mod plan;
+mod preload;
 pub(crate) mod state;
 mod tune;
 
@@ -32,6 +33,7 @@ use once_cell::sync::OnceCell;
 
 pub use crate::gpu::launch::{Arg, BufferArg, DeviceElem};
 pub use plan::Plan;
+pub use preload::{Preload, PreloadReport};
 pub use tune::{TuneOptions, TuneReport};
 
 use crate::cache::{Cache, CacheOptions};
@@ -131,6 +133,8 @@ struct Inner {
     /// timings, and each isolated run holds a worker process with a CUDA context of its own
     /// (dozens of keys missing at once would otherwise start dozens of contexts).
     background_gate: parking_lot::Mutex<()>,
+    /// Images compiled ahead of the launches that need them ([`Tuner::preload`]).
+    preloads: preload::Preloads,
 }
 
 /// Tunes, caches and launches kernels on one GPU. Cheap to clone (shared inside).
@@ -202,6 +206,7 @@ impl Tuner {
                     IsolationOptions::default(),
                 )),
                 background_gate: parking_lot::Mutex::new(()),
+                preloads: preload::Preloads::default(),
             }),
         })
     }
@@ -389,19 +394,23 @@ impl Tuner {
         let image = match have {
             Have::Func(f) => return Ok(Plan::new(f, env, text, tuned)),
             Have::Image(img) => img,
-            Have::Nothing => {
-                let mut bin = Binaries::new(
-                    gpu.clone(),
-                    spec.clone(),
-                    self.inner.cache.clone(),
-                    self.inner.pool.clone(),
-                );
-                let img = bin.one(config, &text)?;
-                self.inner
-                    .compiles
-                    .fetch_add(bin.compiled, Ordering::Relaxed);
-                img
-            }
+            // A preload has it (or is compiling it: wait rather than compile it twice).
+            Have::Nothing => match self.preloaded(spec.id(), &text) {
+                Some(img) => img,
+                None => {
+                    let mut bin = Binaries::new(
+                        gpu.clone(),
+                        spec.clone(),
+                        self.inner.cache.clone(),
+                        self.inner.pool.clone(),
+                    );
+                    let img = bin.one(config, &text)?;
+                    self.inner
+                        .compiles
+                        .fetch_add(bin.compiled, Ordering::Relaxed);
+                    img
+                }
+            },
         };
         let geometry = Prepared::resolve(spec, &env, &job.shape)?.geometry;
         let func = load_function(&gpu.ctx, &image, &spec.entry, &geometry)?;
