@@ -111,6 +111,7 @@ fn child(env: ChildEnv) {
         max_evals: 12,
         max_time_s: Some(10.0),
         seed: env.seed,
+        ..Default::default()
     });
     let work = Arc::new(kernels());
     let mut keys = HashMap::new();
