@@ -43,7 +43,10 @@ pub use tuner::{launch, Kernel, Mode, TuneOptions, TuneReport, Tuner};
 pub mod internals {
     pub use crate::engine::job::key_of;
     pub use crate::expr::Expr;
-    pub use crate::gpu::compare::{compiles as compare_kernels_compiled, Comparison};
+    pub use crate::gpu::compare::{
+        compare as compare_on_device, compiles as compare_kernels_compiled, Comparison, Operands,
+        SCRATCH_BYTES,
+    };
     pub use crate::gpu::compile::{compile_in_process, nvrtc_version, CompileRequest, Image};
     pub use crate::gpu::convert::{f16_to_f32, f32_to_bf16, f32_to_f16, to_f64};
     pub use crate::gpu::measure::{decide, iqr, median, median_ci, Decision, Sampling, Stop};

@@ -127,7 +127,10 @@ impl CandidateCost {
 /// the reference run and re-measurements. Counting is a few clock reads per candidate.
 #[derive(Clone, Debug, Default)]
 pub struct EvalStats {
-    /// One entry per candidate loaded (or failed on the way), in order.
+    /// Making the synthetic inputs and the buffers (host generation and upload).
+    pub setup_s: f64,
+    /// One entry per config of a batch (loaded and checked, timed, or failed on the way), in
+    /// order.
     pub candidates: Vec<CandidateCost>,
     /// The reference config's run and its first timing (part of the first batch).
     pub reference: CandidateCost,
@@ -210,7 +213,12 @@ impl GpuEvaluator {
         pool: Arc<CompilePool>,
     ) -> Result<GpuEvaluator> {
         let spec = &job.spec;
+        let t = Instant::now();
         let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;
+        let stats = EvalStats {
+            setup_s: t.elapsed().as_secs_f64(),
+            ..EvalStats::default()
+        };
         Ok(GpuEvaluator {
             binaries: Binaries::new(gpu.clone(), spec.clone(), cache.clone(), pool),
             failures: FailureBook::load(cache.clone(), job.key, &spec.name),
@@ -225,7 +233,7 @@ impl GpuEvaluator {
             best: None,
             start: Instant::now(),
             cost: CandidateCost::default(),
-            stats: EvalStats::default(),
+            stats,
             options: MeasureOptions::default(),
         })
     }
@@ -492,13 +500,11 @@ impl GpuEvaluator {
     }
 
     /// Loads and checks a new image (when given), then times the config.
+    /// One config of a batch; its costs become one entry of [`EvalStats::candidates`].
     fn process(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
-        let fresh = image.is_some();
         let out = self.process_inner(c, image, timed);
-        if fresh {
-            let cost = std::mem::take(&mut self.cost);
-            self.stats.candidates.push(cost);
-        }
+        let cost = std::mem::take(&mut self.cost);
+        self.stats.candidates.push(cost);
         out
     }
 

@@ -235,8 +235,8 @@ struct Comparer {
 
 /// Compiled comparers by (context, element type). A loaded function keeps its context alive, so
 /// a context's address is not reused while its entries are here.
-static COMPARERS: Lazy<Mutex<HashMap<(usize, ElemType), Arc<Comparer>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+type ComparerMap = HashMap<(usize, ElemType), Arc<Comparer>>;
+static COMPARERS: Lazy<Mutex<ComparerMap>> = Lazy::new(|| Mutex::new(HashMap::new()));
 static COMPILES: AtomicUsize = AtomicUsize::new(0);
 
 /// How many comparison kernels this process has compiled (one per element type per context).
