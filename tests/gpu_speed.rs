@@ -25,17 +25,6 @@ use jitune::spec::{ElemType, SpecBuilder};
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions};
 use jitune::Gpu;
 
-const TYPES: [ElemType; 8] = [
-    ElemType::F32,
-    ElemType::F64,
-    ElemType::F16,
-    ElemType::Bf16,
-    ElemType::I32,
-    ElemType::U32,
-    ElemType::I64,
-    ElemType::U8,
-];
-
 /// `v` as `ty` bytes (integers rounded; NaN for integers is left to the caller).
 fn encode(ty: ElemType, v: &[f64]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -117,7 +106,7 @@ fn the_device_comparison_is_the_host_comparison() {
         .expect("the comparison runs");
         (host, dev)
     };
-    for ty in TYPES {
+    for ty in ElemType::ALL {
         for (n, perturb, nans) in [
             (1, false, 0),
             (1000, true, 0),
@@ -147,7 +136,7 @@ fn the_device_comparison_is_the_host_comparison() {
     }
     // Compiled once per element type in this context: a second round compiles nothing.
     let compiled = compare_kernels_compiled();
-    for ty in TYPES {
+    for ty in ElemType::ALL {
         let _ = run(ty, 10, true, 0);
     }
     assert_eq!(compare_kernels_compiled(), compiled);

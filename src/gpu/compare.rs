@@ -41,48 +41,48 @@ const THREADS: u32 = 256;
 
 /// The comparison kernel. `JT_KIND` picks the element type; half types arrive as raw 16-bit
 /// words and are widened exactly (as the host's conversions do). No headers: NVRTC's built-ins
-/// suffice.
+/// suffice; every name is prefixed so none can clash with one of them.
 const SOURCE: &str = r#"
-typedef unsigned long long u64;
+typedef unsigned long long jt_u64;
 #if JT_KIND == 0
-typedef float elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)x; }
+typedef float jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)x; }
 #elif JT_KIND == 1
-typedef double elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return x; }
+typedef double jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return x; }
 #elif JT_KIND == 2
-typedef unsigned short elem_t;
-__device__ __forceinline__ double to_d(elem_t x)
+typedef unsigned short jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x)
 {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
     return (double)f;
 }
 #elif JT_KIND == 3
-typedef unsigned short elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)__uint_as_float(((unsigned int)x) << 16); }
+typedef unsigned short jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)__uint_as_float(((unsigned int)x) << 16); }
 #elif JT_KIND == 4
-typedef int elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)x; }
+typedef int jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)x; }
 #elif JT_KIND == 5
-typedef unsigned int elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)x; }
+typedef unsigned int jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)x; }
 #elif JT_KIND == 6
-typedef long long elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)x; }
+typedef long long jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)x; }
 #else
-typedef unsigned char elem_t;
-__device__ __forceinline__ double to_d(elem_t x) { return (double)x; }
+typedef unsigned char jt_elem;
+__device__ __forceinline__ double jt_to_d(jt_elem x) { return (double)x; }
 #endif
 
-struct Acc { double d2; double r2; double mx; u64 bad; };
+struct JtAcc { double d2; double r2; double mx; jt_u64 bad; };
 
-__device__ __forceinline__ bool finite(double v)
+__device__ __forceinline__ bool jt_finite(double v)
 {
-    return ((u64)__double_as_longlong(v) & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
+    return ((jt_u64)__double_as_longlong(v) & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
 }
 
-__device__ __forceinline__ void merge(Acc& a, const Acc& b)
+__device__ __forceinline__ void jt_merge(JtAcc& a, const JtAcc& b)
 {
     a.d2 += b.d2;
     a.r2 += b.r2;
@@ -90,44 +90,44 @@ __device__ __forceinline__ void merge(Acc& a, const Acc& b)
     a.bad += b.bad;
 }
 
-__device__ __forceinline__ Acc warp_reduce(Acc a)
+__device__ __forceinline__ JtAcc jt_warp_reduce(JtAcc a)
 {
     for (int o = 16; o > 0; o >>= 1) {
-        Acc b;
+        JtAcc b;
         b.d2 = __shfl_down_sync(0xffffffffu, a.d2, o);
         b.r2 = __shfl_down_sync(0xffffffffu, a.r2, o);
         b.mx = __shfl_down_sync(0xffffffffu, a.mx, o);
         b.bad = __shfl_down_sync(0xffffffffu, a.bad, o);
-        merge(a, b);
+        jt_merge(a, b);
     }
     return a;
 }
 
 // The block's sum, in thread 0.
-__device__ __forceinline__ Acc block_reduce(Acc a)
+__device__ __forceinline__ JtAcc jt_block_reduce(JtAcc a)
 {
-    __shared__ Acc warps[32];
-    a = warp_reduce(a);
+    __shared__ JtAcc warps[32];
+    a = jt_warp_reduce(a);
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     if (lane == 0) warps[w] = a;
     __syncthreads();
     if (w == 0) {
-        Acc z = {0.0, 0.0, 0.0, 0ull};
+        JtAcc z = {0.0, 0.0, 0.0, 0ull};
         a = lane < (int)(blockDim.x >> 5) ? warps[lane] : z;
-        a = warp_reduce(a);
+        a = jt_warp_reduce(a);
     }
     return a;
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-jitune_compare(const elem_t* __restrict__ out, const elem_t* __restrict__ ref, u64 n, Acc* __restrict__ partials)
+jitune_compare(const jt_elem* __restrict__ out, const jt_elem* __restrict__ ref, jt_u64 n, JtAcc* __restrict__ partials)
 {
-    Acc a = {0.0, 0.0, 0.0, 0ull};
-    const u64 stride = (u64)gridDim.x * blockDim.x;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const double o = to_d(out[i]);
-        const double r = to_d(ref[i]);
-        if (!finite(o)) {
+    JtAcc a = {0.0, 0.0, 0.0, 0ull};
+    const jt_u64 stride = (jt_u64)gridDim.x * blockDim.x;
+    for (jt_u64 i = (jt_u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const double o = jt_to_d(out[i]);
+        const double r = jt_to_d(ref[i]);
+        if (!jt_finite(o)) {
             a.bad += 1;
             continue;
         }
@@ -137,16 +137,16 @@ jitune_compare(const elem_t* __restrict__ out, const elem_t* __restrict__ ref, u
         const double ad = d < 0.0 ? -d : d;
         if (ad > a.mx) a.mx = ad;
     }
-    a = block_reduce(a);
+    a = jt_block_reduce(a);
     if (threadIdx.x == 0) partials[blockIdx.x] = a;
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-jitune_compare_sum(Acc* __restrict__ partials, unsigned int count)
+jitune_compare_sum(JtAcc* __restrict__ partials, unsigned int count)
 {
-    Acc a = {0.0, 0.0, 0.0, 0ull};
-    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) merge(a, partials[i]);
-    a = block_reduce(a);
+    JtAcc a = {0.0, 0.0, 0.0, 0ull};
+    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) jt_merge(a, partials[i]);
+    a = jt_block_reduce(a);
     if (threadIdx.x == 0) partials[count] = a;
 }
 "#;
@@ -397,16 +397,7 @@ mod tests {
 
     #[test]
     fn one_kind_per_element_type_and_the_source_defines_both_passes() {
-        let all = [
-            ElemType::F32,
-            ElemType::F64,
-            ElemType::F16,
-            ElemType::Bf16,
-            ElemType::I32,
-            ElemType::U32,
-            ElemType::I64,
-            ElemType::U8,
-        ];
+        let all = ElemType::ALL;
         let mut kinds: Vec<u32> = all.iter().map(|t| kind(*t)).collect();
         kinds.sort();
         kinds.dedup();

@@ -96,6 +96,18 @@ pub enum ElemType {
 }
 
 impl ElemType {
+    /// Every element type.
+    pub const ALL: [ElemType; 8] = [
+        ElemType::F32,
+        ElemType::F64,
+        ElemType::F16,
+        ElemType::Bf16,
+        ElemType::I32,
+        ElemType::I64,
+        ElemType::U32,
+        ElemType::U8,
+    ];
+
     /// Size in bytes.
     pub fn size(self) -> usize {
         match self {
@@ -122,18 +134,7 @@ impl ElemType {
 
     /// Parses [`ElemType::name`]'s form.
     pub fn parse(s: &str) -> Option<ElemType> {
-        [
-            ElemType::F32,
-            ElemType::F64,
-            ElemType::F16,
-            ElemType::Bf16,
-            ElemType::I32,
-            ElemType::I64,
-            ElemType::U32,
-            ElemType::U8,
-        ]
-        .into_iter()
-        .find(|t| t.name() == s)
+        ElemType::ALL.into_iter().find(|t| t.name() == s)
     }
 
     /// Whether the type is a floating-point type.
