@@ -9,6 +9,7 @@
 //! memory. The cache degrades instead of failing: if the user file cannot be written, results
 //! live in memory for the life of the process.
 
+pub mod decide;
 pub mod export;
 pub mod store;
 
@@ -21,6 +22,7 @@ use dashmap::DashMap;
 use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
 use crate::{Error, Result};
 
+pub use decide::{Decision, Explanation};
 pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
 
 /// Environment variable naming the user cache file (or `memory` for no file).
@@ -70,7 +72,7 @@ impl Entry {
     /// ```
     /// use jitune::cache::Entry;
     /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
-    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0), driver_version: None };
     /// let e = Entry::new(KernelId([7; 32]), ShapeBucket::new(&[4096, 4096]).unwrap(), dev, "gemm", "BM=128,BN=64", 0.42);
     /// assert_eq!(e.key.device, e.device.hash64());
     /// ```
@@ -222,7 +224,7 @@ fn default_user_path() -> Option<PathBuf> {
 /// use jitune::cache::{Cache, Entry};
 /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
 /// let cache = Cache::memory_only();
-/// let dev = DeviceFingerprint { name: "GPU".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+/// let dev = DeviceFingerprint { name: "GPU".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0), driver_version: None };
 /// let e = Entry::new(KernelId([1; 32]), ShapeBucket::new(&[1024]).unwrap(), dev, "k", "B=64", 1.5);
 /// let key = e.key;
 /// cache.put(e)?;

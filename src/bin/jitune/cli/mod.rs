@@ -22,6 +22,7 @@ use jitune::cache::{CacheOptions, Entry};
 use jitune::Error;
 
 pub mod exit;
+pub mod explain;
 
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
@@ -139,6 +140,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a launch of KERNEL/SHAPE on this GPU (or on `--device FINGERPRINT`) would use from
+    /// this cache, and why: hit, inherited (same GPU model, other toolchain), provisional (same
+    /// compute capability), nearest (another shape here) or default.
+    Explain(explain::ExplainArgs),
     /// Show the entries matching KEY (`KERNEL/SHAPE[/DEVICE]`, as `ls` prints; KERNEL is a
     /// name or id prefix, DEVICE a hash prefix).
     Show {
@@ -246,6 +251,7 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             json,
         } => cmd_ls(cache, kernel.as_deref(), device.as_deref(), json).map(|_| exit::OK),
         Command::Show { key, json } => cmd_show(cache, &key, json).map(|_| exit::OK),
+        Command::Explain(args) => explain::run(cache, args).map(|_| exit::OK),
         Command::Export { file, format, json } => {
             cmd_export(cache, &file, format, json).map(|_| exit::OK)
         }
