@@ -82,5 +82,5 @@ impl Gpu {
 fn driver_version() -> Option<(i32, i32)> {
     let mut v: std::ffi::c_int = 0;
     let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v > 0).then(|| (v / 1000, v % 1000 / 10))
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v > 0).then_some((v / 1000, v % 1000 / 10))
 }
