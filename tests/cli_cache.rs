@@ -633,3 +633,78 @@ fn explain_names_each_decision_and_its_source() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("kernel ids"));
 }
+
+/// A SQLite export carries only the winners' binaries unless asked for all of them; the
+/// shipped-layer list of `JITUNE_SHIPPED` is split like a PATH.
+#[test]
+fn export_keeps_only_winners_binaries_by_default() {
+    use jitune::cache::store::BinaryKey;
+    let d = scratch("export-winners");
+    let src = d.join("src.sqlite");
+    let fixture = Snapshot::load(FIXTURE).unwrap();
+    let store = Store::open_rw(&src).unwrap();
+    fixture
+        .apply(&store, jitune::cache::OnConflict::Replace)
+        .unwrap();
+    let winner = &fixture.entries[0];
+    for (config, bytes) in [
+        (winner.config.as_str(), b"winner".as_slice()),
+        ("LOSER=1", b"loser"),
+    ] {
+        let key = BinaryKey {
+            kernel: winner.key.kernel,
+            config,
+            arch: "sm_90",
+            nvrtc: "13.0",
+        };
+        store.put_binary(&key, bytes).unwrap();
+    }
+    drop(store);
+    let out = d.join("shipped.sqlite");
+    let v = json(&jitune(
+        &d,
+        &["export", s(&out), "--cache", s(&src), "--json"],
+    ));
+    assert_eq!(
+        (v["binaries"].as_u64(), v["binaries_dropped"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let shipped = Snapshot::load(&out).unwrap();
+    assert_eq!(shipped.binaries.len(), 1);
+    assert_eq!(shipped.binaries[0].config, winner.config);
+    let v = json(&jitune(
+        &d,
+        &[
+            "export",
+            s(&out),
+            "--cache",
+            s(&src),
+            "--all-binaries",
+            "--json",
+        ],
+    ));
+    assert_eq!(v["binaries"].as_u64(), Some(2), "{v}");
+    let o = jitune(
+        &d,
+        &[
+            "export",
+            s(&out),
+            "--cache",
+            s(&src),
+            "--all-binaries",
+            "--winners-only",
+        ],
+    );
+    assert_eq!(code(&o), 2, "the two flags conflict: {}", stderr(&o));
+
+    let opts = jitune::cache::CacheOptions::memory_only()
+        .with_shipped_list(std::ffi::OsStr::new("/opt/a.sqlite::/opt/b.sqlite"));
+    assert_eq!(
+        opts.shipped,
+        vec![
+            PathBuf::from("/opt/a.sqlite"),
+            PathBuf::from("/opt/b.sqlite")
+        ]
+    );
+}

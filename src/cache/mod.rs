@@ -28,6 +28,9 @@ pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Stor
 /// Environment variable naming the user cache file (or `memory` for no file).
 pub const CACHE_ENV: &str = "JITUNE_CACHE";
 
+/// Environment variable naming read-only shipped cache files for the default tuner (`:`-separated).
+pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
+
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -177,6 +180,24 @@ impl CacheOptions {
     /// Adds a shipped (read-only) cache layer.
     pub fn with_shipped(mut self, path: impl Into<PathBuf>) -> CacheOptions {
         self.shipped.push(path.into());
+        self
+    }
+
+    /// The options of the default tuner: the default user cache, and read-only shipped layers
+    /// from `JITUNE_SHIPPED` (paths separated by `:`; a missing or unreadable one is skipped
+    /// with a warning when the cache opens).
+    pub fn from_env() -> CacheOptions {
+        let mut opts = CacheOptions::default();
+        if let Some(v) = std::env::var_os(SHIPPED_ENV) {
+            opts = opts.with_shipped_list(&v);
+        }
+        opts
+    }
+
+    /// Adds the shipped layers of a `:`-separated list (the form of `JITUNE_SHIPPED`).
+    pub fn with_shipped_list(mut self, list: &std::ffi::OsStr) -> CacheOptions {
+        self.shipped
+            .extend(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()));
         self
     }
 
