@@ -11,6 +11,7 @@
 
 pub mod decide;
 pub mod export;
+pub mod remote;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -155,6 +156,8 @@ pub struct CacheOptions {
     pub user: UserCache,
     /// Read-only shipped caches, searched in order after the user cache.
     pub shipped: Vec<PathBuf>,
+    /// The fleet-wide remote tier (Redis): `$JITUNE_REMOTE` by default. See [`remote`].
+    pub remote: remote::RemoteChoice,
 }
 
 impl CacheOptions {
@@ -163,6 +166,7 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::At(path.into()),
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
@@ -171,12 +175,26 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::MemoryOnly,
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
     /// Adds a shipped (read-only) cache layer.
     pub fn with_shipped(mut self, path: impl Into<PathBuf>) -> CacheOptions {
         self.shipped.push(path.into());
+        self
+    }
+
+    /// Uses the remote tier at `url` (`redis://[:password@]host:port/db`) instead of
+    /// `$JITUNE_REMOTE`. The URL is checked when the cache opens.
+    pub fn with_remote(mut self, url: impl Into<String>) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Url(url.into());
+        self
+    }
+
+    /// No remote tier, whatever `$JITUNE_REMOTE` says.
+    pub fn without_remote(mut self) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Off;
         self
     }
 
