@@ -46,7 +46,13 @@ mod tests {
         )
         .unwrap();
         assert!(check_config(&space, "BM=32,BN=64").is_ok());
-        for bad in ["BM=64,BN=32", "BM=128,BN=128", "BM=32", "BM=32,BN=64,X=1", "BN=64,BM=32"] {
+        for bad in [
+            "BM=64,BN=32",
+            "BM=128,BN=128",
+            "BM=32",
+            "BM=32,BN=64,X=1",
+            "BN=64,BM=32",
+        ] {
             assert!(
                 matches!(check_config(&space, bad), Err(Rejection::Config(_))),
                 "{bad}"

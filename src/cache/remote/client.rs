@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::config::{RemoteSettings, RemoteUrl};
+use super::health::{Gate, Health};
 use super::keys::Keys;
 use super::queue::{Write, WriteQueue};
 use super::record::{self, Rejection};
 use super::secret::FleetKey;
 use super::tier::{LeaseToken, RemoteError, RemoteTier};
-use super::health::{Gate, Health};
 use crate::cache::store::{arch_of, nvrtc_of, BinaryKey, FailureRecord};
 use crate::cache::Entry;
 use crate::key::{DeviceFingerprint, TuningKey};
@@ -160,6 +160,10 @@ struct Inner {
     settings: RemoteSettings,
     health: Health,
     queue: Mutex<WriteQueue>,
+    /// Held while a write is sent (directly, by the flusher or by `flush`), so writes reach the
+    /// server in the order they were made: a winner before the release of its lease, a newer
+    /// winner after an older one of the same key.
+    send_lock: Mutex<()>,
     /// The queue dropped writes in this outage (warned once).
     drop_warned: Mutex<bool>,
     signal: Arc<Signal>,
@@ -206,6 +210,7 @@ impl Remote {
                 fleet,
                 health: Health::new(settings.backoff_min, settings.backoff_max),
                 queue: Mutex::new(WriteQueue::new(settings.queue_capacity)),
+                send_lock: Mutex::new(()),
                 drop_warned: Mutex::new(false),
                 settings,
                 signal: Arc::default(),
@@ -392,9 +397,10 @@ impl Remote {
     /// tuning: the winner will be published either way).
     pub fn renew(&self, lease: &Lease) -> Result<bool, RemoteError> {
         let name = self.inner.keys.lease(&lease.key);
-        self.inner.call_result(self.inner.settings.io_timeout, |t, d| {
-            t.renew(&name, &lease.token, lease.ttl, d)
-        })
+        self.inner
+            .call_result(self.inner.settings.io_timeout, |t, d| {
+                t.renew(&name, &lease.token, lease.ttl, d)
+            })
     }
 
     /// Gives `lease` up (compare-and-delete: only if still held by it). Queued, after any
@@ -450,14 +456,19 @@ impl Remote {
             if now >= deadline {
                 break;
             }
+            let sending = inner.send_lock.lock();
             let Some(w) = inner.queue.lock().pop() else {
                 break;
             };
             let budget = inner.settings.io_timeout.min(deadline - now);
-            match inner.call_result(budget, |t, d| send(t, &w, d)) {
+            let res = inner.call_result(budget, |t, d| send(t, &w, d));
+            if res.is_err() {
+                inner.queue.lock().requeue(w);
+            }
+            drop(sending);
+            match res {
                 Ok(()) => bump(&inner.counters.written),
                 Err(_) => {
-                    inner.queue.lock().requeue(w);
                     std::thread::sleep(
                         inner
                             .health
@@ -618,6 +629,7 @@ impl Inner {
     /// otherwise (or from the first that fails) queues them and makes sure a flusher runs.
     fn write(self: &Arc<Self>, writes: Vec<Write>) -> Published {
         let mut rest = writes.into_iter().peekable();
+        let sending = self.send_lock.lock();
         if self.queue.lock().is_empty() {
             while let Some(w) = rest.peek() {
                 let ok = self
@@ -653,6 +665,8 @@ impl Inner {
                 }
             }
         }
+        // Released only now: a write made meanwhile by another thread goes after these.
+        drop(sending);
         if !any {
             return Published::Written;
         }
@@ -691,6 +705,7 @@ fn flusher(weak: Weak<Inner>, signal: Arc<Signal>) {
             let Some(inner) = weak.upgrade() else {
                 break;
             };
+            let sending = inner.send_lock.lock();
             let mut q = inner.queue.lock();
             if q.is_empty() {
                 // Decided under the queue lock: a writer that queues after this sees
@@ -705,11 +720,11 @@ fn flusher(weak: Weak<Inner>, signal: Arc<Signal>) {
                         continue;
                     };
                     drop(q);
-                    let res = send(
-                        &*inner.tier,
-                        &w,
-                        Instant::now() + inner.settings.io_timeout,
-                    );
+                    let res = send(&*inner.tier, &w, Instant::now() + inner.settings.io_timeout);
+                    if res.is_err() {
+                        inner.queue.lock().requeue(w);
+                    }
+                    drop(sending);
                     match res {
                         Ok(()) => {
                             bump(&inner.counters.written);
@@ -717,7 +732,6 @@ fn flusher(weak: Weak<Inner>, signal: Arc<Signal>) {
                             None
                         }
                         Err(e) => {
-                            inner.queue.lock().requeue(w);
                             bump(&inner.counters.unavailable);
                             inner.health.failure(&inner.tier.describe(), &e.to_string());
                             Some(inner.health.retry_at())

@@ -82,7 +82,9 @@ impl RemoteUrl {
         };
         let rest = match url.split_once("://") {
             Some(("redis", rest)) => rest,
-            Some(("rediss", _)) => return Err(bad("TLS (rediss://) is not supported by this build")),
+            Some(("rediss", _)) => {
+                return Err(bad("TLS (rediss://) is not supported by this build"))
+            }
             Some((scheme, _)) => return Err(bad(&format!("scheme `{scheme}` is not redis"))),
             None => return Err(bad("no scheme")),
         };
@@ -117,8 +119,7 @@ impl RemoteUrl {
                 None => (hostport, None),
             }
         };
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
-        {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
             return Err(bad("no host"));
         }
         let port = match port {

@@ -146,7 +146,10 @@ mod tests {
         }
         assert!(delays[0] <= Duration::from_millis(10), "{delays:?}");
         let last = h.retry_at().saturating_duration_since(Instant::now());
-        assert!(last > Duration::from_millis(25) && last <= Duration::from_millis(40), "{last:?}");
+        assert!(
+            last > Duration::from_millis(25) && last <= Duration::from_millis(40),
+            "{last:?}"
+        );
         assert!(h.success().is_some());
         assert_eq!(h.gate(), Gate::Go);
         assert!(h.success().is_none());

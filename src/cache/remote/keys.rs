@@ -117,7 +117,10 @@ mod tests {
         let name = keys.entry(&k);
         assert_eq!(
             name,
-            format!("jitune:v1:entry:{}/4096x1x11008/0123456789abcdef", "ab".repeat(32))
+            format!(
+                "jitune:v1:entry:{}/4096x1x11008/0123456789abcdef",
+                "ab".repeat(32)
+            )
         );
         assert_eq!(keys.parse_entry(&name), Some(k));
         assert_eq!(Keys::new("other").parse_entry(&name), None);
@@ -134,6 +137,12 @@ mod tests {
         };
         let bin = keys.binary(&b);
         assert!(bin.starts_with(&format!("jitune:v1:bin:{}/sm_90/13.0/", "ab".repeat(32))));
-        assert_ne!(bin, keys.binary(&BinaryKey { config: "BM=64,BN=64", ..b }));
+        assert_ne!(
+            bin,
+            keys.binary(&BinaryKey {
+                config: "BM=64,BN=64",
+                ..b
+            })
+        );
     }
 }

@@ -23,6 +23,7 @@ struct State {
 /// A remote tier in this process's memory.
 #[derive(Default)]
 pub struct MemoryTier {
+    name: String,
     state: Mutex<State>,
     down: AtomicBool,
     latency_us: AtomicU64,
@@ -33,6 +34,15 @@ impl MemoryTier {
     /// An empty, reachable tier.
     pub fn new() -> MemoryTier {
         MemoryTier::default()
+    }
+
+    /// An empty tier that [`describe`](RemoteTier::describe)s itself as `name` (tests tell
+    /// their log lines apart by it).
+    pub fn with_name(name: &str) -> MemoryTier {
+        MemoryTier {
+            name: name.to_string(),
+            ..MemoryTier::default()
+        }
     }
 
     /// Makes every call fail as unreachable (`true`) or work again (`false`).
@@ -97,7 +107,11 @@ impl MemoryTier {
 
 impl RemoteTier for MemoryTier {
     fn describe(&self) -> String {
-        "in-process tier".into()
+        if self.name.is_empty() {
+            "in-process tier".into()
+        } else {
+            format!("in-process tier `{}`", self.name)
+        }
     }
 
     fn get(&self, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, RemoteError> {
@@ -201,12 +215,7 @@ impl RemoteTier for MemoryTier {
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect();
-        out.extend(
-            st.leases
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned(),
-        );
+        out.extend(st.leases.keys().filter(|k| k.starts_with(prefix)).cloned());
         Ok(out)
     }
 }

@@ -38,10 +38,9 @@ impl Write {
                     key: b, field: fb, ..
                 },
             ) => a == b && fa == fb,
-            (
-                Write::Release { key: a, token: ta },
-                Write::Release { key: b, token: tb },
-            ) => a == b && ta == tb,
+            (Write::Release { key: a, token: ta }, Write::Release { key: b, token: tb }) => {
+                a == b && ta == tb
+            }
             _ => false,
         }
     }

@@ -231,7 +231,12 @@ pub fn encode_failure(
 
 /// The record of a compiled binary. Binaries always carry a MAC, so a fleet key is required.
 pub fn encode_binary(b: &BinaryKey<'_>, cubin: &[u8], key: &FleetKey) -> Vec<u8> {
-    let mut w = Writer::new(Kind::Binary, &b.kernel, true, 64 + b.config.len() + cubin.len());
+    let mut w = Writer::new(
+        Kind::Binary,
+        &b.kernel,
+        true,
+        64 + b.config.len() + cubin.len(),
+    );
     w.str(b.arch);
     w.str(b.nvrtc);
     w.str(b.config);
@@ -582,7 +587,16 @@ mod tests {
             Err(Rejection::Mismatch { what: "shape", .. })
         ));
         assert!(matches!(
-            decode_binary(&bytes, &BinaryKey { kernel: e.key.kernel, config: "", arch: "", nvrtc: "" }, None),
+            decode_binary(
+                &bytes,
+                &BinaryKey {
+                    kernel: e.key.kernel,
+                    config: "",
+                    arch: "",
+                    nvrtc: ""
+                },
+                None
+            ),
             Err(Rejection::Kind { found: 1, .. })
         ));
         let mut nan = e.clone();
@@ -647,9 +661,27 @@ mod tests {
         *mac.last_mut().unwrap() ^= 1;
         assert_eq!(decode_binary(&mac, &bk, Some(&k)), Err(Rejection::BadMac));
         for (what, other) in [
-            ("config", BinaryKey { config: "BM=128", ..bk }),
-            ("arch", BinaryKey { arch: "sm_80", ..bk }),
-            ("NVRTC version", BinaryKey { nvrtc: "12.9", ..bk }),
+            (
+                "config",
+                BinaryKey {
+                    config: "BM=128",
+                    ..bk
+                },
+            ),
+            (
+                "arch",
+                BinaryKey {
+                    arch: "sm_80",
+                    ..bk
+                },
+            ),
+            (
+                "NVRTC version",
+                BinaryKey {
+                    nvrtc: "12.9",
+                    ..bk
+                },
+            ),
         ] {
             assert!(matches!(
                 decode_binary(&rec, &other, Some(&k)),

@@ -79,7 +79,9 @@ impl RedisTier {
     pub fn new(url: &RemoteUrl) -> Result<RedisTier, RemoteError> {
         let client = redis::Client::open(url.secret_url())
             // The kind only: the client's URL errors can quote the URL, password and all.
-            .map_err(|e| RemoteError::Config(format!("{url}: rejected by the client ({:?})", e.kind())))?;
+            .map_err(|e| {
+                RemoteError::Config(format!("{url}: rejected by the client ({:?})", e.kind()))
+            })?;
         Ok(RedisTier {
             client,
             url: url.clone(),
@@ -116,7 +118,10 @@ impl RedisTier {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_micros(1) {
                 self.give_back(con);
-                return Err(RemoteError::Timeout(format!("{}: connecting took the whole wait", self.url)));
+                return Err(RemoteError::Timeout(format!(
+                    "{}: connecting took the whole wait",
+                    self.url
+                )));
             }
             if let Err(e) = con
                 .set_read_timeout(Some(left))
@@ -249,7 +254,9 @@ impl RemoteTier for RedisTier {
             let v = match redis::cmd("HGETALL").arg(key).query::<Value>(c) {
                 Ok(v) => v,
                 Err(e) if is_wrong_type(&e) => {
-                    log::warn!("jitune: remote cache: {key} is not a map; its failure records are skipped");
+                    log::warn!(
+                        "jitune: remote cache: {key} is not a map; its failure records are skipped"
+                    );
                     return Ok(Vec::new());
                 }
                 Err(e) => return Err(e),
@@ -377,7 +384,10 @@ mod tests {
             .get("k", Instant::now() + Duration::from_millis(50))
             .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(1));
-        assert!(matches!(e, RemoteError::Unreachable(_) | RemoteError::Timeout(_)), "{e}");
+        assert!(
+            matches!(e, RemoteError::Unreachable(_) | RemoteError::Timeout(_)),
+            "{e}"
+        );
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
     }
 }

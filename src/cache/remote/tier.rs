@@ -143,8 +143,12 @@ pub trait RemoteTier: Send + Sync {
     ) -> Result<bool, RemoteError>;
 
     /// Drops the lease if `token` holds it (compare-and-delete): `false` when it did not.
-    fn release(&self, key: &str, token: &LeaseToken, deadline: Instant)
-        -> Result<bool, RemoteError>;
+    fn release(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        deadline: Instant,
+    ) -> Result<bool, RemoteError>;
 
     /// Every key starting with `prefix` (for listing and pulling; an incremental scan, so a
     /// large store is not blocked, but the answer may miss keys written meanwhile).
