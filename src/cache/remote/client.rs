@@ -50,8 +50,8 @@ pub struct RemoteHit {
 /// What a lookup found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup {
-    /// A verified winner.
-    Hit(RemoteHit),
+    /// A verified winner (boxed: the other answers are small).
+    Hit(Box<RemoteHit>),
     /// The remote has no winner for the key.
     Miss,
     /// The remote has a record for the key but it failed its checks (logged): treat as a miss.
@@ -306,10 +306,10 @@ impl Remote {
             _ => None,
         };
         bump(&inner.counters.hits);
-        Lookup::Hit(RemoteHit {
+        Lookup::Hit(Box::new(RemoteHit {
             entry: rec.entry,
             binary,
-        })
+        }))
     }
 
     /// The binary `hash` of `entry`'s winner, verified, or `None` (logged when rejected).
