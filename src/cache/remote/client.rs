@@ -320,15 +320,20 @@ impl Remote {
         fleet: &FleetKey,
         deadline: Instant,
     ) -> Option<Vec<u8>> {
+        with_binary_key(entry, |bkey| {
+            self.fetch_binary_of(bkey, hash, fleet, deadline)
+        })
+    }
+
+    fn fetch_binary_of(
+        &self,
+        bkey: &BinaryKey<'_>,
+        hash: [u8; 32],
+        fleet: &FleetKey,
+        deadline: Instant,
+    ) -> Option<Vec<u8>> {
         let inner = &*self.inner;
-        let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
-        let bkey = BinaryKey {
-            kernel: entry.key.kernel,
-            config: &entry.config,
-            arch: &arch,
-            nvrtc: &nvrtc,
-        };
-        let name = inner.keys.binary(&bkey);
+        let name = inner.keys.binary(bkey);
         let budget = deadline.saturating_duration_since(Instant::now());
         if budget.is_zero() {
             // The wait is spent: the config is compiled locally instead. Not the server's
@@ -336,7 +341,7 @@ impl Remote {
             return None;
         }
         let bytes = self.call(budget, |t, d| t.get(&name, d))??;
-        match record::decode_binary(&bytes, &bkey, Some(fleet)) {
+        match record::decode_binary(&bytes, bkey, Some(fleet)) {
             Ok(cubin) if *blake3::hash(&cubin).as_bytes() == hash => Some(cubin),
             Ok(_) => {
                 inner.reject(
@@ -530,6 +535,17 @@ impl Remote {
     }
 }
 
+/// Runs `f` on the binary key of `entry`'s winner (its toolchain from the fingerprint).
+fn with_binary_key<R>(entry: &Entry, f: impl FnOnce(&BinaryKey<'_>) -> R) -> R {
+    let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
+    f(&BinaryKey {
+        kernel: entry.key.kernel,
+        config: &entry.config,
+        arch: &arch,
+        nvrtc: &nvrtc,
+    })
+}
+
 /// Sends one write.
 fn send(tier: &dyn RemoteTier, w: &Write, deadline: Instant) -> Result<(), RemoteError> {
     match w {
@@ -605,18 +621,11 @@ impl Inner {
         let mut writes = Vec::with_capacity(2);
         let mut hash = None;
         if let (Some(cubin), Some(fleet)) = (binary, &self.fleet) {
-            let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
-            let bkey = BinaryKey {
-                kernel: entry.key.kernel,
-                config: &entry.config,
-                arch: &arch,
-                nvrtc: &nvrtc,
-            };
             hash = Some(*blake3::hash(cubin).as_bytes());
-            writes.push(Write::Put {
-                key: self.keys.binary(&bkey),
-                value: record::encode_binary(&bkey, cubin, fleet),
-            });
+            writes.push(with_binary_key(entry, |bkey| Write::Put {
+                key: self.keys.binary(bkey),
+                value: record::encode_binary(bkey, cubin, fleet),
+            }));
         }
         writes.push(Write::Put {
             key: self.keys.entry(&entry.key),

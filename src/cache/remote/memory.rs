@@ -92,6 +92,23 @@ impl MemoryTier {
         Ok(())
     }
 
+    /// Runs `act` if `token` holds the live lease `key` (compare-and-act): whether it did.
+    fn as_owner(
+        &self,
+        key: &str,
+        token: &LeaseToken,
+        deadline: Instant,
+        act: impl FnOnce(&mut State),
+    ) -> Result<bool, RemoteError> {
+        self.round_trip(deadline)?;
+        let mut st = self.state.lock();
+        if MemoryTier::live_lease(&mut st, key) != Some(*token) {
+            return Ok(false);
+        }
+        act(&mut st);
+        Ok(true)
+    }
+
     /// The live lease on `key` (expired ones are dropped).
     fn live_lease(st: &mut State, key: &str) -> Option<LeaseToken> {
         match st.leases.get(key) {
@@ -180,14 +197,10 @@ impl RemoteTier for MemoryTier {
         ttl: Duration,
         deadline: Instant,
     ) -> Result<bool, RemoteError> {
-        self.round_trip(deadline)?;
-        let mut st = self.state.lock();
-        if MemoryTier::live_lease(&mut st, key) != Some(*token) {
-            return Ok(false);
-        }
-        st.leases
-            .insert(key.to_string(), (*token, Instant::now() + ttl));
-        Ok(true)
+        self.as_owner(key, token, deadline, |st| {
+            st.leases
+                .insert(key.to_string(), (*token, Instant::now() + ttl));
+        })
     }
 
     fn release(
@@ -196,13 +209,9 @@ impl RemoteTier for MemoryTier {
         token: &LeaseToken,
         deadline: Instant,
     ) -> Result<bool, RemoteError> {
-        self.round_trip(deadline)?;
-        let mut st = self.state.lock();
-        if MemoryTier::live_lease(&mut st, key) != Some(*token) {
-            return Ok(false);
-        }
-        st.leases.remove(key);
-        Ok(true)
+        self.as_owner(key, token, deadline, |st| {
+            st.leases.remove(key);
+        })
     }
 
     fn scan(&self, prefix: &str, deadline: Instant) -> Result<Vec<String>, RemoteError> {

@@ -151,6 +151,27 @@ impl RedisTier {
         )))
     }
 
+    /// Runs a lease script that acts only for the holder of `token` (with `arg`, the new ttl
+    /// in milliseconds, for renewal): whether it acted.
+    fn owner_script(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        token: &LeaseToken,
+        arg: Option<u64>,
+        deadline: Instant,
+    ) -> Result<bool, RemoteError> {
+        let token = token.to_hex();
+        self.with_conn(deadline, |c| {
+            let mut call = script.key(key);
+            call.arg(&token);
+            if let Some(a) = arg {
+                call.arg(a);
+            }
+            Ok(matches!(call.invoke::<Value>(c)?, Value::Int(1)))
+        })
+    }
+
     fn give_back(&self, con: Connection) {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
@@ -307,16 +328,7 @@ impl RemoteTier for RedisTier {
         ttl: Duration,
         deadline: Instant,
     ) -> Result<bool, RemoteError> {
-        let token = token.to_hex();
-        self.with_conn(deadline, |c| {
-            let v = self
-                .renew
-                .key(key)
-                .arg(&token)
-                .arg(ttl_ms(ttl))
-                .invoke::<Value>(c)?;
-            Ok(matches!(v, Value::Int(1)))
-        })
+        self.owner_script(&self.renew, key, token, Some(ttl_ms(ttl)), deadline)
     }
 
     fn release(
@@ -325,11 +337,7 @@ impl RemoteTier for RedisTier {
         token: &LeaseToken,
         deadline: Instant,
     ) -> Result<bool, RemoteError> {
-        let token = token.to_hex();
-        self.with_conn(deadline, |c| {
-            let v = self.release.key(key).arg(&token).invoke::<Value>(c)?;
-            Ok(matches!(v, Value::Int(1)))
-        })
+        self.owner_script(&self.release, key, token, None, deadline)
     }
 
     fn scan(&self, prefix: &str, deadline: Instant) -> Result<Vec<String>, RemoteError> {
