@@ -362,6 +362,7 @@ fn killed_server_fails_fast_backs_off_and_gets_the_queued_writes_after_restart()
         "queued writes not pushed after the restart"
     );
     assert!(!r.is_down());
+    assert_eq!(r.stats().recoveries, 1);
 
     let other = remote(&server, Some(SECRET));
     for e in &during {

@@ -118,6 +118,10 @@ pub struct RemoteStats {
     pub queued: u64,
     /// Queued writes dropped because the queue was full.
     pub dropped: u64,
+    /// Outages that ended. A server that came back may have come back empty (a restart
+    /// without persistence): a caller that wants the fleet to keep what this process tuned
+    /// before the outage re-publishes its local winners when this grows.
+    pub recoveries: u64,
 }
 
 #[derive(Default)]
@@ -129,6 +133,7 @@ struct Counters {
     written: AtomicU64,
     queued: AtomicU64,
     dropped: AtomicU64,
+    recoveries: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -264,6 +269,7 @@ impl Remote {
             written: l(&c.written),
             queued: l(&c.queued),
             dropped: l(&c.dropped),
+            recoveries: l(&c.recoveries),
         }
     }
 
@@ -589,6 +595,7 @@ impl Inner {
     /// Books a success; when it ends an outage, logs it and wakes the flusher.
     fn succeeded(&self) {
         if let Some(outage) = self.health.success() {
+            bump(&self.counters.recoveries);
             let pending = self.queue.lock().len();
             *self.drop_warned.lock() = false;
             log::info!(
