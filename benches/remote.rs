@@ -35,6 +35,7 @@ fn entries(n: usize) -> Vec<Entry> {
         compute_capability: (9, 0),
         sm_count: 132,
         nvrtc_version: (13, 0),
+        driver_version: Some((13, 0)),
     };
     (0..n)
         .map(|i| {

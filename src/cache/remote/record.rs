@@ -532,6 +532,7 @@ mod tests {
             compute_capability: (9, 0),
             sm_count: 132,
             nvrtc_version: (13, 0),
+            driver_version: Some((13, 0)),
         };
         let mut e = Entry::new(
             KernelId([3; 32]),
