@@ -56,6 +56,10 @@ fn entries(n: usize) -> Vec<Entry> {
 }
 
 fn percentiles(label: &str, mut t: Vec<Duration>) {
+    if t.is_empty() {
+        println!("{label:<44} no lookup found everything in time");
+        return;
+    }
     t.sort();
     let p = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
     println!(
@@ -73,7 +77,13 @@ fn percentiles(label: &str, mut t: Vec<Duration>) {
 /// are counted: on a loaded machine a stall past the wait bound is answered, as designed, with
 /// `Unavailable` (or a hit whose binary is left to a local compile), and the tier then backs
 /// off for a while.
-fn run(label: &str, remote: &Remote, es: &[Entry], iters: usize, binary: Option<usize>) {
+fn run(
+    label: &str,
+    remote: &Remote,
+    es: &[Entry],
+    iters: usize,
+    binary: Option<usize>,
+) -> Result<(), String> {
     let mut times = Vec::with_capacity(iters);
     let (mut unavailable, mut no_binary) = (0, 0);
     for i in 0..iters + iters / 10 {
@@ -89,10 +99,7 @@ fn run(label: &str, remote: &Remote, es: &[Entry], iters: usize, binary: Option<
             }
             Lookup::Hit(_) => no_binary += 1,
             Lookup::Unavailable => unavailable += 1,
-            other => {
-                eprintln!("remote bench: {label}: unexpected answer {other:?}");
-                std::process::exit(1);
-            }
+            other => return Err(format!("{label}: unexpected answer {other:?}")),
         }
     }
     percentiles(label, times);
@@ -101,12 +108,21 @@ fn run(label: &str, remote: &Remote, es: &[Entry], iters: usize, binary: Option<
             "    not timed: {unavailable} answered Unavailable (past the wait, then back-off), {no_binary} hits without their binary (wait spent)"
         );
     }
+    Ok(())
 }
 
 fn main() {
+    // The server guard lives in `bench` and is dropped (the server killed) before the exit.
+    if let Err(e) = bench() {
+        eprintln!("remote bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench() -> Result<(), String> {
     let Some(server) = remote_common::RedisServer::start("bench") else {
         println!("remote bench: skipped, redis-server is not on PATH");
-        return;
+        return Ok(());
     };
     let iters = arg("--iters", 20_000);
     let kb = arg("--binary-kb", 64);
@@ -136,7 +152,7 @@ fn main() {
         &es,
         iters,
         None,
-    );
+    )?;
 
     // With the fleet key: the entry's MAC, then the binary's GET, MAC and hash.
     let key = || FleetKey::from_secret(b"bench fleet secret, 32 bytes...");
@@ -154,7 +170,7 @@ fn main() {
         &es,
         iters,
         Some(cubin.len()),
-    );
+    )?;
 
     // The transport alone, for reference: one GET of an entry record, of a binary record.
     let raw = RedisTier::new(&url).unwrap();
@@ -179,8 +195,7 @@ fn main() {
             let v = raw.get(&name, Instant::now() + Duration::from_secs(1));
             times.push(t.elapsed());
             if !matches!(v, Ok(Some(_))) {
-                eprintln!("remote bench: {label}: {v:?}");
-                std::process::exit(1);
+                return Err(format!("{label}: {v:?}"));
             }
         }
         percentiles(label, times);
@@ -190,4 +205,5 @@ fn main() {
         "reader stats: {} hits, {} rejected, {} unavailable",
         s.hits, s.rejected, s.unavailable
     );
+    Ok(())
 }
