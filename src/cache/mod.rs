@@ -11,6 +11,7 @@
 
 pub mod decide;
 pub mod export;
+pub mod remote;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -158,6 +159,8 @@ pub struct CacheOptions {
     pub user: UserCache,
     /// Read-only shipped caches, searched in order after the user cache.
     pub shipped: Vec<PathBuf>,
+    /// The fleet-wide remote tier (Redis): `$JITUNE_REMOTE` by default. See [`remote`].
+    pub remote: remote::RemoteChoice,
 }
 
 impl CacheOptions {
@@ -166,6 +169,7 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::At(path.into()),
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
@@ -174,6 +178,7 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::MemoryOnly,
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
@@ -198,6 +203,19 @@ impl CacheOptions {
     pub fn with_shipped_list(mut self, list: &std::ffi::OsStr) -> CacheOptions {
         self.shipped
             .extend(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()));
+        self
+    }
+
+    /// Uses the remote tier at `url` (`redis://[:password@]host:port/db`) instead of
+    /// `$JITUNE_REMOTE`. The URL is checked when the cache opens.
+    pub fn with_remote(mut self, url: impl Into<String>) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Url(url.into());
+        self
+    }
+
+    /// No remote tier, whatever `$JITUNE_REMOTE` says.
+    pub fn without_remote(mut self) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Off;
         self
     }
 
