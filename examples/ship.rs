@@ -97,13 +97,7 @@ fn run() -> Result<()> {
 
     let mut snap = Snapshot::from_store(store)?;
     let all_binaries = snap.binaries.len();
-    let winners: std::collections::HashSet<_> = snap
-        .entries
-        .iter()
-        .map(|e| (e.key.kernel, e.config.clone()))
-        .collect();
-    snap.binaries
-        .retain(|b| winners.contains(&(b.kernel, b.config.clone())));
+    snap.retain_winner_binaries();
     let shipped = dir.join("tuned.sqlite");
     let json = dir.join("tuned.json");
     snap.write_sqlite(&shipped)?;

@@ -25,7 +25,7 @@ use std::time::Instant;
 use cudarc::driver::CudaFunction;
 
 use super::binaries::Binaries;
-use super::failures::FailureBook;
+use super::failures::{complete, FailureBook};
 use super::job::TuningJob;
 use crate::cache::Cache;
 use crate::failure::FailureClass;
@@ -530,11 +530,8 @@ impl GpuEvaluator {
         let mut at_hand = Vec::new();
         for (i, c) in batch.iter().enumerate() {
             let text = self.job.text(c);
-            if let Some(class) = self.failures.known(&text) {
-                out[i] = Some(Outcome::Failed(Failure {
-                    class,
-                    detail: "failed before (recorded in the store)".into(),
-                }));
+            if let Some(known) = self.failures.known_outcome(&text) {
+                out[i] = Some(known);
             } else if self.loaded.contains_key(c) {
                 at_hand.push(i); // loaded and checked: only timing left
             } else {
@@ -565,17 +562,7 @@ impl GpuEvaluator {
                 }
             });
         }
-        Ok(out
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Outcome::Failed(Failure {
-                        class: FailureClass::Compile,
-                        detail: "no result".into(),
-                    })
-                })
-            })
-            .collect())
+        Ok(complete(out, FailureClass::Compile))
     }
 }
 

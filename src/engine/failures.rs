@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::failure::FailureClass;
 use crate::key::TuningKey;
+use crate::search::evaluator::{Failure, Outcome};
 use crate::space::{Config, SearchSpace};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -48,6 +49,16 @@ impl FailureBook {
         self.failed.get(text).copied()
     }
 
+    /// The outcome of a config known to fail: its class, without running it again.
+    pub fn known_outcome(&self, text: &str) -> Option<Outcome> {
+        self.known(text).map(|class| {
+            Outcome::Failed(Failure {
+                class,
+                detail: "failed before (recorded in the store)".into(),
+            })
+        })
+    }
+
     /// Records a new failure: in the store (a failed write is logged, the failure still counts
     /// in this run) and here.
     pub fn record(&mut self, text: &str, class: FailureClass, detail: &str) {
@@ -70,6 +81,21 @@ impl FailureBook {
     pub fn reference_config(&self, spec: &KernelSpec, space: &SearchSpace) -> Result<Config> {
         reference_config(spec, space, &self.failed)
     }
+}
+
+/// A batch's outcomes, with `class` and "no result" for any config that got none (the machinery
+/// dropped it: it must not look like a success).
+pub fn complete(out: Vec<Option<Outcome>>, class: FailureClass) -> Vec<Outcome> {
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Outcome::Failed(Failure {
+                    class,
+                    detail: "no result".into(),
+                })
+            })
+        })
+        .collect()
 }
 
 fn reference_config(

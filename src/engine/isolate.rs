@@ -27,7 +27,7 @@ use serde_json::json;
 
 use super::binaries::Binaries;
 use super::evaluator::MeasureOptions;
-use super::failures::FailureBook;
+use super::failures::{complete, FailureBook};
 use super::job::TuningJob;
 use super::protocol::{
     error_text, outcomes_of, read_frame, write_frame, Frame, Init, K_CRASHED, K_EVALUATE,
@@ -498,13 +498,6 @@ impl IsolatedEvaluator {
     }
 }
 
-fn no_result(class: FailureClass) -> Outcome {
-    Outcome::Failed(Failure {
-        class,
-        detail: "no result".into(),
-    })
-}
-
 impl Evaluator for IsolatedEvaluator {
     fn space(&self) -> &SearchSpace {
         &self.job.space
@@ -515,11 +508,8 @@ impl Evaluator for IsolatedEvaluator {
         let mut wanted = Vec::new();
         for (i, c) in batch.iter().enumerate() {
             let text = self.job.text(c);
-            if let Some(class) = self.failures.known(&text) {
-                out[i] = Some(Outcome::Failed(Failure {
-                    class,
-                    detail: "failed before (recorded in the store)".into(),
-                }));
+            if let Some(known) = self.failures.known_outcome(&text) {
+                out[i] = Some(known);
             } else {
                 let at_hand = self.images.get(c).cloned();
                 wanted.push((i, c, text, at_hand));
@@ -537,10 +527,7 @@ impl Evaluator for IsolatedEvaluator {
                 Err(log) => self.fail(&batch[i], FailureClass::Compile, log),
             });
         }
-        Ok(out
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| no_result(FailureClass::Compile)))
-            .collect())
+        Ok(complete(out, FailureClass::Compile))
     }
 
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
@@ -582,7 +569,10 @@ impl Evaluator for IsolatedEvaluator {
                                     let o = v.remove(0);
                                     self.accept(&c, None, o)
                                 }
-                                Ok(_) => no_result(FailureClass::Launch),
+                                Ok(_) => Outcome::Failed(Failure {
+                                    class: FailureClass::Launch,
+                                    detail: "no result".into(),
+                                }),
                                 Err(d) => self.blame(&c, d),
                             },
                         );
@@ -590,10 +580,7 @@ impl Evaluator for IsolatedEvaluator {
                 }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| no_result(FailureClass::Launch)))
-            .collect())
+        Ok(complete(out, FailureClass::Launch))
     }
 
     fn elapsed_s(&self) -> f64 {

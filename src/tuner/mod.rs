@@ -177,10 +177,11 @@ pub fn launch(
 }
 
 impl Tuner {
-    /// A tuner on device `ordinal` with the default cache.
+    /// A tuner on device `ordinal` with the default cache: the user cache, and the shipped
+    /// layers `JITUNE_SHIPPED` names ([`CacheOptions::from_env`]).
     pub fn new(ordinal: usize, mode: Mode) -> Result<Tuner> {
         let gpu = Gpu::new(ordinal)?;
-        Tuner::with_parts(gpu, Cache::open(CacheOptions::default())?, mode)
+        Tuner::with_parts(gpu, Cache::open(CacheOptions::from_env())?, mode)
     }
 
     /// A tuner over the caller's context and a given cache.
