@@ -499,8 +499,8 @@ impl GpuEvaluator {
         Ok(())
     }
 
-    /// Loads and checks a new image (when given), then times the config.
-    /// One config of a batch; its costs become one entry of [`EvalStats::candidates`].
+    /// Loads and checks a new image (when given), then times the config. Its costs become one
+    /// entry of [`EvalStats::candidates`].
     fn process(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
         let out = self.process_inner(c, image, timed);
         let cost = std::mem::take(&mut self.cost);
