@@ -55,6 +55,35 @@ impl Default for MeasureOptions {
     }
 }
 
+/// Holds the candidate pipeline's GPU work back while it must pause (the tuner's capture gate:
+/// an application is capturing a CUDA graph, during which loads, allocations and
+/// synchronisations on the context can invalidate the capture). `enter` returns when a candidate
+/// may run (or fails: the search stops); the work counts as running until `leave`.
+pub trait WorkGate: Send + Sync {
+    fn enter(&self) -> Result<()>;
+    fn leave(&self);
+}
+
+/// One candidate's GPU work, inside the gate (if any) until dropped.
+struct Entered(Option<&'static dyn WorkGate>);
+
+impl Entered {
+    fn new(gate: Option<&'static dyn WorkGate>) -> Result<Entered> {
+        if let Some(g) = gate {
+            g.enter()?;
+        }
+        Ok(Entered(gate))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.leave();
+        }
+    }
+}
+
 /// A candidate that passed the correctness check: ready to be timed, remeasured, or served.
 struct Loaded {
     func: CudaFunction,
@@ -79,6 +108,8 @@ pub struct GpuEvaluator {
     best_ms: f64,
     start: Instant,
     pub options: MeasureOptions,
+    /// Entered around each candidate's GPU work (see [`WorkGate`]).
+    gate: Option<&'static dyn WorkGate>,
 }
 
 impl GpuEvaluator {
@@ -118,6 +149,7 @@ impl GpuEvaluator {
             best_ms: f64::INFINITY,
             start: Instant::now(),
             options: MeasureOptions::default(),
+            gate: None,
         })
     }
 
@@ -137,6 +169,11 @@ impl GpuEvaluator {
     /// (an isolated worker runs the reference its host picked).
     pub fn set_reference_config(&mut self, config: Config) {
         self.reference_config = Some(config);
+    }
+
+    /// Makes each candidate's GPU work (load, check, timing) wait at `gate` first.
+    pub fn set_work_gate(&mut self, gate: &'static dyn WorkGate) {
+        self.gate = Some(gate);
     }
 
     /// Whether `config` has been loaded and checked (so it can be timed or remeasured).
@@ -309,6 +346,7 @@ impl GpuEvaluator {
         // be a slow one).
         if let Some(l) = self.loaded.get(&default) {
             let (func, p) = (l.func.clone(), l.prepared.clone());
+            let _work = Entered::new(self.gate)?;
             match self.bench.time(&func, &p, 3)? {
                 Ok(s) => self.best_ms = self.best_ms.min(median(&s)),
                 Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
@@ -320,6 +358,7 @@ impl GpuEvaluator {
 
     /// Loads and checks a new image (when given), then times the config.
     fn process(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
+        let _work = Entered::new(self.gate)?;
         if let Some(img) = image {
             if let Some(f) = self.load_and_check(c, img)? {
                 return Ok(f);
@@ -404,6 +443,7 @@ impl Evaluator for GpuEvaluator {
                     continue;
                 };
                 let (func, p) = (l.func.clone(), l.prepared.clone());
+                let _work = Entered::new(self.gate)?;
                 match self.bench.time(&func, &p, 1)? {
                     Ok(s) => collected[i].extend(s),
                     Err(LaunchFailure::Invalid(m)) => {
