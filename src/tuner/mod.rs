@@ -487,11 +487,8 @@ impl Tuner {
                 }
                 Claim::Mine => {
                     let _active = gate().activity();
-                    return match self.resolve_claimed(kernel, key, shape) {
-                        Ok((p, decision)) => {
-                            self.emit_miss(kernel, key, shape, decision);
-                            Ok(p)
-                        }
+                    return match self.resolve_claimed(kernel, key, shape, true) {
+                        Ok(p) => Ok(p),
                         Err(e) => {
                             self.release(&key);
                             self.emit_error(Some(key), &kernel.spec.name, &e);
@@ -531,7 +528,10 @@ impl Tuner {
             }
             self.emit_miss(kernel, key, shape, MissDecision::CaptureRefused);
             let e = Error::Capture(format!(
-                "kernel `{}` at shape {shape:?} ({}) has no loaded plan to launch inside a CUDA                  graph capture, and jitune does not load, compile or tune during one; launch                  this kernel once before capturing (any shape of it whose config also fits this                  one will do) or warm the key up",
+                "kernel `{}` at shape {shape:?} ({}) has no loaded plan to launch inside a CUDA \
+                 graph capture, and jitune does not load, compile or tune during one; launch \
+                 this kernel once before capturing (any shape of it whose config also fits \
+                 this one will do)",
                 kernel.spec.name,
                 key.display()
             ));
@@ -587,9 +587,12 @@ impl Tuner {
         let spawned = std::thread::Builder::new()
             .name("jitune-resolve".into())
             .spawn(move || {
+                // Nothing of the resolution (not even a compilation in the pool) starts before
+                // the capture has ended.
+                drop(gate().permit());
                 let _active = gate().activity();
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    this.resolve_claimed(&kernel, key, &shape)
+                    this.resolve_claimed(&kernel, key, &shape, false)
                 }))
                 .unwrap_or_else(|_| Err(Error::Search("resolving a key panicked".into())));
                 if let Err(e) = r {
@@ -612,20 +615,37 @@ impl Tuner {
     }
 
     /// The claimer's side of a miss: build the job once, then the cache, then the mode. The
-    /// key may already serve a provisional plan (claimed inside a capture).
+    /// key may already serve a provisional plan (claimed inside a capture; then `announce` is
+    /// false: the launch's miss event was sent then). The miss event goes out before any
+    /// background run starts, so a listener sees a key's events in order.
     fn resolve_claimed(
         &self,
         kernel: &Kernel,
         key: TuningKey,
         shape: &[i64],
-    ) -> Result<(Arc<Plan>, MissDecision)> {
+        announce: bool,
+    ) -> Result<Arc<Plan>> {
+        let (plan, decision) = self.resolve_claimed_inner(kernel, key, shape, announce)?;
+        if let Some(d) = decision.filter(|_| announce) {
+            self.emit_miss(kernel, key, shape, d);
+        }
+        Ok(plan)
+    }
+
+    fn resolve_claimed_inner(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        shape: &[i64],
+        announce: bool,
+    ) -> Result<(Arc<Plan>, Option<MissDecision>)> {
         let job = TuningJob::new(kernel.spec.clone(), shape, &self.inner.gpu)?;
         if let Some(entry) = self.inner.cache.lookup(&key)? {
             match self.plan_for_text(&job, &entry.config, true) {
                 Ok(plan) => {
                     let config = plan.config.clone();
                     let plan = self.finish(key, Arc::new(plan));
-                    return Ok((plan, MissDecision::Cached { config }));
+                    return Ok((plan, Some(MissDecision::Cached { config })));
                 }
                 Err(e) => {
                     log::warn!(
@@ -645,7 +665,7 @@ impl Tuner {
                 let config = plan.config.clone();
                 Ok((
                     self.finish(key, Arc::new(plan)),
-                    MissDecision::Default { config },
+                    Some(MissDecision::Default { config }),
                 ))
             }
             Mode::Blocking => {
@@ -654,7 +674,7 @@ impl Tuner {
                 let config = plan.config.clone();
                 Ok((
                     self.finish(key, Arc::new(plan)),
-                    MissDecision::TunedNow { config },
+                    Some(MissDecision::TunedNow { config }),
                 ))
             }
             Mode::Background => {
@@ -675,15 +695,16 @@ impl Tuner {
                         self.provisional(key, &job.spec.name, plan)
                     }
                 };
-                let config = plan.config.clone();
-                self.spawn_background(job, nearest, plan.clone());
-                Ok((
-                    plan,
-                    MissDecision::Provisional {
+                if announce {
+                    let config = plan.config.clone();
+                    let decision = MissDecision::Provisional {
                         config,
                         from_nearest,
-                    },
-                ))
+                    };
+                    self.emit_miss(kernel, key, shape, decision);
+                }
+                self.spawn_background(job, nearest, plan.clone());
+                Ok((plan, None))
             }
         }
     }
