@@ -139,8 +139,7 @@ fn layernorm(
     s: &CudaStream,
     (rows, cols): (usize, usize),
     x: &CudaSlice<f32>,
-    g: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
+    (g, b): (&CudaSlice<f32>, &CudaSlice<f32>),
     y: &mut CudaSlice<f32>,
 ) -> Result<()> {
     tuner.launch(
@@ -254,8 +253,7 @@ impl Model {
                 s,
                 (r, h),
                 x,
-                &layer.gamma,
-                &layer.beta,
+                (&layer.gamma, &layer.beta),
                 &mut layer.hn,
             )?;
             sgemm(
@@ -303,8 +301,7 @@ impl Model {
             s,
             (r, h),
             &self.acts[0],
-            &layer.gamma,
-            &layer.beta,
+            (&layer.gamma, &layer.beta),
             &mut layer.hn,
         )?;
         sgemm(
