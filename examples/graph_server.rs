@@ -93,6 +93,41 @@ struct Layer {
     host: [Vec<f32>; 5],
 }
 
+impl Layer {
+    /// The layer's first three launches: layernorm of `x`, the first GEMM, softmax.
+    fn norm_project_softmax(
+        &mut self,
+        t: &Tuner,
+        k: &Kernels,
+        s: &CudaStream,
+        (r, h): (usize, usize),
+        x: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let (g, b) = (&self.gamma, &self.beta);
+        launch(
+            t,
+            &k.layernorm,
+            s,
+            &[r, h],
+            vec![x.into(), g.into(), b.into(), (&mut self.hn).into()],
+        )?;
+        launch(
+            t,
+            &k.sgemm,
+            s,
+            &[r, h, h],
+            vec![(&self.hn).into(), (&self.w1).into(), (&mut self.q).into()],
+        )?;
+        launch(
+            t,
+            &k.softmax,
+            s,
+            &[r, h],
+            vec![(&self.q).into(), (&mut self.p).into()],
+        )
+    }
+}
+
 /// The decode step: `acts[0]` in, `acts[layers]` and the reduction's partials out.
 struct Model {
     r: usize,
@@ -109,89 +144,18 @@ fn uniform(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
-fn sgemm(
+/// Launches `kernel` at `dims` with `buffers` followed by the dims as `i32` scalars: the
+/// argument order of every kernel the step uses.
+fn launch(
     tuner: &Tuner,
-    k: &Kernel,
+    kernel: &Kernel,
     s: &CudaStream,
-    (m, n, kk): (usize, usize, usize),
-    a: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
-    c: &mut CudaSlice<f32>,
+    dims: &[usize],
+    mut args: Vec<Arg<'_>>,
 ) -> Result<()> {
-    tuner.launch(
-        k,
-        s,
-        &[m as i64, n as i64, kk as i64],
-        &mut [
-            Arg::from(a),
-            Arg::from(b),
-            Arg::from(c),
-            Arg::from(m as i32),
-            Arg::from(n as i32),
-            Arg::from(kk as i32),
-        ],
-    )
-}
-
-fn layernorm(
-    tuner: &Tuner,
-    k: &Kernel,
-    s: &CudaStream,
-    (rows, cols): (usize, usize),
-    x: &CudaSlice<f32>,
-    (g, b): (&CudaSlice<f32>, &CudaSlice<f32>),
-    y: &mut CudaSlice<f32>,
-) -> Result<()> {
-    tuner.launch(
-        k,
-        s,
-        &[rows as i64, cols as i64],
-        &mut [
-            Arg::from(x),
-            Arg::from(g),
-            Arg::from(b),
-            Arg::from(y),
-            Arg::from(rows as i32),
-            Arg::from(cols as i32),
-        ],
-    )
-}
-
-fn softmax(
-    tuner: &Tuner,
-    k: &Kernel,
-    s: &CudaStream,
-    (rows, cols): (usize, usize),
-    x: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
-) -> Result<()> {
-    tuner.launch(
-        k,
-        s,
-        &[rows as i64, cols as i64],
-        &mut [
-            Arg::from(x),
-            Arg::from(y),
-            Arg::from(rows as i32),
-            Arg::from(cols as i32),
-        ],
-    )
-}
-
-fn reduction(
-    tuner: &Tuner,
-    k: &Kernel,
-    s: &CudaStream,
-    n: usize,
-    x: &CudaSlice<f32>,
-    partials: &mut CudaSlice<f32>,
-) -> Result<()> {
-    tuner.launch(
-        k,
-        s,
-        &[n as i64],
-        &mut [Arg::from(x), Arg::from(partials), Arg::from(n as i32)],
-    )
+    let shape: Vec<i64> = dims.iter().map(|d| *d as i64).collect();
+    args.extend(dims.iter().map(|d| Arg::from(*d as i32)));
+    tuner.launch(kernel, s, &shape, &mut args)
 }
 
 impl Model {
@@ -242,80 +206,50 @@ impl Model {
     }
 
     /// One decode step: `5 * layers + 1` launches on `s`.
-    fn step(&mut self, tuner: &Tuner, k: &Kernels, s: &CudaStream) -> Result<()> {
+    fn step(&mut self, t: &Tuner, k: &Kernels, s: &CudaStream) -> Result<()> {
         let (r, h) = (self.r, self.h);
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let (prev, next) = self.acts.split_at_mut(l + 1);
-            let x = &prev[l];
-            layernorm(
-                tuner,
-                &k.layernorm,
-                s,
-                (r, h),
-                x,
-                (&layer.gamma, &layer.beta),
-                &mut layer.hn,
-            )?;
-            sgemm(
-                tuner,
+            layer.norm_project_softmax(t, k, s, (r, h), &prev[l])?;
+            launch(
+                t,
                 &k.sgemm,
                 s,
-                (r, h, h),
-                &layer.hn,
-                &layer.w1,
-                &mut layer.q,
+                &[r, 4 * h, h],
+                vec![(&layer.p).into(), (&layer.w2).into(), (&mut layer.u).into()],
             )?;
-            softmax(tuner, &k.softmax, s, (r, h), &layer.q, &mut layer.p)?;
-            sgemm(
-                tuner,
+            launch(
+                t,
                 &k.sgemm,
                 s,
-                (r, 4 * h, h),
-                &layer.p,
-                &layer.w2,
-                &mut layer.u,
-            )?;
-            sgemm(
-                tuner,
-                &k.sgemm,
-                s,
-                (r, h, 4 * h),
-                &layer.u,
-                &layer.w3,
-                &mut next[0],
+                &[r, h, 4 * h],
+                vec![(&layer.u).into(), (&layer.w3).into(), (&mut next[0]).into()],
             )?;
         }
         let last = self.acts.last().expect("layers >= 1");
-        reduction(tuner, &k.reduction, s, r * h, last, &mut self.partials)
+        launch(
+            t,
+            &k.reduction,
+            s,
+            &[r * h],
+            vec![last.into(), (&mut self.partials).into()],
+        )
     }
 
     /// Launches only some of the step's keys before any capture (layernorm, the first GEMM,
     /// softmax at the step's shapes; the reduction at a small size): the up and down GEMMs and
     /// the reduction at the step's size stay cold.
-    fn warm_some(&mut self, tuner: &Tuner, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+    fn warm_some(&mut self, t: &Tuner, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
         let (r, h) = (self.r, self.h);
-        let layer = &mut self.layers[0];
-        layernorm(
-            tuner,
-            &k.layernorm,
-            s,
-            (r, h),
-            &self.acts[0],
-            (&layer.gamma, &layer.beta),
-            &mut layer.hn,
-        )?;
-        sgemm(
-            tuner,
-            &k.sgemm,
-            s,
-            (r, h, h),
-            &layer.hn,
-            &layer.w1,
-            &mut layer.q,
-        )?;
-        softmax(tuner, &k.softmax, s, (r, h), &layer.q, &mut layer.p)?;
+        self.layers[0].norm_project_softmax(t, k, s, (r, h), &self.acts[0])?;
         let small = s.alloc_zeros::<f32>(1024).map_err(cuda("allocating"))?;
-        reduction(tuner, &k.reduction, s, 1024, &small, &mut self.partials)?;
+        launch(
+            t,
+            &k.reduction,
+            s,
+            &[1024],
+            vec![(&small).into(), (&mut self.partials).into()],
+        )?;
         s.synchronize().map_err(cuda("warming up"))
     }
 
@@ -686,32 +620,13 @@ fn concurrent(
             // are hits. Launches only: no synchronisation (nothing the captures forbid).
             while !stop.load(Ordering::Relaxed) {
                 for (kernel, shape) in &load {
-                    let d: Vec<i32> = shape.iter().map(|v| *v as i32).collect();
-                    let mut args: Vec<Arg> = match kernel.spec.name.as_str() {
-                        "sgemm" => vec![
-                            Arg::from(&a),
-                            Arg::from(&g),
-                            Arg::from(&mut c),
-                            Arg::from(d[0]),
-                            Arg::from(d[1]),
-                            Arg::from(d[2]),
-                        ],
-                        "softmax" => vec![
-                            Arg::from(&a),
-                            Arg::from(&mut c),
-                            Arg::from(d[0]),
-                            Arg::from(d[1]),
-                        ],
-                        _ => vec![
-                            Arg::from(&a),
-                            Arg::from(&g),
-                            Arg::from(&g),
-                            Arg::from(&mut c),
-                            Arg::from(d[0]),
-                            Arg::from(d[1]),
-                        ],
+                    let dims: Vec<usize> = shape.iter().map(|v| *v as usize).collect();
+                    let args: Vec<Arg> = match kernel.spec.name.as_str() {
+                        "sgemm" => vec![(&a).into(), (&g).into(), (&mut c).into()],
+                        "softmax" => vec![(&a).into(), (&mut c).into()],
+                        _ => vec![(&a).into(), (&g).into(), (&g).into(), (&mut c).into()],
                     };
-                    t.launch(kernel, &s, shape, &mut args)?;
+                    launch(&t, kernel, &s, &dims, args)?;
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }

@@ -2,7 +2,7 @@
 # The GPU measurements of issue 17 (jitune embedded in a server: graph-safe launches, swap
 # control, events) in one device command of at most 8 minutes, on staged binaries:
 #
-#   STAGE_ONLY=gpu_graph,graph_server,server ../shared/gpu/stage    # here, builds into .gpu/
+#   STAGE_ONLY=gpu_graph,graph_server,server,launch ../shared/gpu/stage    # here, builds into .gpu/
 #   device run, carry [".gpu"]:  scripts/gpu_embed.sh
 #
 # 1. tests/gpu_graph.rs: views and raw pointers, hits and cold keys inside captures, refusal
@@ -13,7 +13,8 @@
 #    beside captures and replays on another thread (~2.5 min);
 # 3. examples/graph_server --capture-guard auto for 20 s (captures noticed on launches only;
 #    informative);
-# 4. examples/server for 30 s: the stats and the event summary of a serving run.
+# 4. examples/server for 30 s: the stats and the event summary of a serving run;
+# 5. benches/launch: the hit path's cost and allocations (the hit counter is on it now).
 #
 # Logs go to $OUT (or ./gpu_embed_logs); the short table is printed last. GPU_DIR names another
 # staging folder; CONCURRENT_S changes the 60 s. Exit status 1 if any part failed.
@@ -36,12 +37,13 @@ part() { # NAME LIMIT_S COMMAND...: runs with a time limit, logs to $OUT/NAME.lo
   tail -n 40 "$OUT/$name.log"
 }
 
-part gpu_graph 170 "$G/tests/gpu_graph" --test-threads=1 --nocapture
-part graph_server 190 "$G/examples/graph_server" --replays 1000 --tune-s 4 --max-evals 40 \
+part gpu_graph 150 "$G/tests/gpu_graph" --test-threads=1 --nocapture
+part graph_server 180 "$G/examples/graph_server" --replays 1000 --tune-s 4 --max-evals 40 \
   --wait-s 90 --concurrent-s "${CONCURRENT_S:-60}"
 part graph_auto 55 "$G/examples/graph_server" --replays 200 --tune-s 2 --max-evals 12 \
   --wait-s 15 --concurrent-s 20 --capture-guard auto
 part server 55 "$G/examples/server" --threads 2 --seconds 30 --tune-s 3 --pause-ms 20
+part launch_bench 40 "$G/benches/launch" --bench
 
 {
   echo
@@ -59,5 +61,6 @@ part server 55 "$G/examples/server" --threads 2 --seconds 30 --tune-s 3 --pause-
   echo "               $(grep -h 'in-process tuning meanwhile' "$OUT/graph_auto.log" | head -1 | xargs)"
   echo "server stats:  $(grep -h -A1 '^stats:' "$OUT/server.log" | tr -s ' ' | tr '\n' ' ')"
   echo "server events: $(grep -h '^events:' "$OUT/server.log" | head -1)"
+  echo "launch bench:  $(grep -h -i 'ns/launch\|alloc' "$OUT/launch_bench.log" | tr -s ' ' | tr '\n' ';')"
 } | tee "$OUT/summary.txt"
 ! grep -qv ' rc=0 ' "$OUT/rc.txt"

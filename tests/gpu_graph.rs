@@ -71,6 +71,20 @@ fn max_err(out: &[f32], reference: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Launches softmax of `rows` x `cols` from `x` into `y` (any kind of buffer argument).
+fn softmax<'a>(
+    tuner: &Tuner,
+    k: &Kernel,
+    stream: &CudaStream,
+    (rows, cols): (usize, usize),
+    x: Arg<'a>,
+    y: Arg<'a>,
+) -> jitune::Result<()> {
+    let shape = [rows as i64, cols as i64];
+    let mut args = [x, y, Arg::from(rows as i32), Arg::from(cols as i32)];
+    tuner.launch(k, stream, &shape, &mut args)
+}
+
 /// Softmax of a rows x cols problem: input, output (NaN until written), the CPU reference.
 struct Softmax {
     rows: usize,
@@ -93,19 +107,8 @@ impl Softmax {
     }
 
     fn launch(&mut self, tuner: &Tuner, k: &Kernel, stream: &CudaStream) -> jitune::Result<()> {
-        let shape = [self.rows as i64, self.cols as i64];
-        let (r, c) = (self.rows as i32, self.cols as i32);
-        tuner.launch(
-            k,
-            stream,
-            &shape,
-            &mut [
-                Arg::from(&self.x),
-                Arg::from(&mut self.y),
-                Arg::from(r),
-                Arg::from(c),
-            ],
-        )
+        let (x, y) = (Arg::from(&self.x), Arg::from(&mut self.y));
+        softmax(tuner, k, stream, (self.rows, self.cols), x, y)
     }
 
     fn poison(&mut self, stream: &Arc<CudaStream>) {
@@ -142,19 +145,15 @@ fn gpu_views_with_offsets_and_raw_pointers_launch_like_slices() {
     {
         let xv = big_in.slice(off..off + rows * cols);
         let mut yv = big_out.slice_mut(off..off + rows * cols);
-        tuner
-            .launch(
-                &k,
-                &stream,
-                &[rows as i64, cols as i64],
-                &mut [
-                    Arg::from(&xv),
-                    Arg::from(&mut yv),
-                    Arg::from(rows as i32),
-                    Arg::from(cols as i32),
-                ],
-            )
-            .unwrap();
+        softmax(
+            &tuner,
+            &k,
+            &stream,
+            (rows, cols),
+            (&xv).into(),
+            (&mut yv).into(),
+        )
+        .unwrap();
     }
     let out = stream.clone_dtoh(&big_out).unwrap();
     assert!(
@@ -171,40 +170,28 @@ fn gpu_views_with_offsets_and_raw_pointers_launch_like_slices() {
     // A view one element short is refused before anything runs.
     let short = big_in.slice(off..off + rows * cols - 1);
     let mut yv = big_out.slice_mut(0..rows * cols);
-    let err = tuner
-        .launch(
-            &k,
-            &stream,
-            &[rows as i64, cols as i64],
-            &mut [
-                Arg::from(&short),
-                Arg::from(&mut yv),
-                Arg::from(rows as i32),
-                Arg::from(cols as i32),
-            ],
-        )
-        .unwrap_err();
+    let err = softmax(
+        &tuner,
+        &k,
+        &stream,
+        (rows, cols),
+        (&short).into(),
+        (&mut yv).into(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("the shape needs"), "{err}");
 
     // Raw pointers (a framework's tensors), offset by hand.
     let raw_out = stream.clone_htod(&vec![f32::NAN; rows * cols]).unwrap();
     let (pin, _g1) = big_in.device_ptr(&stream);
     let (pout, _g2) = raw_out.device_ptr(&stream);
-    unsafe {
-        tuner
-            .launch(
-                &k,
-                &stream,
-                &[rows as i64, cols as i64],
-                &mut [
-                    Arg::from_raw(pin + (off * 4) as u64, rows * cols, ElemType::F32),
-                    Arg::from_raw_mut(pout, rows * cols, ElemType::F32),
-                    Arg::from(rows as i32),
-                    Arg::from(cols as i32),
-                ],
-            )
-            .unwrap();
-    }
+    let (x, y) = unsafe {
+        (
+            Arg::from_raw(pin + (off * 4) as u64, rows * cols, ElemType::F32),
+            Arg::from_raw_mut(pout, rows * cols, ElemType::F32),
+        )
+    };
+    softmax(&tuner, &k, &stream, (rows, cols), x, y).unwrap();
     let e = max_err(&stream.clone_dtoh(&raw_out).unwrap(), &reference);
     assert!(e < 1e-6, "raw launch: max error {e}");
 }
@@ -299,8 +286,9 @@ fn gpu_a_kernel_with_nothing_loaded_is_refused_and_the_capture_survives() {
     let compiles = tuner.stats().compiles;
     let cap = tuner.begin_capture(&stream, GLOBAL).unwrap();
     warm.launch(&tuner, &k, &stream).unwrap();
-    let err = tuner
-        .launch(
+    // layernorm(x, gamma = beta = g, y) at 64 x 1024.
+    let mut layernorm = |tuner: &Tuner| {
+        tuner.launch(
             &never,
             &stream,
             &[64, 1024],
@@ -313,7 +301,8 @@ fn gpu_a_kernel_with_nothing_loaded_is_refused_and_the_capture_survives() {
                 Arg::from(1024),
             ],
         )
-        .unwrap_err();
+    };
+    let err = layernorm(&tuner).unwrap_err();
     println!("refused: {err}");
     assert!(matches!(err, Error::Capture(_)), "{err}");
     assert!(err.to_string().contains("layernorm"));
@@ -324,21 +313,7 @@ fn gpu_a_kernel_with_nothing_loaded_is_refused_and_the_capture_survives() {
     assert!(warm.error(&stream) < 1e-6);
     assert_eq!(tuner.stats().compiles, compiles, "nothing compiled");
     // Outside the capture the kernel resolves as usual.
-    tuner
-        .launch(
-            &never,
-            &stream,
-            &[64, 1024],
-            &mut [
-                Arg::from(&x),
-                Arg::from(&g),
-                Arg::from(&g),
-                Arg::from(&mut y),
-                Arg::from(64),
-                Arg::from(1024),
-            ],
-        )
-        .unwrap();
+    layernorm(&tuner).unwrap();
     stream.synchronize().unwrap();
 }
 
@@ -511,19 +486,13 @@ fn gpu_cudarc_event_tracking_inside_a_capture() {
         stream.synchronize().unwrap();
         let cap = tuner.begin_capture(&stream, GLOBAL).unwrap();
         let launched = if raw {
-            unsafe {
-                tuner.launch(
-                    &k,
-                    &stream,
-                    &[32, 512],
-                    &mut [
-                        Arg::from_raw(px, 32 * 512, ElemType::F32),
-                        Arg::from_raw_mut(py, 32 * 512, ElemType::F32),
-                        Arg::from(32),
-                        Arg::from(512),
-                    ],
+            let (x, y) = unsafe {
+                (
+                    Arg::from_raw(px, 32 * 512, ElemType::F32),
+                    Arg::from_raw_mut(py, 32 * 512, ElemType::F32),
                 )
-            }
+            };
+            softmax(&tuner, &k, &stream, (32, 512), x, y)
         } else {
             p.launch(&tuner, &k, &stream)
         };

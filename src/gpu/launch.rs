@@ -513,7 +513,7 @@ mod tests {
     //! [`marshal`] without a stream, so every check a launch makes before touching the GPU is
     //! tested here (views with offsets need a GPU: `tests/gpu_graph.rs`).
     use super::*;
-    use crate::spec::{DeviceLimits, MAX_VARS};
+    use crate::spec::DeviceLimits;
 
     fn spec(name: &str) -> KernelSpec {
         KernelSpec::from_toml_file(format!(
@@ -523,33 +523,22 @@ mod tests {
         .unwrap()
     }
 
-    /// What a launch of the spec's default config at `shape` needs, resolved on the CPU.
-    fn resolved(spec: &KernelSpec, shape: &[i64]) -> ([i64; MAX_VARS], Geometry, Vec<i64>, u64) {
+    /// Marshals `args` for the spec's default config at `shape` (resolved on the CPU with an
+    /// H100's limits): the raw table, or the argument error's text.
+    fn marshal_at(
+        spec: &KernelSpec,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> std::result::Result<[u64; MAX_ARGS], String> {
         let limits = DeviceLimits::h100();
         let space = spec.space_for(shape, &limits).unwrap();
         let values: Vec<i64> = (0..spec.params.len())
             .map(|d| space.int_value(&spec.default, d))
             .collect();
         let p = crate::gpu::measure::Prepared::for_config(spec, &values, shape, &limits).unwrap();
-        (
-            p.env,
-            p.geometry,
-            p.need[..spec.args.len()].to_vec(),
-            p.zero,
-        )
-    }
-
-    fn marshal_err(spec: &KernelSpec, shape: &[i64], args: &mut [Arg<'_>]) -> String {
-        let (env, geometry, need, zero) = resolved(spec, shape);
-        let r = Resolved {
-            env: &env,
-            geometry,
-            need: &need,
-            zero,
-        };
-        match marshal(spec, &r, None, args) {
-            Ok(_) => panic!("marshal accepted bad arguments"),
-            Err(LaunchError::Args(e)) => e.to_string(),
+        match marshal(spec, &p.resolved(spec), None, args) {
+            Ok(m) => Ok(m.raw),
+            Err(LaunchError::Args(e)) => Err(e.to_string()),
             Err(e) => panic!("not an argument error: {e:?}"),
         }
     }
@@ -557,49 +546,62 @@ mod tests {
     const A: u64 = 0x7f00_0000_1000;
     const B: u64 = 0x7f00_0040_0000;
     const C: u64 = 0x7f00_0080_0000;
+    const SGEMM: [i64; 3] = [64, 32, 16];
+
+    /// sgemm's arguments at [`SGEMM`] as raw buffers, with A's type, B's length and whether C
+    /// may be written chosen by the test.
+    fn sgemm_args(a_ty: ElemType, b_len: usize, c_writable: bool) -> [Arg<'static>; 6] {
+        unsafe {
+            [
+                Arg::from_raw(A, 64 * 16, a_ty),
+                Arg::from_raw(B, b_len, ElemType::F32),
+                if c_writable {
+                    Arg::from_raw_mut(C, 64 * 32, ElemType::F32)
+                } else {
+                    Arg::from_raw(C, 64 * 32, ElemType::F32)
+                },
+                Arg::from(64),
+                Arg::from(32i64),
+                Arg::Int(16),
+            ]
+        }
+    }
+
+    /// hgemm (with tensor maps) at 128 x 128 x 64 as raw buffers, A of type `a_ty`.
+    fn hgemm_args(a_ty: ElemType) -> Vec<Arg<'static>> {
+        unsafe {
+            vec![
+                Arg::from_raw(A, 128 * 64, a_ty),
+                Arg::from_raw(B, 64 * 128, ElemType::F16),
+                Arg::from_raw_mut(C, 128 * 128, ElemType::F32),
+                Arg::from(128),
+                Arg::from(128),
+                Arg::from(64),
+            ]
+        }
+    }
 
     #[test]
     fn raw_pointers_and_scalars_are_laid_out_in_spec_order() {
-        let s = spec("sgemm");
-        let (m, n, k) = (64usize, 32usize, 16usize);
-        let (env, geometry, need, zero) = resolved(&s, &[m as i64, n as i64, k as i64]);
-        assert_eq!(need[..3], [(m * k) as i64, (k * n) as i64, (m * n) as i64]);
-        let r = Resolved {
-            env: &env,
-            geometry,
-            need: &need,
-            zero,
-        };
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, m * k, ElemType::F32),
-                // Longer than needed is fine (a view into a larger buffer).
-                Arg::from_raw(B, k * n + 7, ElemType::F32),
-                Arg::from_raw_mut(C, m * n, ElemType::F32),
-                Arg::from(m as i32),
-                Arg::from(n as i64),
-                Arg::Int(k as i64),
-            ]
-        };
-        let got = marshal(&s, &r, None, &mut args).unwrap();
-        assert_eq!(got.raw[..6], [A, B, C, m as u64, n as u64, k as u64]);
-        assert!(got.raw[6..].iter().all(|v| *v == 0));
+        // B longer than needed is fine (a view into a larger buffer).
+        let raw = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F32, 16 * 32 + 7, true),
+        )
+        .unwrap();
+        assert_eq!(raw[..6], [A, B, C, 64, 32, 16]);
+        assert!(raw[6..].iter().all(|v| *v == 0));
     }
 
     #[test]
     fn a_raw_buffer_too_short_is_refused_naming_the_argument() {
-        let s = spec("sgemm");
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, 64 * 16, ElemType::F32),
-                Arg::from_raw(B, 16 * 32 - 1, ElemType::F32),
-                Arg::from_raw_mut(C, 64 * 32, ElemType::F32),
-                Arg::from(64),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut args);
+        let e = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F32, 16 * 32 - 1, true),
+        )
+        .unwrap_err();
         assert!(
             e.contains("`B` has 511 elements, the shape needs 512"),
             "{e}"
@@ -608,154 +610,63 @@ mod tests {
 
     #[test]
     fn a_raw_buffer_of_the_wrong_type_is_refused() {
-        let s = spec("sgemm");
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, 64 * 16, ElemType::F16),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-                Arg::from_raw_mut(C, 64 * 32, ElemType::F32),
-                Arg::from(64),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut args);
+        let e = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F16, 16 * 32, true),
+        )
+        .unwrap_err();
         assert!(e.contains("argument `A` must hold f32"), "{e}");
-        // Half types: a raw buffer names its exact type (f16 is not bf16).
+        // Half types: a raw buffer names its exact type (bf16 is not f16).
         let h = spec("hgemm_sm90_tma_f16");
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, 128 * 64, ElemType::Bf16),
-                Arg::from_raw(B, 64 * 128, ElemType::F16),
-                Arg::from_raw_mut(C, 128 * 128, ElemType::F32),
-                Arg::from(128),
-                Arg::from(128),
-                Arg::from(64),
-            ]
-        };
-        let e = marshal_err(&h, &[128, 128, 64], &mut args);
+        let e = marshal_at(&h, &[128, 128, 64], &mut hgemm_args(ElemType::Bf16)).unwrap_err();
         assert!(e.contains("argument `a` must hold f16"), "{e}");
     }
 
     #[test]
     fn a_read_only_raw_buffer_is_refused_as_an_output() {
         let s = spec("sgemm");
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, 64 * 16, ElemType::F32),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-                Arg::from_raw(C, 64 * 32, ElemType::F32),
-                Arg::from(64),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut args);
+        let e = marshal_at(&s, &SGEMM, &mut sgemm_args(ElemType::F32, 16 * 32, false)).unwrap_err();
         assert!(
             e.contains("argument 2 (`C`) must be a mutable buffer"),
             "{e}"
         );
         // A writable raw buffer may be read (an input).
-        let mut args = unsafe {
-            [
-                Arg::from_raw_mut(A, 64 * 16, ElemType::F32),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-                Arg::from_raw_mut(C, 64 * 32, ElemType::F32),
-                Arg::from(64),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let (env, geometry, need, zero) = resolved(&s, &[64, 32, 16]);
-        let r = Resolved {
-            env: &env,
-            geometry,
-            need: &need,
-            zero,
-        };
-        assert!(marshal(&s, &r, None, &mut args).is_ok());
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        args[0] = unsafe { Arg::from_raw_mut(A, 64 * 16, ElemType::F32) };
+        assert!(marshal_at(&s, &SGEMM, &mut args).is_ok());
     }
 
     #[test]
     fn counts_and_roles_are_checked() {
         let s = spec("sgemm");
-        let mut short = unsafe {
-            [
-                Arg::from_raw(A, 64 * 16, ElemType::F32),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut short);
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        let e = marshal_at(&s, &SGEMM, &mut args[..2]).unwrap_err();
         assert!(e.contains("takes 6 arguments, got 2"), "{e}");
-        let mut scalar_for_buffer = unsafe {
-            [
-                Arg::from(1),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-                Arg::from_raw_mut(C, 64 * 32, ElemType::F32),
-                Arg::from(64),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut scalar_for_buffer);
+        args[0] = Arg::from(1);
+        let e = marshal_at(&s, &SGEMM, &mut args).unwrap_err();
         assert!(e.contains("argument 0 (`A`) must be a buffer"), "{e}");
-        let mut buffer_for_scalar = unsafe {
-            [
-                Arg::from_raw(A, 64 * 16, ElemType::F32),
-                Arg::from_raw(B, 16 * 32, ElemType::F32),
-                Arg::from_raw_mut(C, 64 * 32, ElemType::F32),
-                Arg::from_raw(A, 1, ElemType::I32),
-                Arg::from(32),
-                Arg::from(16),
-            ]
-        };
-        let e = marshal_err(&s, &[64, 32, 16], &mut buffer_for_scalar);
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        args[3] = unsafe { Arg::from_raw(A, 1, ElemType::I32) };
+        let e = marshal_at(&s, &SGEMM, &mut args).unwrap_err();
         assert!(e.contains("argument 3 (`M`) must be a scalar"), "{e}");
     }
 
     #[test]
     fn tensor_maps_are_not_passed_and_leave_their_slots_to_the_launch() {
         let h = spec("hgemm_sm90_tma_f16");
-        let maps = h.tensor_maps();
-        assert!(maps > 0);
-        let (m, n, k) = (128usize, 128usize, 64usize);
-        let (env, geometry, need, zero) = resolved(&h, &[m as i64, n as i64, k as i64]);
-        let r = Resolved {
-            env: &env,
-            geometry,
-            need: &need,
-            zero,
-        };
-        let mut args = unsafe {
-            [
-                Arg::from_raw(A, m * k, ElemType::F16),
-                Arg::from_raw(B, k * n, ElemType::F16),
-                Arg::from_raw_mut(C, m * n, ElemType::F32),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
-            ]
-        };
-        let got = marshal(&h, &r, None, &mut args).unwrap();
+        assert!(h.tensor_maps() > 0);
+        let raw = marshal_at(&h, &[128, 128, 64], &mut hgemm_args(ElemType::F16)).unwrap();
         for (i, a) in h.args.iter().enumerate() {
             if a.role == Role::TensorMap {
-                assert_eq!(got.raw[i], 0, "map `{}` is made at launch", a.name);
+                assert_eq!(raw[i], 0, "map `{}` is made at launch", a.name);
             }
         }
-        assert_eq!(got.raw[..3], [A, B, C]);
+        assert_eq!(raw[..3], [A, B, C]);
         // Passing a map's place as an argument is a count error that says why.
-        let mut too_many = unsafe {
-            [
-                Arg::from_raw(A, m * k, ElemType::F16),
-                Arg::from_raw(B, k * n, ElemType::F16),
-                Arg::from_raw_mut(C, m * n, ElemType::F32),
-                Arg::from(m as i32),
-                Arg::from(n as i32),
-                Arg::from(k as i32),
-                Arg::from_raw(A, 1, ElemType::U8),
-            ]
-        };
-        let e = marshal_err(&h, &[m as i64, n as i64, k as i64], &mut too_many);
+        let mut too_many = hgemm_args(ElemType::F16);
+        too_many.push(unsafe { Arg::from_raw(A, 1, ElemType::U8) });
+        let e = marshal_at(&h, &[128, 128, 64], &mut too_many).unwrap_err();
         assert!(e.contains("tensor maps are made by jitune"), "{e}");
     }
 
@@ -794,22 +705,13 @@ T = 128
             &|_| Ok("extern \"C\" __global__ void axpy(float*, float, double) {}".into()),
         )
         .unwrap();
-        let (env, geometry, need, zero) = resolved(&s, &[100]);
-        let r = Resolved {
-            env: &env,
-            geometry,
-            need: &need,
-            zero,
-        };
-        let mut args = unsafe {
-            [
-                Arg::from_raw_mut(A, 100, ElemType::F32),
-                Arg::from(1.5f32),
-                Arg::Float(-2.25),
-            ]
-        };
-        let got = marshal(&s, &r, None, &mut args).unwrap();
-        assert_eq!(got.raw[1], 1.5f32.to_bits() as u64);
-        assert_eq!(got.raw[2], (-2.25f64).to_bits());
+        let mut args = [
+            unsafe { Arg::from_raw_mut(A, 100, ElemType::F32) },
+            Arg::from(1.5f32),
+            Arg::Float(-2.25),
+        ];
+        let raw = marshal_at(&s, &[100], &mut args).unwrap();
+        assert_eq!(raw[1], 1.5f32.to_bits() as u64);
+        assert_eq!(raw[2], (-2.25f64).to_bits());
     }
 }

@@ -58,10 +58,20 @@ pub fn held_here() -> bool {
 /// (its `check_err`), which belongs to whoever calls cudarc next. A query that fails counts as
 /// capturing: the safe side (nothing is loaded, the launch serves a loaded plan or fails).
 pub fn stream_capturing(stream: &CudaStream) -> bool {
-    match unsafe { cudarc::driver::result::stream::is_capturing(stream.cu_stream()) } {
-        Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) => false,
-        Ok(_) | Err(_) => true,
-    }
+    use cudarc::driver::{result, sys::CUresult};
+    let query = || unsafe { result::stream::is_capturing(stream.cu_stream()) };
+    let status = match query() {
+        // No context current on this thread (the legacy stream needs one): bind the stream's
+        // and ask again.
+        Err(e) if e.0 == CUresult::CUDA_ERROR_INVALID_CONTEXT => {
+            unsafe { result::ctx::set_current(stream.context().cu_ctx()) }.and_then(|_| query())
+        }
+        r => r,
+    };
+    !matches!(
+        status,
+        Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    )
 }
 
 /// The process-wide gate between captures and jitune's GPU work.

@@ -432,6 +432,14 @@ impl Tuner {
 
     /// Launches `kernel` for `shape` on the caller's `stream` with the caller's `args` (in the
     /// spec's argument order), tuning on a miss as the mode says.
+    ///
+    /// On a stream that is capturing a CUDA graph (or on a thread holding
+    /// [`Tuner::begin_capture`]'s or [`Tuner::pause_tuning`]'s pause) a hit is captured as
+    /// usual, and a miss loads, compiles and tunes nothing: it launches a plan already loaded
+    /// (the key's own, or the nearest bucket's of the same kernel) and the key is resolved
+    /// after the capture, or it fails with [`Error::Capture`] when the kernel has none loaded.
+    /// A hit costs one shard read, a reference count and a striped counter; while some tuning
+    /// or resolution is active it also asks the driver whether the stream captures.
     pub fn launch(
         &self,
         kernel: &Kernel,

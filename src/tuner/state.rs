@@ -259,11 +259,12 @@ impl<P> KeyStates<P> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::key::{KernelId, ShapeBucket};
 
-    fn key(n: i64) -> TuningKey {
+    /// A key of kernel 1 on device 7 with the one-dimensional bucket `n`.
+    pub(crate) fn key(n: i64) -> TuningKey {
         TuningKey {
             kernel: KernelId([1; 32]),
             shape: ShapeBucket::new(&[n]).unwrap(),

@@ -184,16 +184,8 @@ impl<P> Swaps<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{KernelId, ShapeBucket};
+    use crate::tuner::state::tests::key;
     use crate::tuner::state::Claim;
-
-    fn key(n: i64) -> TuningKey {
-        TuningKey {
-            kernel: KernelId([1; 32]),
-            shape: ShapeBucket::new(&[n]).unwrap(),
-            device: 7,
-        }
-    }
 
     /// A key in background tuning: claimed, serving a provisional plan.
     fn provisional(s: &KeyStates<&'static str>, k: TuningKey, p: &'static str) {
