@@ -20,12 +20,18 @@
 //! starts and waits for it: the default configs (and winners already in the cache) are compiled
 //! then, so the first pass launches without compiling on a serving thread.
 //!
+//! At the end it prints the tuner's counters (`Tuner::stats`) and a summary of its events
+//! (`Tuner::on_event`: misses by decision, each search's winner against the default, swaps,
+//! fallbacks, errors).
+//!
 //! Threads pause `--pause-ms` between passes over their shapes (requests do not arrive back to
 //! back). The cache is memory-only unless `--cache` names a file (so each run starts cold).
 //! Without a GPU it says why in one line and exits with status 2.
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/events.rs"]
+mod events;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -272,6 +278,7 @@ fn run() -> Result<()> {
         max_time_s: Some(tune_s),
         ..Default::default()
     });
+    let events = events::EventSummary::attach(&tuner);
     let mut families = vec![
         Family {
             kernel: sgemm.clone(),
@@ -417,6 +424,8 @@ fn run() -> Result<()> {
         tuner.swaps(),
         families.len()
     );
+    events::print_stats(&tuner.stats());
+    events.print(20);
 
     println!(
         "\nGPU time per launch (CUDA events), a pass before tuning is done (shares the GPU with\n\

@@ -63,6 +63,9 @@ pub enum Error {
     Search(String),
     /// An argument passed by the caller is invalid.
     InvalidArgument(String),
+    /// A launch or call inside a CUDA graph capture needed what a capture forbids (loading or
+    /// compiling a kernel, tuning), or a capture could not be started or ended.
+    Capture(String),
 }
 
 /// `Result` with jitune's [`Error`].
@@ -98,6 +101,7 @@ impl fmt::Display for Error {
             Error::Compile { log } => write!(f, "NVRTC compilation failed:\n{}", log.0),
             Error::Search(m) => write!(f, "search: {m}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::Capture(m) => write!(f, "CUDA graph capture: {m}"),
         }
     }
 }

@@ -34,7 +34,10 @@ pub use error::{Error, Result};
 pub use gpu::device::Gpu;
 pub use gpu::launch::{Arg, BufferArg, DeviceElem};
 pub use gpu::require_cuda;
-pub use tuner::{launch, Kernel, Mode, TuneOptions, TuneReport, Tuner};
+pub use tuner::{
+    launch, Capture, Event, Kernel, MissDecision, Mode, Stats, SwapPolicy, TuneOptions, TuneReport,
+    Tuner, TuningPause,
+};
 
 /// Not a stable API: the engine's inner pieces that jitune's own benches, tests and examples
 /// use (compilation, the compile pool, measurement helpers, number formats, tensor maps, the

@@ -83,6 +83,35 @@ impl MeasureOptions {
     }
 }
 
+/// Holds the candidate pipeline's GPU work back while it must pause (the tuner's capture gate:
+/// an application is capturing a CUDA graph, during which loads, allocations and
+/// synchronisations on the context can invalidate the capture). `enter` returns when a candidate
+/// may run (or fails: the search stops); the work counts as running until `leave`.
+pub trait WorkGate: Send + Sync {
+    fn enter(&self) -> Result<()>;
+    fn leave(&self);
+}
+
+/// One candidate's GPU work, inside the gate (if any) until dropped.
+struct Entered(Option<&'static dyn WorkGate>);
+
+impl Entered {
+    fn new(gate: Option<&'static dyn WorkGate>) -> Result<Entered> {
+        if let Some(g) = gate {
+            g.enter()?;
+        }
+        Ok(Entered(gate))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.leave();
+        }
+    }
+}
+
 /// Where one candidate's time went, in seconds (see [`EvalStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CandidateCost {
@@ -189,6 +218,8 @@ pub struct GpuEvaluator {
     cost: CandidateCost,
     stats: EvalStats,
     pub options: MeasureOptions,
+    /// Entered around each candidate's GPU work (see [`WorkGate`]).
+    gate: Option<&'static dyn WorkGate>,
 }
 
 impl GpuEvaluator {
@@ -235,6 +266,7 @@ impl GpuEvaluator {
             cost: CandidateCost::default(),
             stats,
             options: MeasureOptions::default(),
+            gate: None,
         })
     }
 
@@ -265,6 +297,11 @@ impl GpuEvaluator {
     /// (an isolated worker runs the reference its host picked).
     pub fn set_reference_config(&mut self, config: Config) {
         self.reference_config = Some(config);
+    }
+
+    /// Makes each candidate's GPU work (load, check, timing) wait at `gate` first.
+    pub fn set_work_gate(&mut self, gate: &'static dyn WorkGate) {
+        self.gate = Some(gate);
     }
 
     /// Whether `config` has been loaded and checked (so it can be timed or remeasured).
@@ -489,6 +526,7 @@ impl GpuEvaluator {
         // something faster is measured (batches finish compiling in any order, so the first
         // timed candidate may be a slow one).
         if self.loaded.contains_key(&default) {
+            let _work = Entered::new(self.gate)?;
             let _ = self.time(&default)?;
         }
         // The reference's costs are its own, not a candidate's.
@@ -509,6 +547,7 @@ impl GpuEvaluator {
     }
 
     fn process_inner(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
+        let _work = Entered::new(self.gate)?;
         if let Some(img) = image {
             if let Some(f) = self.load_and_check(c, img)? {
                 return Ok(f);
@@ -606,6 +645,7 @@ impl GpuEvaluator {
                     continue;
                 };
                 let (func, p) = (l.func.clone(), l.prepared.clone());
+                let _work = Entered::new(self.gate)?;
                 match self.bench.time(&func, &p, 1)? {
                     Ok(s) => collected[i].extend(s),
                     Err(LaunchFailure::Invalid(m)) => {

@@ -24,7 +24,7 @@ pub(crate) mod job;
 pub(crate) mod protocol;
 pub(crate) mod worker;
 
-pub use evaluator::{CandidateCost, EvalStats, GpuEvaluator, MeasureOptions};
+pub use evaluator::{CandidateCost, EvalStats, GpuEvaluator, MeasureOptions, WorkGate};
 pub use isolate::{IsolatedEvaluator, Isolation, IsolationOptions, IsolationStats};
 pub use job::TuningJob;
 pub use worker::run_if_worker;

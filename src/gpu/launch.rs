@@ -6,7 +6,9 @@
 //! framework's tensors), or scalars; the bench passes its own buffers as raw pointers. Every
 //! buffer is checked for its element type and its length against what the shape needs, whichever
 //! way it came. Nothing here allocates: the argument table, the tensor-map slots and cudarc's
-//! stream-ordering guards live on the stack.
+//! stream-ordering guards live on the stack. The checks and the argument table are one step of
+//! their own ([`marshal`]), which needs no GPU for raw pointers and scalars, so they are tested
+//! on the CPU.
 //!
 //! Loading an image into a function ([`load_function`]) is here too: it is the other half of
 //! what a launch needs, for plans and candidates alike.
@@ -262,16 +264,25 @@ pub struct Resolved<'e> {
     pub zero: u64,
 }
 
-/// Launches `func` for `spec` on `stream` with `args` (the caller's order: every argument but
-/// the tensor maps). Checks the arguments, zero-fills the outputs `r.zero` names, encodes the
-/// tensor maps from the buffer pointers, and launches. Allocation-free.
-pub fn launch(
-    func: &CudaFunction,
+/// The argument table of one launch: every argument's raw value in spec order (a device pointer
+/// or a scalar's bits; tensor-map slots left 0, filled at launch), and cudarc's stream-ordering
+/// guards of the caller's slices and views, which record their events when dropped (after the
+/// launch is enqueued). Lives on the stack.
+pub struct Marshalled<'s> {
+    pub raw: [u64; MAX_ARGS],
+    guards: [Option<SyncOnDrop<'s>>; MAX_ARGS],
+}
+
+/// Checks `args` against `spec` (count, roles, element types, lengths against `r.need`) and
+/// lays them out as the kernel sees them. Nothing is launched and, for raw pointers and
+/// scalars, nothing touches the GPU: `stream` is only needed for cudarc slices and views (their
+/// stream-ordering events), and without one such an argument is refused. Allocation-free.
+pub fn marshal<'s>(
     spec: &KernelSpec,
     r: &Resolved<'_>,
-    stream: &CudaStream,
-    args: &mut [Arg<'_>],
-) -> std::result::Result<(), LaunchError> {
+    stream: Option<&'s CudaStream>,
+    args: &'s mut [Arg<'_>],
+) -> std::result::Result<Marshalled<'s>, LaunchError> {
     let n_maps = spec.tensor_maps();
     let n_args = spec.args.len();
     if args.len() + n_maps != n_args || n_args > MAX_ARGS {
@@ -287,9 +298,11 @@ pub fn launch(
             args.len()
         ))));
     }
-    let mut raw = [0u64; MAX_ARGS];
-    let mut guards: [Option<SyncOnDrop<'_>>; MAX_ARGS] = [const { None }; MAX_ARGS];
-    // Caller arguments in spec order, skipping the tensor maps (made below).
+    let mut m = Marshalled {
+        raw: [0u64; MAX_ARGS],
+        guards: [const { None }; MAX_ARGS],
+    };
+    // Caller arguments in spec order, skipping the tensor maps (made at launch).
     let spec_args = spec
         .args
         .iter()
@@ -298,9 +311,9 @@ pub fn launch(
     for (ci, (arg, (i, a))) in args.iter_mut().zip(spec_args).enumerate() {
         let need = r.need.get(i).copied().unwrap_or(0);
         match (arg, a.role) {
-            (Arg::Int(v), Role::Scalar) => raw[i] = scalar_bits(a.ty, *v),
+            (Arg::Int(v), Role::Scalar) => m.raw[i] = scalar_bits(a.ty, *v),
             (Arg::Float(v), Role::Scalar) => {
-                raw[i] = match a.ty {
+                m.raw[i] = match a.ty {
                     ElemType::F32 => (*v as f32).to_bits() as u64,
                     ElemType::F64 => v.to_bits(),
                     other => scalar_bits(other, *v as i64),
@@ -308,21 +321,21 @@ pub fn launch(
             }
             (Arg::In(b), Role::In) => {
                 check_buffer(spec, a, &**b, need)?;
-                let (p, g) = b.read_ptr(stream);
-                raw[i] = p;
-                guards[i] = g;
+                let (p, g) = b.read_ptr(needs_stream(spec, a, stream)?);
+                m.raw[i] = p;
+                m.guards[i] = g;
             }
             (Arg::Out(b), Role::Out | Role::InOut | Role::In) => {
                 check_buffer(spec, a, &**b, need)?;
-                let (p, g) = b.write_ptr(stream);
-                raw[i] = p;
-                guards[i] = g;
+                let (p, g) = b.write_ptr(needs_stream(spec, a, stream)?);
+                m.raw[i] = p;
+                m.guards[i] = g;
             }
             (Arg::Raw { buffer, writable }, role)
                 if role == Role::In || (*writable && matches!(role, Role::Out | Role::InOut)) =>
             {
                 check_buffer(spec, a, buffer, need)?;
-                raw[i] = buffer.ptr;
+                m.raw[i] = buffer.ptr;
             }
             _ => {
                 return Err(LaunchError::Args(Error::InvalidArgument(format!(
@@ -338,6 +351,37 @@ pub fn launch(
             }
         }
     }
+    Ok(m)
+}
+
+fn needs_stream<'s>(
+    spec: &KernelSpec,
+    a: &ArgSpec,
+    stream: Option<&'s CudaStream>,
+) -> std::result::Result<&'s CudaStream, LaunchError> {
+    stream.ok_or_else(|| {
+        LaunchError::Args(Error::InvalidArgument(format!(
+            "kernel `{}`: argument `{}` is a cudarc buffer, which needs the launch's stream",
+            spec.name, a.name
+        )))
+    })
+}
+
+/// Launches `func` for `spec` on `stream` with `args` (the caller's order: every argument but
+/// the tensor maps). Checks and marshals the arguments ([`marshal`]), zero-fills the outputs
+/// `r.zero` names, encodes the tensor maps from the buffer pointers, and launches.
+/// Allocation-free.
+pub fn launch(
+    func: &CudaFunction,
+    spec: &KernelSpec,
+    r: &Resolved<'_>,
+    stream: &CudaStream,
+    args: &mut [Arg<'_>],
+) -> std::result::Result<(), LaunchError> {
+    let n_maps = spec.tensor_maps();
+    let n_args = spec.args.len();
+    let mut m = marshal(spec, r, Some(stream), args)?;
+    let raw = &mut m.raw;
     // Outputs the kernel accumulates into start at zero (see `ArgSpec::zero`).
     for (i, a) in spec.args.iter().enumerate() {
         if r.zero & (1 << i) != 0 {
@@ -365,7 +409,8 @@ pub fn launch(
             )
         }
     };
-    drop(guards);
+    // The guards record cudarc's events now that the launch is enqueued.
+    drop(m);
     result.map_err(|e| LaunchError::Driver("launching", e))
 }
 
@@ -460,4 +505,213 @@ fn allow_shared(func: &CudaFunction, g: &Geometry) -> std::result::Result<(), Dr
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The argument checks of the launch path, on the CPU: raw pointers and scalars go through
+    //! [`marshal`] without a stream, so every check a launch makes before touching the GPU is
+    //! tested here (views with offsets need a GPU: `tests/gpu_graph.rs`).
+    use super::*;
+    use crate::spec::DeviceLimits;
+
+    fn spec(name: &str) -> KernelSpec {
+        KernelSpec::from_toml_file(format!(
+            "{}/kernels/{name}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// Marshals `args` for the spec's default config at `shape` (resolved on the CPU with an
+    /// H100's limits): the raw table, or the argument error's text.
+    fn marshal_at(
+        spec: &KernelSpec,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> std::result::Result<[u64; MAX_ARGS], String> {
+        let limits = DeviceLimits::h100();
+        let space = spec.space_for(shape, &limits).unwrap();
+        let values: Vec<i64> = (0..spec.params.len())
+            .map(|d| space.int_value(&spec.default, d))
+            .collect();
+        let p = crate::gpu::measure::Prepared::for_config(spec, &values, shape, &limits).unwrap();
+        match marshal(spec, &p.resolved(spec), None, args) {
+            Ok(m) => Ok(m.raw),
+            Err(LaunchError::Args(e)) => Err(e.to_string()),
+            Err(e) => panic!("not an argument error: {e:?}"),
+        }
+    }
+
+    const A: u64 = 0x7f00_0000_1000;
+    const B: u64 = 0x7f00_0040_0000;
+    const C: u64 = 0x7f00_0080_0000;
+    const SGEMM: [i64; 3] = [64, 32, 16];
+
+    /// sgemm's arguments at [`SGEMM`] as raw buffers, with A's type, B's length and whether C
+    /// may be written chosen by the test.
+    fn sgemm_args(a_ty: ElemType, b_len: usize, c_writable: bool) -> [Arg<'static>; 6] {
+        unsafe {
+            [
+                Arg::from_raw(A, 64 * 16, a_ty),
+                Arg::from_raw(B, b_len, ElemType::F32),
+                if c_writable {
+                    Arg::from_raw_mut(C, 64 * 32, ElemType::F32)
+                } else {
+                    Arg::from_raw(C, 64 * 32, ElemType::F32)
+                },
+                Arg::from(64),
+                Arg::from(32i64),
+                Arg::Int(16),
+            ]
+        }
+    }
+
+    /// hgemm (with tensor maps) at 128 x 128 x 64 as raw buffers, A of type `a_ty`.
+    fn hgemm_args(a_ty: ElemType) -> Vec<Arg<'static>> {
+        unsafe {
+            vec![
+                Arg::from_raw(A, 128 * 64, a_ty),
+                Arg::from_raw(B, 64 * 128, ElemType::F16),
+                Arg::from_raw_mut(C, 128 * 128, ElemType::F32),
+                Arg::from(128),
+                Arg::from(128),
+                Arg::from(64),
+            ]
+        }
+    }
+
+    #[test]
+    fn raw_pointers_and_scalars_are_laid_out_in_spec_order() {
+        // B longer than needed is fine (a view into a larger buffer).
+        let raw = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F32, 16 * 32 + 7, true),
+        )
+        .unwrap();
+        assert_eq!(raw[..6], [A, B, C, 64, 32, 16]);
+        assert!(raw[6..].iter().all(|v| *v == 0));
+    }
+
+    #[test]
+    fn a_raw_buffer_too_short_is_refused_naming_the_argument() {
+        let e = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F32, 16 * 32 - 1, true),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`B` has 511 elements, the shape needs 512"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_raw_buffer_of_the_wrong_type_is_refused() {
+        let e = marshal_at(
+            &spec("sgemm"),
+            &SGEMM,
+            &mut sgemm_args(ElemType::F16, 16 * 32, true),
+        )
+        .unwrap_err();
+        assert!(e.contains("argument `A` must hold f32"), "{e}");
+        // Half types: a raw buffer names its exact type (bf16 is not f16).
+        let h = spec("hgemm_sm90_tma_f16");
+        let e = marshal_at(&h, &[128, 128, 64], &mut hgemm_args(ElemType::Bf16)).unwrap_err();
+        assert!(e.contains("argument `a` must hold f16"), "{e}");
+    }
+
+    #[test]
+    fn a_read_only_raw_buffer_is_refused_as_an_output() {
+        let s = spec("sgemm");
+        let e = marshal_at(&s, &SGEMM, &mut sgemm_args(ElemType::F32, 16 * 32, false)).unwrap_err();
+        assert!(
+            e.contains("argument 2 (`C`) must be a mutable buffer"),
+            "{e}"
+        );
+        // A writable raw buffer may be read (an input).
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        args[0] = unsafe { Arg::from_raw_mut(A, 64 * 16, ElemType::F32) };
+        assert!(marshal_at(&s, &SGEMM, &mut args).is_ok());
+    }
+
+    #[test]
+    fn counts_and_roles_are_checked() {
+        let s = spec("sgemm");
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        let e = marshal_at(&s, &SGEMM, &mut args[..2]).unwrap_err();
+        assert!(e.contains("takes 6 arguments, got 2"), "{e}");
+        args[0] = Arg::from(1);
+        let e = marshal_at(&s, &SGEMM, &mut args).unwrap_err();
+        assert!(e.contains("argument 0 (`A`) must be a buffer"), "{e}");
+        let mut args = sgemm_args(ElemType::F32, 16 * 32, true);
+        args[3] = unsafe { Arg::from_raw(A, 1, ElemType::I32) };
+        let e = marshal_at(&s, &SGEMM, &mut args).unwrap_err();
+        assert!(e.contains("argument 3 (`M`) must be a scalar"), "{e}");
+    }
+
+    #[test]
+    fn tensor_maps_are_not_passed_and_leave_their_slots_to_the_launch() {
+        let h = spec("hgemm_sm90_tma_f16");
+        assert!(h.tensor_maps() > 0);
+        let raw = marshal_at(&h, &[128, 128, 64], &mut hgemm_args(ElemType::F16)).unwrap();
+        for (i, a) in h.args.iter().enumerate() {
+            if a.role == Role::TensorMap {
+                assert_eq!(raw[i], 0, "map `{}` is made at launch", a.name);
+            }
+        }
+        assert_eq!(raw[..3], [A, B, C]);
+        // Passing a map's place as an argument is a count error that says why.
+        let mut too_many = hgemm_args(ElemType::F16);
+        too_many.push(unsafe { Arg::from_raw(A, 1, ElemType::U8) });
+        let e = marshal_at(&h, &[128, 128, 64], &mut too_many).unwrap_err();
+        assert!(e.contains("tensor maps are made by jitune"), "{e}");
+    }
+
+    #[test]
+    fn float_scalars_take_the_spec_type() {
+        // A spec with an f32 and an f64 scalar, checked through the same layout code.
+        let s = KernelSpec::from_toml_str(
+            r#"
+name = "axpy"
+source = "axpy.cu"
+entry = "axpy"
+dims = [{ name = "n", bucket = "pow2" }]
+[params]
+T = [128, 256]
+[launch]
+grid = ["ceil_div(n, T)", "1", "1"]
+block = ["T", "1", "1"]
+[[args]]
+name = "x"
+type = "f32"
+role = "inout"
+len = "n"
+[[args]]
+name = "a"
+type = "f32"
+role = "scalar"
+value = "1"
+[[args]]
+name = "b"
+type = "f64"
+role = "scalar"
+value = "1"
+[default]
+T = 128
+"#,
+            &|_| Ok("extern \"C\" __global__ void axpy(float*, float, double) {}".into()),
+        )
+        .unwrap();
+        let mut args = [
+            unsafe { Arg::from_raw_mut(A, 100, ElemType::F32) },
+            Arg::from(1.5f32),
+            Arg::Float(-2.25),
+        ];
+        let raw = marshal_at(&s, &[100], &mut args).unwrap();
+        assert_eq!(raw[1], 1.5f32.to_bits() as u64);
+        assert_eq!(raw[2], (-2.25f64).to_bits());
+    }
 }

@@ -19,21 +19,37 @@
 //! benchmark worker process in `Background` mode (a candidate that crashes or hangs takes down
 //! only the worker; see [`crate::engine::isolate`]) and in this process in `Blocking` mode
 //! (faster); `JITUNE_ISOLATION` or [`Tuner::set_isolation`] choose otherwise.
+//!
+//! Embedding in a server ([`capture`], [`swap`], [`events`]): a launch on a stream that captures
+//! a CUDA graph never loads, compiles or tunes (a miss launches a plan already loaded, or fails
+//! with [`Error::Capture`]); jitune's GPU work on the context pauses during captures
+//! ([`Tuner::begin_capture`], [`Tuner::pause_tuning`], or detected on launches); winners can wait
+//! for [`Tuner::apply_swaps`] ([`SwapPolicy::OnRequest`]) and [`Tuner::generation`] says when to
+//! re-capture; [`Tuner::on_event`] and [`Tuner::stats`] show what the tuner does.
 
+pub mod capture;
+pub mod events;
 mod plan;
 mod preload;
+mod runs;
 pub(crate) mod state;
+pub mod swap;
 mod tune;
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use cudarc::driver::sys::CUstreamCaptureMode;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use once_cell::sync::OnceCell;
 
 pub use crate::gpu::launch::{Arg, BufferArg, DeviceElem};
+pub use capture::{Capture, TuningPause};
+pub use events::{Event, MissDecision, Stats};
 pub use plan::Plan;
 pub use preload::{Preload, PreloadReport};
+pub use swap::SwapPolicy;
 pub use tune::{TuneOptions, TuneReport};
 
 use crate::cache::{Cache, CacheOptions};
@@ -47,8 +63,11 @@ use crate::gpu::pool::CompilePool;
 use crate::key::TuningKey;
 use crate::space::Config;
 use crate::spec::{KernelSpec, MAX_VARS};
-use crate::Result;
+use crate::{Error, Result};
+use capture::gate;
+use events::{Events, Seconds, StripedCounter};
 use state::{Claim, KeyStates};
+use swap::{Finished, Swaps};
 
 /// What a launch does on a cache miss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +141,22 @@ struct Inner {
     /// Every key's state: its plan, or who resolves it (see [`state`]).
     states: KeyStates<Plan>,
     tune: parking_lot::RwLock<TuneOptions>,
-    swaps: AtomicUsize,
+    /// The swap policy, the winners waiting for `apply_swaps`, the generation, the plans
+    /// swapped out (kept loaded: a captured graph may still launch them).
+    swaps: Swaps<Plan>,
+    events: Events,
+    /// Launches that found their plan at the first look (striped: every launch adds one).
+    hits: StripedCounter,
+    misses: AtomicU64,
+    capture_misses: AtomicU64,
+    fallbacks: AtomicU64,
+    errors: AtomicU64,
+    compile_time: Seconds,
+    tuning_time: Seconds,
+    /// Kernel names by id, for events about keys (filled on misses and searches).
+    names: dashmap::DashMap<crate::key::KernelId, String>,
+    /// How long `begin_capture`/`pause_tuning` wait for a candidate in flight, ms.
+    pause_limit_ms: AtomicU64,
     /// Searches this tuner has run (`tune` and its variants, every mode).
     searches: AtomicUsize,
     /// NVRTC compilations this tuner caused (tuning and plans); 0 for a warm process.
@@ -199,7 +233,17 @@ impl Tuner {
                 mode: AtomicU8::new(mode.to_u8()),
                 states: KeyStates::default(),
                 tune: parking_lot::RwLock::new(TuneOptions::default()),
-                swaps: AtomicUsize::new(0),
+                swaps: Swaps::default(),
+                events: Events::default(),
+                hits: StripedCounter::default(),
+                misses: AtomicU64::new(0),
+                capture_misses: AtomicU64::new(0),
+                fallbacks: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                compile_time: Seconds::default(),
+                tuning_time: Seconds::default(),
+                names: dashmap::DashMap::new(),
+                pause_limit_ms: AtomicU64::new(10_000),
                 searches: AtomicUsize::new(0),
                 compiles: AtomicUsize::new(0),
                 isolation: parking_lot::RwLock::new((
@@ -257,9 +301,112 @@ impl Tuner {
         *self.inner.tune.write() = opts;
     }
 
-    /// How many tuned winners background tuning has swapped in.
+    /// How many swaps have been applied (winners that replaced a plan launches used: at once
+    /// under [`SwapPolicy::Immediate`], by [`Tuner::apply_swaps`] under `OnRequest`).
     pub fn swaps(&self) -> usize {
-        self.inner.swaps.load(Ordering::Relaxed)
+        self.inner.swaps.applied() as usize
+    }
+
+    /// Chooses when tuned winners replace the plans launches use (see [`SwapPolicy`]).
+    pub fn set_swap_policy(&self, policy: SwapPolicy) {
+        self.inner.swaps.set_policy(policy);
+    }
+
+    /// The swap policy.
+    pub fn swap_policy(&self) -> SwapPolicy {
+        self.inner.swaps.policy()
+    }
+
+    /// Applies every winner waiting under [`SwapPolicy::OnRequest`] (call it at a step
+    /// boundary; every tensor-parallel rank at the same step). Returns how many were applied;
+    /// when any were, [`Tuner::generation`] went up by one and graphs captured before should
+    /// be captured again.
+    pub fn apply_swaps(&self) -> usize {
+        let applied = self.inner.swaps.apply(&self.inner.states);
+        let generation = self.inner.swaps.generation();
+        for a in &applied {
+            self.inner.events.emit(|| Event::Swapped {
+                key: a.key,
+                kernel: self.name_of(&a.key),
+                from: a.old.as_ref().map(|p| p.config.clone()).unwrap_or_default(),
+                to: a.new.config.clone(),
+                generation,
+            });
+        }
+        applied.len()
+    }
+
+    /// Winners waiting for [`Tuner::apply_swaps`].
+    pub fn pending_swaps(&self) -> usize {
+        self.inner.swaps.pending()
+    }
+
+    /// Goes up by one whenever swaps are applied (under either policy): a CUDA graph captured at
+    /// an older generation launches plans that have since been replaced, and should be
+    /// captured again.
+    pub fn generation(&self) -> u64 {
+        self.inner.swaps.generation()
+    }
+
+    /// Calls `f` with every [`Event`] from now on (see [`events`] for where callbacks run and
+    /// what they must not do). Callbacks add up; they are never called on a hit.
+    pub fn on_event(&self, f: impl Fn(&Event) + Send + Sync + 'static) {
+        self.inner.events.add(Arc::new(f));
+    }
+
+    /// The tuner's counters now.
+    pub fn stats(&self) -> Stats {
+        let i = &self.inner;
+        let (captures_detected, waits_for_captures) = gate().counts();
+        Stats {
+            hits: i.hits.sum(),
+            misses: i.misses.load(Ordering::Relaxed),
+            capture_misses: i.capture_misses.load(Ordering::Relaxed),
+            fallbacks: i.fallbacks.load(Ordering::Relaxed),
+            swaps: i.swaps.applied(),
+            pending_swaps: i.swaps.pending(),
+            generation: i.swaps.generation(),
+            searches: i.searches.load(Ordering::Relaxed) as u64,
+            compiles: i.compiles.load(Ordering::Relaxed) as u64,
+            compile_s: i.compile_time.get(),
+            tuning_s: i.tuning_time.get(),
+            errors: i.errors.load(Ordering::Relaxed),
+            captures_detected,
+            waits_for_captures,
+        }
+    }
+
+    /// Pauses jitune's GPU work on the context (in-process tuning, plan loads) for a capture
+    /// this thread makes by other means (a framework's own capture call): returns once the
+    /// candidate in flight, if any, has finished; work resumes when the pause drops. While this
+    /// thread holds it, its misses take the capture path. Process-wide: every tuner pauses.
+    pub fn pause_tuning(&self) -> Result<TuningPause<'static>> {
+        gate().pause(self.pause_limit())
+    }
+
+    /// Begins capturing a CUDA graph on `stream` with jitune's GPU work paused first (see
+    /// [`Tuner::pause_tuning`]); end it with [`Capture::end`]. `mode` is the driver's capture
+    /// mode (`GLOBAL`, PyTorch's default, is the strictest about other threads' calls).
+    pub fn begin_capture(
+        &self,
+        stream: &Arc<CudaStream>,
+        mode: CUstreamCaptureMode,
+    ) -> Result<Capture> {
+        Capture::begin(stream, mode, self.pause_limit())
+    }
+
+    /// How long [`Tuner::begin_capture`] and [`Tuner::pause_tuning`] wait for the candidate in
+    /// flight (default 10 s), and how long a capture noticed on a launch (without them) pauses
+    /// work after the last launch seen in it (process-wide; default 100 ms).
+    pub fn set_capture_waits(&self, pause_limit: Duration, detected_lease: Duration) {
+        self.inner
+            .pause_limit_ms
+            .store(pause_limit.as_millis() as u64, Ordering::Relaxed);
+        gate().set_lease(detected_lease);
+    }
+
+    fn pause_limit(&self) -> Duration {
+        Duration::from_millis(self.inner.pause_limit_ms.load(Ordering::Relaxed))
     }
 
     /// Searches this tuner has run so far (explicit `tune` calls, Blocking misses, background
@@ -291,6 +438,14 @@ impl Tuner {
 
     /// Launches `kernel` for `shape` on the caller's `stream` with the caller's `args` (in the
     /// spec's argument order), tuning on a miss as the mode says.
+    ///
+    /// On a stream that is capturing a CUDA graph (or on a thread holding
+    /// [`Tuner::begin_capture`]'s or [`Tuner::pause_tuning`]'s pause) a hit is captured as
+    /// usual, and a miss loads, compiles and tunes nothing: it launches a plan already loaded
+    /// (the key's own, or the nearest bucket's of the same kernel) and the key is resolved
+    /// after the capture, or it fails with [`Error::Capture`] when the kernel has none loaded.
+    /// A hit costs one shard read, a reference count and a striped counter; while some tuning
+    /// or resolution is active it also asks the driver whether the stream captures.
     pub fn launch(
         &self,
         kernel: &Kernel,
@@ -299,72 +454,374 @@ impl Tuner {
         args: &mut [Arg<'_>],
     ) -> Result<()> {
         let key = self.key(kernel, shape)?;
-        // The hit path: one shard read, an Arc clone, the launch.
+        // The hit path: one shard read, an Arc clone, a striped counter, the launch.
         let plan = match self.inner.states.plan(&key) {
-            Some(p) => p,
-            None => self.resolve_miss(kernel, key, shape)?,
+            Some(p) => {
+                self.inner.hits.add(1);
+                if gate().watching() {
+                    watch_capture(stream);
+                }
+                p
+            }
+            None => self.miss(kernel, key, stream, shape)?,
         };
         plan.launch(&kernel.spec, stream, shape, args)
     }
 
-    /// A launch that found no plan: claim the key and resolve it, or wait for whoever has.
-    fn resolve_miss(&self, kernel: &Kernel, key: TuningKey, shape: &[i64]) -> Result<Arc<Plan>> {
+    /// A launch that found no plan. Inside a capture (the stream captures, or this thread holds
+    /// a pause) nothing may be loaded: the capture path. Else the key is claimed and resolved,
+    /// or waited for.
+    #[cold]
+    fn miss(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        stream: &CudaStream,
+        shape: &[i64],
+    ) -> Result<Arc<Plan>> {
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        self.remember_name(&kernel.spec);
+        let held = capture::held_here();
+        if held || capture::stream_capturing(stream) {
+            if !held {
+                gate().note_capture(self.pause_limit());
+            }
+            self.inner.capture_misses.fetch_add(1, Ordering::Relaxed);
+            return self.resolve_in_capture(kernel, key, shape);
+        }
         let states = &self.inner.states;
         loop {
             match states.claim(key) {
-                Claim::Ready(p) | Claim::Provisional(p) => return Ok(p),
+                Claim::Ready(p) | Claim::Provisional(p) => {
+                    self.emit_miss(kernel, key, shape, MissDecision::Joined);
+                    return Ok(p);
+                }
                 Claim::Wait(flight) => {
                     states.wait(&key, &flight, None);
                 }
                 Claim::Mine => {
-                    return match self.resolve_claimed(kernel, key, shape) {
+                    let _active = gate().activity();
+                    return match self.resolve_claimed(kernel, key, shape, true) {
                         Ok(p) => Ok(p),
                         Err(e) => {
-                            states.release(&key);
+                            self.release(&key);
+                            self.emit_error(Some(key), &kernel.spec.name, &e);
                             Err(e)
                         }
-                    }
+                    };
                 }
             }
         }
     }
 
-    /// The claimer's side of a miss: build the job once, then the cache, then the mode.
-    fn resolve_claimed(&self, kernel: &Kernel, key: TuningKey, shape: &[i64]) -> Result<Arc<Plan>> {
+    /// A miss inside a CUDA graph capture: never a load, a compilation or a search, and never
+    /// a wait for another thread (which may be waiting for the capture to end). The key's own
+    /// serving plan if it has one, else the nearest loaded bucket's plan of the kernel (when
+    /// its config is valid at this shape), which becomes the key's provisional plan while the
+    /// key is resolved in the background after the capture; else an error.
+    fn resolve_in_capture(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        shape: &[i64],
+    ) -> Result<Arc<Plan>> {
         let states = &self.inner.states;
+        let claim = states.claim(key);
+        let mine = matches!(claim, Claim::Mine);
+        match claim {
+            Claim::Ready(p) | Claim::Provisional(p) => {
+                self.emit_miss(kernel, key, shape, MissDecision::Joined);
+                return Ok(p);
+            }
+            Claim::Mine | Claim::Wait(_) => {}
+        }
+        let near = self.loaded_near(kernel, key, shape);
+        let Some((from, plan)) = near else {
+            if mine {
+                self.release(&key);
+            }
+            self.emit_miss(kernel, key, shape, MissDecision::CaptureRefused);
+            let e = Error::Capture(format!(
+                "kernel `{}` at shape {shape:?} ({}) has no loaded plan to launch inside a CUDA \
+                 graph capture, and jitune does not load, compile or tune during one; launch \
+                 this kernel once before capturing (any shape of it whose config also fits \
+                 this one will do)",
+                kernel.spec.name,
+                key.display()
+            ));
+            self.emit_error(Some(key), &kernel.spec.name, &e);
+            return Err(e);
+        };
+        if mine {
+            states.set_provisional(&key, plan.clone());
+            self.defer_resolution(kernel.clone(), key, shape.to_vec());
+        }
+        self.emit_miss(
+            kernel,
+            key,
+            shape,
+            MissDecision::Captured {
+                config: plan.config.clone(),
+                from,
+            },
+        );
+        self.fallback(key, &kernel.spec.name, || {
+            format!(
+                "inside a CUDA graph capture: launched {}'s loaded plan {}",
+                from.display(),
+                plan.config
+            )
+        });
+        Ok(plan)
+    }
+
+    /// The nearest other bucket's loaded plan of `kernel` whose config is valid at `shape`.
+    fn loaded_near(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        shape: &[i64],
+    ) -> Option<(TuningKey, Arc<Plan>)> {
+        let near = self.inner.states.loaded_near(&key);
+        if near.is_empty() {
+            return None;
+        }
+        let space = kernel.spec.space_for(shape, &self.inner.gpu.limits).ok()?;
+        near.into_iter().find(|(_, p)| {
+            space
+                .parse_config_text(&p.config)
+                .is_ok_and(|c| space.is_valid(&c))
+        })
+    }
+
+    /// Resolves a key claimed inside a capture, in a thread of its own, once the capture lets
+    /// jitune's GPU work run (every load and search there takes a permit).
+    fn defer_resolution(&self, kernel: Kernel, key: TuningKey, shape: Vec<i64>) {
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("jitune-resolve".into())
+            .spawn(move || {
+                // Nothing of the resolution (not even a compilation in the pool) starts before
+                // the capture has ended.
+                drop(gate().permit());
+                let _active = gate().activity();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    this.resolve_claimed(&kernel, key, &shape, false)
+                }))
+                .unwrap_or_else(|_| Err(Error::Search("resolving a key panicked".into())));
+                if let Err(e) = r {
+                    log::warn!(
+                        "jitune: resolving {} {:?} after a capture failed: {e}",
+                        kernel.spec.name,
+                        shape
+                    );
+                    this.release(&key);
+                    this.emit_error(Some(key), &kernel.spec.name, &e);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("jitune: cannot start a thread to resolve a key after a capture: {e}");
+            // The provisional plan serves for good.
+            if let Some(p) = self.inner.states.plan(&key) {
+                self.inner.states.install(key, p);
+            }
+        }
+    }
+
+    /// The claimer's side of a miss: build the job once, then the cache, then the mode. The
+    /// key may already serve a provisional plan (claimed inside a capture; then `announce` is
+    /// false: the launch's miss event was sent then). The miss event goes out before any
+    /// background run starts, so a listener sees a key's events in order.
+    fn resolve_claimed(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        shape: &[i64],
+        announce: bool,
+    ) -> Result<Arc<Plan>> {
+        let (plan, decision) = self.resolve_claimed_inner(kernel, key, shape, announce)?;
+        if let Some(d) = decision.filter(|_| announce) {
+            self.emit_miss(kernel, key, shape, d);
+        }
+        Ok(plan)
+    }
+
+    fn resolve_claimed_inner(
+        &self,
+        kernel: &Kernel,
+        key: TuningKey,
+        shape: &[i64],
+        announce: bool,
+    ) -> Result<(Arc<Plan>, Option<MissDecision>)> {
         let job = TuningJob::new(kernel.spec.clone(), shape, &self.inner.gpu)?;
         if let Some(entry) = self.inner.cache.lookup(&key)? {
             match self.plan_for_text(&job, &entry.config, true) {
-                Ok(plan) => return Ok(states.install(key, Arc::new(plan))),
-                Err(e) => log::warn!(
-                    "jitune: cached config `{}` for {} is unusable ({e}); retuning",
-                    entry.config,
-                    job.spec.name
-                ),
+                Ok(plan) => {
+                    let config = plan.config.clone();
+                    let plan = self.finish(key, Arc::new(plan));
+                    return Ok((plan, Some(MissDecision::Cached { config })));
+                }
+                Err(e) => {
+                    log::warn!(
+                        "jitune: cached config `{}` for {} is unusable ({e}); retuning",
+                        entry.config,
+                        job.spec.name
+                    );
+                    self.fallback(key, &job.spec.name, || {
+                        format!("cached config `{}` is unusable: {e}", entry.config)
+                    });
+                }
             }
         }
         match self.mode() {
             Mode::CacheOnly => {
                 let plan = self.plan_for(&job, &job.fallback_config()?, false, Have::Nothing)?;
-                Ok(states.install(key, Arc::new(plan)))
+                let config = plan.config.clone();
+                Ok((
+                    self.finish(key, Arc::new(plan)),
+                    Some(MissDecision::Default { config }),
+                ))
             }
             Mode::Blocking => {
                 let start = self.nearest_config(&job);
                 let (plan, _) = self.tune_job_to_plan(&job, start)?;
-                Ok(states.install(key, Arc::new(plan)))
+                let config = plan.config.clone();
+                Ok((
+                    self.finish(key, Arc::new(plan)),
+                    Some(MissDecision::TunedNow { config }),
+                ))
             }
             Mode::Background => {
                 let nearest = self.nearest_config(&job);
-                let provisional = match &nearest {
-                    Some(c) => c.clone(),
-                    None => job.fallback_config()?,
+                let from_nearest = nearest.is_some();
+                let serving = self.inner.states.plan(&key);
+                let plan = match serving {
+                    // Claimed inside a capture: a loaded plan serves already; under OnRequest
+                    // it stays until the winner is applied.
+                    Some(p) if self.swap_policy() == SwapPolicy::OnRequest => p,
+                    _ => {
+                        let provisional = match &nearest {
+                            Some(c) => c.clone(),
+                            None => job.fallback_config()?,
+                        };
+                        let plan =
+                            Arc::new(self.plan_for(&job, &provisional, false, Have::Nothing)?);
+                        self.provisional(key, &job.spec.name, plan)
+                    }
                 };
-                let plan = Arc::new(self.plan_for(&job, &provisional, false, Have::Nothing)?);
-                states.set_provisional(&key, plan.clone());
+                if announce {
+                    let config = plan.config.clone();
+                    let decision = MissDecision::Provisional {
+                        config,
+                        from_nearest,
+                    };
+                    self.emit_miss(kernel, key, shape, decision);
+                }
                 self.spawn_background(job, nearest, plan.clone());
-                Ok(plan)
+                Ok((plan, None))
             }
         }
+    }
+
+    /// A key's resolution ends with `plan`: installed, swapped in, or queued as the swap policy
+    /// says (see [`Swaps::finish`]). Returns the plan launches use now.
+    pub(super) fn finish(&self, key: TuningKey, plan: Arc<Plan>) -> Arc<Plan> {
+        match self
+            .inner
+            .swaps
+            .finish(&self.inner.states, key, plan.clone())
+        {
+            Finished::Installed => plan,
+            Finished::Swapped { old, generation } => {
+                self.inner.events.emit(|| Event::Swapped {
+                    key,
+                    kernel: self.name_of(&key),
+                    from: old.config.clone(),
+                    to: plan.config.clone(),
+                    generation,
+                });
+                plan
+            }
+            Finished::Queued { serving } => {
+                self.inner.events.emit(|| Event::SwapPending {
+                    key,
+                    kernel: self.name_of(&key),
+                    config: plan.config.clone(),
+                });
+                serving
+            }
+        }
+    }
+
+    /// Sets a provisional plan as the swap policy allows; returns the one serving now.
+    fn provisional(&self, key: TuningKey, kernel: &str, plan: Arc<Plan>) -> Arc<Plan> {
+        let old = self.inner.states.plan(&key);
+        let before = self.inner.swaps.generation();
+        let serving = self
+            .inner
+            .swaps
+            .provisional(&self.inner.states, &key, plan.clone());
+        let generation = self.inner.swaps.generation();
+        if generation != before {
+            self.inner.events.emit(|| Event::Swapped {
+                key,
+                kernel: kernel.to_string(),
+                from: old.map(|p| p.config.clone()).unwrap_or_default(),
+                to: serving.config.clone(),
+                generation,
+            });
+        }
+        serving
+    }
+
+    /// Ends a claim without a plan; a provisional plan it had is kept loaded (a graph may hold
+    /// it).
+    pub(super) fn release(&self, key: &TuningKey) {
+        if let Some(p) = self.inner.states.release(key) {
+            self.inner.swaps.retire(p);
+        }
+    }
+
+    /// Remembers a kernel's name for events about its keys.
+    pub(super) fn remember_name(&self, spec: &KernelSpec) {
+        if !self.inner.names.contains_key(&spec.id()) {
+            self.inner.names.insert(spec.id(), spec.name.clone());
+        }
+    }
+
+    fn name_of(&self, key: &TuningKey) -> String {
+        self.inner
+            .names
+            .get(&key.kernel)
+            .map(|n| n.clone())
+            .unwrap_or_else(|| key.kernel.short())
+    }
+
+    fn emit_miss(&self, kernel: &Kernel, key: TuningKey, shape: &[i64], decision: MissDecision) {
+        self.inner.events.emit(|| Event::Miss {
+            key,
+            kernel: kernel.spec.name.clone(),
+            shape: shape.to_vec(),
+            decision,
+        });
+    }
+
+    pub(super) fn emit_error(&self, key: Option<TuningKey>, kernel: &str, e: &Error) {
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        self.inner.events.emit(|| Event::Error {
+            key,
+            kernel: kernel.to_string(),
+            message: e.to_string(),
+        });
+    }
+
+    pub(super) fn fallback(&self, key: TuningKey, kernel: &str, reason: impl FnOnce() -> String) {
+        self.inner.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.inner.events.emit(|| Event::Fallback {
+            key,
+            kernel: kernel.to_string(),
+            reason: reason(),
+        });
     }
 
     /// The nearest shape's tuned winner when it is valid here (a warm start for the search and
@@ -405,7 +862,11 @@ impl Tuner {
                         self.inner.cache.clone(),
                         self.inner.pool.clone(),
                     );
+                    let t = Instant::now();
                     let img = bin.one(config, &text)?;
+                    if bin.compiled > 0 {
+                        self.inner.compile_time.add(t.elapsed());
+                    }
                     self.inner
                         .compiles
                         .fetch_add(bin.compiled, Ordering::Relaxed);
@@ -414,8 +875,22 @@ impl Tuner {
             },
         };
         let geometry = Prepared::resolve(spec, &env, &job.shape)?.geometry;
-        let func = load_function(&gpu.ctx, &image, &spec.entry, &geometry)?;
+        // Loading a module: never inside a capture (waits for one to end).
+        let func = {
+            let _permit = gate().permit()?;
+            load_function(&gpu.ctx, &image, &spec.entry, &geometry)?
+        };
         Ok(Plan::new(func, env, text, tuned))
+    }
+}
+
+/// Asks the driver whether a hit's stream captures (only while jitune may do GPU work); a capture
+/// seen pauses that work (see [`capture`]).
+#[cold]
+#[inline(never)]
+fn watch_capture(stream: &CudaStream) {
+    if !capture::held_here() && capture::stream_capturing(stream) {
+        gate().note_capture(Duration::from_secs(10));
     }
 }
 

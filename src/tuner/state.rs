@@ -147,43 +147,96 @@ impl<P> KeyStates<P> {
         !still || flight.wait_past(seen, deadline)
     }
 
-    /// Sets the plan launches use while the claimer goes on resolving `key`.
-    pub fn set_provisional(&self, key: &TuningKey, plan: Arc<P>) {
-        if let Some(mut s) = self.map.get_mut(key) {
-            if let Slot::Busy {
+    /// Sets the plan launches use while the claimer goes on resolving `key`; returns the
+    /// provisional plan it replaces, if any.
+    pub fn set_provisional(&self, key: &TuningKey, plan: Arc<P>) -> Option<Arc<P>> {
+        let mut s = self.map.get_mut(key)?;
+        if let Slot::Busy {
+            provisional,
+            flight,
+        } = s.value_mut()
+        {
+            let old = provisional.replace(plan);
+            flight.bump();
+            return old;
+        }
+        None
+    }
+
+    /// Makes `plan` the key's plan (ending a claim, or replacing a ready plan) and wakes the
+    /// key's waiters; returns the plan launches used before (a ready plan or a provisional one),
+    /// which the caller keeps alive while a graph captured with it may still launch it.
+    pub fn install(&self, key: TuningKey, plan: Arc<P>) -> Option<Arc<P>> {
+        match self.map.insert(key, Slot::Ready(plan))? {
+            Slot::Ready(old) => Some(old),
+            Slot::Busy {
                 provisional,
                 flight,
-            } = s.value_mut()
-            {
-                *provisional = Some(plan);
+            } => {
                 flight.bump();
+                provisional
             }
         }
     }
 
-    /// Makes `plan` the key's plan (ending a claim, or replacing a ready plan) and wakes the
-    /// key's waiters.
-    pub fn install(&self, key: TuningKey, plan: Arc<P>) -> Arc<P> {
-        if let Some(Slot::Busy { flight, .. }) = self.map.insert(key, Slot::Ready(plan.clone())) {
-            flight.bump();
-        }
-        plan
-    }
-
     /// Ends a claim without a plan (the resolver failed): the key is free again, and its waiters
-    /// wake to claim it themselves.
-    pub fn release(&self, key: &TuningKey) {
-        if let Some((_, Slot::Busy { flight, .. })) = self
+    /// wake to claim it themselves. Returns the provisional plan the key had, if any.
+    pub fn release(&self, key: &TuningKey) -> Option<Arc<P>> {
+        match self
             .map
             .remove_if(key, |_, s| matches!(s, Slot::Busy { .. }))
         {
-            flight.bump();
+            Some((
+                _,
+                Slot::Busy {
+                    provisional,
+                    flight,
+                },
+            )) => {
+                flight.bump();
+                provisional
+            }
+            _ => None,
         }
     }
 
-    /// Forgets a ready key (the next launch resolves it again).
-    pub fn forget(&self, key: &TuningKey) {
-        self.map.remove_if(key, |_, s| matches!(s, Slot::Ready(_)));
+    /// Forgets a ready key (the next launch resolves it again); returns its plan.
+    pub fn forget(&self, key: &TuningKey) -> Option<Arc<P>> {
+        match self.map.remove_if(key, |_, s| matches!(s, Slot::Ready(_))) {
+            Some((_, Slot::Ready(p))) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The launchable plans (ready or provisional) of other shape buckets of `key`'s kernel on
+    /// `key`'s device, nearest bucket first (by [`ShapeBucket::distance`]): what a launch
+    /// inside a CUDA graph capture may use for a key that has none, since their binaries are
+    /// loaded already. Walks the whole map: for misses only.
+    ///
+    /// [`ShapeBucket::distance`]: crate::key::ShapeBucket::distance
+    pub fn loaded_near(&self, key: &TuningKey) -> Vec<(TuningKey, Arc<P>)> {
+        let mut near: Vec<(f64, TuningKey, Arc<P>)> = self
+            .map
+            .iter()
+            .filter(|r| {
+                let k = r.key();
+                k.kernel == key.kernel && k.device == key.device && k.shape != key.shape
+            })
+            .filter_map(|r| {
+                let p = match r.value() {
+                    Slot::Ready(p) => p.clone(),
+                    Slot::Busy {
+                        provisional: Some(p),
+                        ..
+                    } => p.clone(),
+                    Slot::Busy { .. } => return None,
+                };
+                let d = key.shape.distance(&r.key().shape);
+                d.is_finite().then_some((d, *r.key(), p))
+            })
+            .collect();
+        near.sort_by(|a, b| a.0.total_cmp(&b.0));
+        near.into_iter().map(|(_, k, p)| (k, p)).collect()
     }
 
     /// Keys being resolved now.
@@ -206,11 +259,12 @@ impl<P> KeyStates<P> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::key::{KernelId, ShapeBucket};
 
-    fn key(n: i64) -> TuningKey {
+    /// A key of kernel 1 on device 7 with the one-dimensional bucket `n`.
+    pub(crate) fn key(n: i64) -> TuningKey {
         TuningKey {
             kernel: KernelId([1; 32]),
             shape: ShapeBucket::new(&[n]).unwrap(),
@@ -245,6 +299,65 @@ mod tests {
         assert_eq!(s.plan(&k).as_deref(), Some(&"winner"));
         s.forget(&k);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn replaced_plans_are_handed_back() {
+        let s: KeyStates<&'static str> = KeyStates::default();
+        let k = key(3);
+        assert!(matches!(s.claim(k), Claim::Mine));
+        assert!(s.set_provisional(&k, Arc::new("p0")).is_none());
+        assert_eq!(
+            s.set_provisional(&k, Arc::new("p1")).as_deref(),
+            Some(&"p0")
+        );
+        // Ending the claim hands back the provisional plan that served.
+        assert_eq!(s.install(k, Arc::new("w0")).as_deref(), Some(&"p1"));
+        assert_eq!(s.install(k, Arc::new("w1")).as_deref(), Some(&"w0"));
+        assert!(
+            s.set_provisional(&k, Arc::new("x")).is_none(),
+            "ready: no claim"
+        );
+        assert_eq!(s.plan(&k).as_deref(), Some(&"w1"));
+        assert_eq!(s.forget(&k).as_deref(), Some(&"w1"));
+        assert!(matches!(s.claim(k), Claim::Mine));
+        s.set_provisional(&k, Arc::new("p2"));
+        assert_eq!(s.release(&k).as_deref(), Some(&"p2"));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn loaded_near_lists_other_buckets_of_the_kernel_nearest_first() {
+        let s: KeyStates<&'static str> = KeyStates::default();
+        let other_kernel = TuningKey {
+            kernel: KernelId([2; 32]),
+            ..key(64)
+        };
+        let other_device = TuningKey {
+            device: 8,
+            ..key(64)
+        };
+        s.install(key(1024), Arc::new("far"));
+        s.install(key(64), Arc::new("near"));
+        s.install(other_kernel, Arc::new("other kernel"));
+        s.install(other_device, Arc::new("other device"));
+        // A busy key serves its provisional plan; one without a plan is skipped.
+        assert!(matches!(s.claim(key(256)), Claim::Mine));
+        s.set_provisional(&key(256), Arc::new("provisional"));
+        assert!(matches!(s.claim(key(8)), Claim::Mine));
+        let near: Vec<&str> = s
+            .loaded_near(&key(128))
+            .into_iter()
+            .map(|(_, p)| *p)
+            .collect();
+        assert_eq!(near.len(), 3, "{near:?}");
+        // 64 and 256 are one octave from 128; 1024 three.
+        assert_eq!(near[2], "far");
+        assert!(near[..2].contains(&"near") && near[..2].contains(&"provisional"));
+        assert!(
+            s.loaded_near(&key(64)).iter().all(|(k, _)| *k != key(64)),
+            "the key itself is not its own neighbour"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::capture::{gate, GatedDrop};
 use super::{Have, Plan, Tuner};
 use crate::cache::Entry;
 use crate::engine::{EvalStats, GpuEvaluator, IsolatedEvaluator, Isolation, TuningJob};
@@ -165,9 +166,20 @@ impl Tuner {
         Ok((plan, t.report))
     }
 
+    /// A search, announced and accounted for (events, tuning time; see [`Tuner::observed`]).
+    pub(super) fn tune_job(
+        &self,
+        job: &TuningJob,
+        nearest: Option<Config>,
+        opts: &TuneOptions,
+        hooks: Hooks,
+    ) -> Result<Tuned> {
+        self.observed(job, || self.search_job(job, nearest, opts, hooks))
+    }
+
     /// The search: the spec's default first, then the nearest shape's winner (`nearest`), then
     /// the strategy's choices; the winner is stored with the statistic that ranked it.
-    pub(super) fn tune_job(
+    fn search_job(
         &self,
         job: &TuningJob,
         nearest: Option<Config>,
@@ -177,7 +189,8 @@ impl Tuner {
         let start = std::time::Instant::now();
         let spec = &job.spec;
         self.inner.searches.fetch_add(1, Ordering::Relaxed);
-        let mut eval = self.evaluator(job)?;
+        // Dropped (buffers freed, candidates unloaded) outside any capture.
+        let mut eval = GatedDrop::new(self.evaluator(job)?);
         let strategy = strategy_by_name(&opts.strategy).ok_or_else(|| {
             Error::InvalidArgument(format!("unknown strategy `{}`", opts.strategy))
         })?;
@@ -314,18 +327,25 @@ impl Tuner {
             match isolated {
                 Ok(e) => return Ok(TuningEvaluator::Isolated(Box::new(e))),
                 Err(e) if explicit => return Err(e),
-                Err(e) => log::warn!(
-                    "jitune: tuning {} in process, not isolated: {e}",
-                    job.spec.name
-                ),
+                Err(e) => {
+                    log::warn!(
+                        "jitune: tuning {} in process, not isolated: {e}",
+                        job.spec.name
+                    );
+                    self.fallback(job.key, &job.spec.name, || {
+                        format!("tuning in process, not isolated: {e}")
+                    });
+                }
             }
         }
-        Ok(TuningEvaluator::InProcess(Box::new(GpuEvaluator::for_job(
-            i.gpu.clone(),
-            job,
-            i.cache.clone(),
-            i.pool.clone(),
-        )?)))
+        // Its buffers are allocated outside any capture, and each candidate's GPU work waits
+        // for captures to end (the capture gate).
+        let mut e = {
+            let _permit = gate().permit()?;
+            GpuEvaluator::for_job(i.gpu.clone(), job, i.cache.clone(), i.pool.clone())?
+        };
+        e.set_work_gate(gate());
+        Ok(TuningEvaluator::InProcess(Box::new(e)))
     }
 
     /// Tunes every shape not yet in the cache (ahead of serving), reporting progress through
@@ -349,8 +369,9 @@ impl Tuner {
             let r = self
                 .tune_job(&job, nearest, &opts, Hooks::default())?
                 .report;
-            // The next launch of the key picks the stored winner up.
-            self.inner.states.forget(&job.key);
+            // The next launch of the key picks the stored winner up (as a swap, when the key
+            // has a plan launches used).
+            self.offer_stored(&job);
             progress(i + 1, shapes.len(), Some(&r));
             reports.push(r);
         }
@@ -374,6 +395,7 @@ impl Tuner {
                 // A panic inside tuning (a bug, or a library that panics) must neither leave the
                 // key busy forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _active = gate().activity();
                     let _turn = this.inner.background_gate.lock();
                     // A winner stored since this key's miss (another process, an explicit
                     // `tune`) is used rather than tuned again. (A stored winner that cannot be
@@ -388,8 +410,7 @@ impl Tuner {
                 .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
                     Ok(plan) => {
-                        this.inner.states.install(key, Arc::new(plan));
-                        this.inner.swaps.fetch_add(1, Ordering::Relaxed);
+                        this.finish(key, Arc::new(plan));
                     }
                     Err(e) => {
                         log::warn!(
@@ -397,6 +418,13 @@ impl Tuner {
                             job.spec.name,
                             job.shape
                         );
+                        this.emit_error(Some(key), &job.spec.name, &e);
+                        this.fallback(key, &job.spec.name, || {
+                            format!(
+                                "background tuning failed; {} serves for good",
+                                provisional.config
+                            )
+                        });
                         this.inner.states.install(key, provisional);
                     }
                 }
