@@ -3,9 +3,10 @@
 //! Every strategy is batch-based and deterministic for a seed. It talks to an [`Evaluator`]
 //! only through a [`Session`], which owns what all strategies must get right the same way:
 //! the budget counts unique configs (re-measurements are free of budget), a config is measured
-//! once, failures are never a winner, the fidelity ladder re-measures configs close to the best
-//! so one lucky sample cannot win, and a final interleaved shootout of the top few picks the
-//! winner.
+//! once, failures are never a winner, configs are ranked by one statistic (the median of their
+//! samples, [`estimate`], which is also the time a tuner stores), the fidelity ladder
+//! re-measures configs close to the best so one lucky sample cannot win, and a final
+//! interleaved shootout of the top few picks the winner.
 //!
 //! The session is also where a caller's [`Hooks`] act, so that no strategy has to know about
 //! them: after every batch the progress callback hears how far the search is (evaluations of
@@ -14,6 +15,7 @@
 //! (with [`SearchResult::cancelled`] set). The hooks are plain closures and flags: the search
 //! layer knows nothing of terminals or progress bars.
 
+pub mod estimate;
 pub mod evaluator;
 pub mod exhaustive;
 pub mod forest;
@@ -25,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub use estimate::estimate;
 pub use evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
 pub use exhaustive::Exhaustive;
 pub use lfbo::{Lfbo, LfboParams};
@@ -171,12 +174,13 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// The current time estimate (mean of all samples), `None` for a failure.
+    /// The current time estimate ([`estimate`] of all samples: the median), `None` for a
+    /// failure.
     pub fn estimate(&self) -> Option<f64> {
-        if self.failure.is_some() || self.samples.is_empty() {
+        if self.failure.is_some() {
             return None;
         }
-        Some(self.samples.iter().sum::<f64>() / self.samples.len() as f64)
+        estimate(&self.samples)
     }
 }
 
