@@ -31,7 +31,7 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// A measurement summarised by [`estimate`](super::estimate) (the median, the statistic
+    /// A measurement summarised by [`estimate`](fn@super::estimate) (the median, the statistic
     /// the search ranks by); `None` if there are no samples or any is not a finite,
     /// non-negative number.
     pub fn from_samples(samples: Vec<f64>) -> Option<Measurement> {
