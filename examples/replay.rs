@@ -56,11 +56,28 @@ fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T> {
         .map_err(|_| Error::InvalidArgument(format!("{flag}: `{v}` is not a valid number")))
 }
 
-fn parse_lfbo(p: &mut LfboParams, text: &str) -> Result<()> {
+/// Applies `flag`'s `knob=value,...` list through `set`, which returns `false` for a knob it
+/// does not know.
+fn parse_knobs(
+    flag: &str,
+    text: &str,
+    mut set: impl FnMut(&str, &str) -> Result<bool>,
+) -> Result<()> {
     for kv in text.split(',').filter(|s| !s.is_empty()) {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| Error::InvalidArgument(format!("--lfbo: `{kv}` is not knob=value")))?;
+            .ok_or_else(|| Error::InvalidArgument(format!("{flag}: `{kv}` is not knob=value")))?;
+        if !set(k, v)? {
+            return Err(Error::InvalidArgument(format!(
+                "{flag}: unknown knob `{k}`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_lfbo(p: &mut LfboParams, text: &str) -> Result<()> {
+    parse_knobs("--lfbo", text, |k, v| {
         match k {
             "batch" => p.batch = parse_num(k, v)?,
             "n_init" => p.n_init = parse_num(k, v)?,
@@ -84,22 +101,15 @@ fn parse_lfbo(p: &mut LfboParams, text: &str) -> Result<()> {
             "restart_fresh" => p.restart_fresh = parse_num::<u8>(k, v)? != 0,
             "prior_share" => p.prior_share = parse_num(k, v)?,
             "prior_init" => p.prior_init = parse_num(k, v)?,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "--lfbo: unknown knob `{k}`"
-                )))
-            }
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn parse_prior(a: &mut Args, text: &str) -> Result<()> {
-    let p = &mut a.prior_params;
-    for kv in text.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            Error::InvalidArgument(format!("--prior-opt: `{kv}` is not knob=value"))
-        })?;
+    let (p, weight) = (&mut a.prior_params, &mut a.prior_weight);
+    parse_knobs("--prior-opt", text, |k, v| {
         match k {
             "start" => p.start = parse_num(k, v)?,
             "belief" => p.belief = parse_num(k, v)?,
@@ -108,15 +118,11 @@ fn parse_prior(a: &mut Args, text: &str) -> Result<()> {
             "half" => p.half = parse_num(k, v)?,
             "candidates" => p.candidates = parse_num(k, v)?,
             "polish" => p.polish = parse_num(k, v)?,
-            "weight" => a.prior_weight = parse_num(k, v)?,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "--prior-opt: unknown knob `{k}`"
-                )))
-            }
+            "weight" => *weight = parse_num(k, v)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn parse_args() -> Result<Args> {
