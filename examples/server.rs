@@ -14,7 +14,11 @@
 //! under load picked.
 //!
 //!     cargo run --release --example server [-- --threads 4 --seconds 120 --tune-s 8
-//!                                               --pause-ms 20 --cache FILE]
+//!                                               --pause-ms 20 --cache FILE --preload]
+//!
+//! `--preload` (or `SERVER_PRELOAD=1`) calls `Tuner::preload` for every kernel before serving
+//! starts and waits for it: the default configs (and winners already in the cache) are compiled
+//! then, so the first pass launches without compiling on a serving thread.
 //!
 //! Threads pause `--pause-ms` between passes over their shapes (requests do not arrive back to
 //! back). The cache is memory-only unless `--cache` names a file (so each run starts cold).
@@ -31,13 +35,13 @@ use common::{cuda, KernelBuffers, Timer};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaContext;
 use jitune::cache::{Cache, CacheOptions};
-use jitune::gpu::measure::median;
-use jitune::rng::Rng;
+use jitune::internals::median;
+use jitune::internals::Rng;
 use jitune::tuner::{Kernel, Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -252,9 +256,11 @@ fn run() -> Result<()> {
     let seconds: f64 = common::num_option("--seconds", "SERVER_SECONDS", 120.0)?;
     let tune_s: f64 = common::num_option("--tune-s", "SERVER_TUNE_S", 8.0)?;
     let pause_ms: u64 = common::num_option("--pause-ms", "SERVER_PAUSE_MS", 20)?;
+    let preload = std::env::args().any(|a| a == "--preload")
+        || std::env::var("SERVER_PRELOAD").is_ok_and(|v| v == "1");
     let sgemm = common::kernel("sgemm")?;
     let softmax = common::kernel("softmax")?;
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let cache_opts = match common::option("--cache", "SERVER_CACHE") {
         Some(p) => CacheOptions::at(p),
         None => CacheOptions::memory_only(),
@@ -334,6 +340,28 @@ fn run() -> Result<()> {
         tuner.gpu().fingerprint.to_text(),
         families.len()
     );
+    if preload {
+        let t = Instant::now();
+        let mut kernels: Vec<&Kernel> = Vec::new();
+        for f in &families {
+            if !kernels.iter().any(|k| k.spec.id() == f.kernel.spec.id()) {
+                kernels.push(&f.kernel);
+            }
+        }
+        let running: Vec<_> = kernels.iter().map(|k| tuner.preload(k)).collect();
+        let (mut images, mut compiled, mut failed) = (0, 0, 0);
+        for p in running {
+            let r = p.wait();
+            images += r.configs;
+            compiled += r.compiled;
+            failed += r.failed;
+        }
+        println!(
+            "preloaded {images} images of {} kernels in {:.2} s ({compiled} compiled, {failed} failed)",
+            kernels.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let start = Instant::now();
     let pace = Pace {
         deadline: start + Duration::from_secs_f64(seconds),

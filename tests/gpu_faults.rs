@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use jitune::cache::{Cache, CacheOptions};
-use jitune::gpu::isolate::{Isolation, IsolationOptions};
-use jitune::rng::Rng;
+use jitune::engine::{Isolation, IsolationOptions};
+use jitune::internals::Rng;
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
 fn data(name: &str) -> PathBuf {
@@ -107,6 +107,7 @@ fn faults_are_survived_and_recorded() {
         max_evals: 100,
         max_time_s: Some(240.0),
         seed: 1,
+        ..Default::default()
     });
     let n = 1usize << 20;
     let mut p = Problem::new(&stream, n);
@@ -199,6 +200,7 @@ fn faults_are_survived_and_recorded() {
                 max_evals: 100,
                 max_time_s: Some(60.0),
                 seed: 2,
+                ..Default::default()
             },
         )
         .expect("in-process retune over recorded faults");
@@ -227,6 +229,7 @@ fn isolation_cost() {
         max_evals: 48,
         max_time_s: Some(120.0),
         seed: 7,
+        ..Default::default()
     };
     {
         let t = Tuner::with_context(
@@ -285,8 +288,8 @@ fn isolation_cost() {
 }
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::gpu_tests_enabled() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::internals::gpu_tests_enabled() {
         println!("skipping gpu_faults: {why}");
         return;
     }

@@ -100,6 +100,9 @@ pub struct SearchOptions {
     pub fidelity: Fidelity,
     /// Cancellation flag and progress callback (none by default).
     pub hooks: Hooks,
+    /// Stop proposing once the best estimate is at or below this many ms (a roofline: nothing
+    /// can be much faster). Not a cancellation: the search finishes normally.
+    pub target_ms: Option<f64>,
     /// Times measured elsewhere (another GPU model, toolchain or shape), one [`Prior`] per
     /// source: the search evaluates their fastest configs first and (LFBO) trains on them,
     /// trusting each less as this GPU's measurements arrive and disagree (see [`prior`]).
@@ -174,6 +177,7 @@ impl SearchOptions {
             start: Vec::new(),
             fidelity: Fidelity::default(),
             hooks: Hooks::default(),
+            target_ms: None,
             priors: Vec::new(),
             prior_params: PriorParams::default(),
         }
@@ -332,14 +336,18 @@ impl<'a> Session<'a> {
         self.opts
     }
 
-    /// Unique evaluations still allowed (0 once the time budget is spent or the search was
-    /// cancelled: every strategy loops on this, so that is how cancellation reaches them all).
+    /// Unique evaluations still allowed (0 once the time budget is spent, the target reached or
+    /// the search cancelled: every strategy loops on this, so that is how they all stop).
     pub fn remaining(&self) -> usize {
         if self.cancelled()
             || self
                 .opts
                 .max_time_s
                 .is_some_and(|t| self.eval.elapsed_s() >= t)
+            || self
+                .opts
+                .target_ms
+                .is_some_and(|t| self.best().is_some_and(|(_, b)| b <= t))
         {
             return 0;
         }

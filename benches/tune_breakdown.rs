@@ -1,0 +1,184 @@
+//! Where a tuning run's wall time goes, per candidate: waiting for its image (binary table or
+//! compile pool), module load, correctness check, timing (the kernel's own runs and the rest:
+//! flushes, launches, synchronisations), store writes (in-flight markers, failure records), and
+//! what is left (setting up inputs, the reference, re-measurements, the strategy itself, the
+//! winner's store write).
+//!
+//! Each case tunes in process (Blocking mode) into a fresh SQLite cache file, so store costs are
+//! real writes. The counters are the evaluator's own (`GpuEvaluator::stats`): a few clock reads
+//! per candidate. The figure of issue 18: overhead per candidate beyond the kernel's own timed
+//! runs, median <= 5 ms, also at 256 MB of output (the transpose case).
+//!
+//!     cargo bench --bench tune_breakdown [-- --cases transpose,sgemm,softmax]
+
+use std::time::Instant;
+
+use jitune::cache::{Cache, CacheOptions};
+use jitune::internals::median;
+use jitune::tuner::{Kernel, Mode, TuneOptions, TuneReport, Tuner};
+
+fn main() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
+        println!("tune_breakdown bench skipped: {why}");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("tune_breakdown: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Case {
+    name: &'static str,
+    spec: &'static str,
+    shape: Vec<i64>,
+    evals: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    vec![
+        Case {
+            name: "transpose",
+            spec: leak(format!("{root}/tests/data/transpose.toml")),
+            shape: vec![8192, 8192],
+            evals: 120,
+        },
+        Case {
+            name: "sgemm",
+            spec: leak(format!("{root}/kernels/sgemm.toml")),
+            shape: vec![2048, 2048, 2048],
+            evals: 60,
+        },
+        Case {
+            name: "softmax",
+            spec: leak(format!("{root}/kernels/softmax.toml")),
+            shape: vec![8192, 8192],
+            evals: 60,
+        },
+    ]
+}
+
+fn ms(s: f64) -> f64 {
+    s * 1e3
+}
+
+fn report(c: &Case, r: &TuneReport, wall_s: f64) {
+    let Some(st) = &r.stats else {
+        println!("{}: no stats (isolated tuning)", c.name);
+        return;
+    };
+    let per = |f: &dyn Fn(&jitune::engine::CandidateCost) -> f64| -> f64 {
+        let v: Vec<f64> = st.candidates.iter().map(|x| ms(f(x))).collect();
+        median(&v)
+    };
+    let t = st.total();
+    let timing_rest = (t.timing_s - t.kernel_s).max(0.0);
+    let counted = st.setup_s
+        + st.reference.image_wait_s
+        + st.reference.load_s
+        + st.reference.check_s
+        + st.reference.timing_s
+        + st.reference.store_s
+        + t.image_wait_s
+        + t.load_s
+        + t.check_s
+        + t.timing_s
+        + t.store_s
+        + st.remeasure_s
+        + r.store_s;
+    println!(
+        "\n{} {:?}: {} configs in {:.2} s (tune's own wall {:.2} s), winner {} at {:.4} ms{}",
+        c.name,
+        c.shape,
+        r.entry.evaluated,
+        wall_s,
+        r.wall_s,
+        r.entry.config,
+        r.entry.median_ms,
+        match (r.roofline_ms, r.roofline_stop) {
+            (Some(f), stop) => format!(
+                "; {:.0}% of the roofline{}",
+                100.0 * f / r.entry.median_ms,
+                if stop { ", stopped there" } else { "" }
+            ),
+            _ => String::new(),
+        }
+    );
+    println!(
+        "  per candidate (median ms): image wait {:.2}  load {:.2}  check {:.2}  timing {:.2} \
+         (kernel {:.2} + rest {:.2})  store {:.2}  samples {}  => overhead {:.2} ms (target <= 5)",
+        per(&|x| x.image_wait_s),
+        per(&|x| x.load_s),
+        per(&|x| x.check_s),
+        per(&|x| x.timing_s),
+        per(&|x| x.kernel_s),
+        per(&|x| (x.timing_s - x.kernel_s).max(0.0)),
+        per(&|x| x.store_s),
+        median(
+            &st.candidates
+                .iter()
+                .map(|x| x.samples as f64)
+                .collect::<Vec<_>>()
+        ),
+        per(&|x| x.overhead_s()),
+    );
+    println!(
+        "  totals (s): setup {:.3}  reference {:.3}  image wait {:.3}  load {:.3}  check {:.3}  \
+         kernel {:.3}  timing rest {:.3}  store {:.3}  remeasure {:.3}  winner store {:.3}  \
+         left {:.3}  ({} candidates, {} raced)",
+        st.setup_s,
+        st.reference.image_wait_s
+            + st.reference.load_s
+            + st.reference.check_s
+            + st.reference.timing_s
+            + st.reference.store_s,
+        t.image_wait_s,
+        t.load_s,
+        t.check_s,
+        t.kernel_s,
+        timing_rest,
+        t.store_s,
+        st.remeasure_s,
+        r.store_s,
+        (wall_s - counted).max(0.0),
+        st.candidates.len(),
+        st.raced
+    );
+}
+
+fn run() -> jitune::Result<()> {
+    let want: Option<Vec<String>> = std::env::args()
+        .position(|a| a == "--cases")
+        .and_then(|i| std::env::args().nth(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let dir = std::env::temp_dir().join(format!("jitune-breakdown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| jitune::Error::io(&dir, e))?;
+    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
+    for c in cases() {
+        if want
+            .as_ref()
+            .is_some_and(|w| !w.iter().any(|x| x == c.name))
+        {
+            continue;
+        }
+        let kernel = Kernel::from_toml_file(c.spec)?;
+        let cache = Cache::open(CacheOptions::at(dir.join(format!("{}.sqlite", c.name))))?;
+        let tuner = Tuner::with_context(ctx.clone(), cache, Mode::Blocking)?;
+        let t = Instant::now();
+        let r = tuner.tune_with(
+            &kernel,
+            &c.shape,
+            &TuneOptions {
+                max_evals: c.evals,
+                max_time_s: Some(120.0),
+                ..Default::default()
+            },
+        )?;
+        report(&c, &r, t.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

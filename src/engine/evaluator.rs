@@ -1,0 +1,631 @@
+//! The candidate pipeline, in this process, behind the search's [`Evaluator`] interface:
+//! image ([`Binaries`]: handed in, binary table or compile pool) → load → correctness check →
+//! timing → failure records ([`FailureBook`]).
+//!
+//! A batch's images stream in as they are ready, so benchmarking overlaps the rest of the
+//! batch's compilation. Each new candidate is checked against the reference output before it is
+//! timed: a wrong config is a failure, never a winner. The reference output stays on the device
+//! and the comparison runs there (`gpu::compare`); only a reference the caller hands in as host
+//! values ([`GpuEvaluator::set_reference`]) is compared on the host. Timing is adaptive
+//! (`gpu::measure::decide`): a few runs for a stable kernel, more for a noisy one, and a
+//! candidate clearly slower than the best so far stops after its first runs (racing).
+//!
+//! Where the time goes is counted per candidate ([`EvalStats`]): waiting for images, module
+//! loads, correctness checks, timing (and the kernel's own share of it), store writes. Before a candidate's first launch an
+//! in-flight marker is written to the store; if the candidate kills the process, the marker
+//! survives, and the next process records the config as crashed and never tries it again.
+//!
+//! The isolated evaluator's benchmark worker runs this same pipeline (fed the host's images), so
+//! measurement and the correctness gate are one code in both modes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::CudaFunction;
+
+use super::binaries::Binaries;
+use super::failures::{complete, FailureBook};
+use super::job::TuningJob;
+use crate::cache::Cache;
+use crate::failure::FailureClass;
+use crate::gpu::compare::Comparison;
+use crate::gpu::compile::Image;
+use crate::gpu::device::Gpu;
+use crate::gpu::launch::load_function;
+use crate::gpu::measure::{median, median_ci, Bench, LaunchFailure, Prepared, Sampling, Stop};
+use crate::gpu::pool::CompilePool;
+use crate::key::TuningKey;
+use crate::search::evaluator::{Evaluator, Failure, Measurement, Outcome};
+use crate::space::{Config, SearchSpace};
+use crate::spec::KernelSpec;
+use crate::{Error, Result};
+
+/// Knobs of the measurement (see `gpu::measure::decide` for how they combine).
+#[derive(Clone, Debug)]
+pub struct MeasureOptions {
+    /// Kernel time (ms) a first measurement may spend; once spent, 3 samples are enough.
+    pub first_budget_ms: f64,
+    /// Samples a first measurement takes at least while within the budget.
+    pub min_reps: usize,
+    pub max_reps: usize,
+    /// A candidate whose first run is slower than this many times the best so far stops being
+    /// timed (a `too_slow` failure); infinite: every config is measured fully (no probe, no
+    /// racing), as recording a space or verifying a winner wants.
+    pub too_slow_factor: f64,
+    /// Sampling stops once the half-width of the median's 95% confidence interval is within
+    /// this fraction of the median.
+    pub stable_within: f64,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions {
+            first_budget_ms: 20.0,
+            min_reps: 5,
+            max_reps: 50,
+            too_slow_factor: 10.0,
+            stable_within: 0.02,
+        }
+    }
+}
+
+impl MeasureOptions {
+    /// The sampling rule these options give.
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            budget_ms: self.first_budget_ms,
+            min_reps: self.min_reps,
+            max_reps: self.max_reps,
+            stable_within: self.stable_within,
+            too_slow_factor: self.too_slow_factor,
+        }
+    }
+}
+
+/// Where one candidate's time went, in seconds (see [`EvalStats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CandidateCost {
+    /// Waiting for its image (binary table or compile pool) after the previous candidate.
+    pub image_wait_s: f64,
+    /// Loading the module (and resolving the config).
+    pub load_s: f64,
+    /// The correctness run and the comparison with the reference.
+    pub check_s: f64,
+    /// Timing, wall clock (flushes, launches, synchronisations and the runs themselves).
+    pub timing_s: f64,
+    /// The kernel's own timed runs (sum of the samples).
+    pub kernel_s: f64,
+    /// In-flight markers and failure records written to the store.
+    pub store_s: f64,
+    /// Samples drawn.
+    pub samples: usize,
+}
+
+impl CandidateCost {
+    /// Everything but the kernel's own timed runs.
+    pub fn overhead_s(&self) -> f64 {
+        self.image_wait_s
+            + self.load_s
+            + self.check_s
+            + (self.timing_s - self.kernel_s).max(0.0)
+            + self.store_s
+    }
+
+    fn add(&mut self, o: &CandidateCost) {
+        self.image_wait_s += o.image_wait_s;
+        self.load_s += o.load_s;
+        self.check_s += o.check_s;
+        self.timing_s += o.timing_s;
+        self.kernel_s += o.kernel_s;
+        self.store_s += o.store_s;
+        self.samples += o.samples;
+    }
+}
+
+/// Where an evaluator's time went: per new candidate (in evaluation order) and in total, plus
+/// the reference run and re-measurements. Counting is a few clock reads per candidate.
+#[derive(Clone, Debug, Default)]
+pub struct EvalStats {
+    /// Making the synthetic inputs and the buffers (host generation and upload).
+    pub setup_s: f64,
+    /// One entry per config of a batch (loaded and checked, timed, or failed on the way), in
+    /// order.
+    pub candidates: Vec<CandidateCost>,
+    /// The reference config's run and its first timing (part of the first batch).
+    pub reference: CandidateCost,
+    /// Re-measurements asked for by the search (wall clock).
+    pub remeasure_s: f64,
+    /// Candidates whose timing stopped early because they were clearly slower (racing).
+    pub raced: usize,
+}
+
+impl EvalStats {
+    /// The candidates' costs added up (the reference's not included).
+    pub fn total(&self) -> CandidateCost {
+        let mut t = CandidateCost::default();
+        for c in &self.candidates {
+            t.add(c);
+        }
+        t
+    }
+}
+
+/// The reference outputs candidates are checked against.
+enum Reference {
+    /// Not known yet: the reference config runs first.
+    None,
+    /// Kept on the device by the bench.
+    Device,
+    /// Given by the caller on the host (one vector per output).
+    Host(Vec<Vec<f64>>),
+}
+
+/// A candidate that passed the correctness check: ready to be timed, remeasured, or served.
+struct Loaded {
+    func: CudaFunction,
+    prepared: Prepared,
+}
+
+/// Compiles, checks and times configs of one spec at one shape on one GPU.
+pub struct GpuEvaluator {
+    gpu: Arc<Gpu>,
+    job: TuningJob,
+    cache: Arc<Cache>,
+    binaries: Binaries,
+    failures: FailureBook,
+    bench: Bench,
+    reference: Reference,
+    loaded: HashMap<Config, Loaded>,
+    /// Images handed in by the caller (an isolated worker gets them from its host), used
+    /// instead of the binary table or a compilation.
+    supplied: HashMap<Config, Image>,
+    /// The config whose outputs are the reference, when the caller chose it.
+    reference_config: Option<Config>,
+    /// The best median so far and the upper end of its confidence interval (for racing).
+    best: Option<(f64, f64)>,
+    start: Instant,
+    /// The cost of the candidate being processed.
+    cost: CandidateCost,
+    stats: EvalStats,
+    pub options: MeasureOptions,
+}
+
+impl GpuEvaluator {
+    /// Prepares synthetic inputs for `spec` at `shape`; configs the store knows to have failed
+    /// (stale in-flight markers included) are failures without being run again.
+    pub fn new(
+        gpu: Arc<Gpu>,
+        spec: Arc<KernelSpec>,
+        shape: &[i64],
+        cache: Arc<Cache>,
+        pool: Arc<CompilePool>,
+    ) -> Result<GpuEvaluator> {
+        let job = TuningJob::new(spec, shape, &gpu)?;
+        GpuEvaluator::for_job(gpu, &job, cache, pool)
+    }
+
+    /// The evaluator of a job built by the tuner.
+    pub fn for_job(
+        gpu: Arc<Gpu>,
+        job: &TuningJob,
+        cache: Arc<Cache>,
+        pool: Arc<CompilePool>,
+    ) -> Result<GpuEvaluator> {
+        let spec = &job.spec;
+        let t = Instant::now();
+        let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;
+        let stats = EvalStats {
+            setup_s: t.elapsed().as_secs_f64(),
+            ..EvalStats::default()
+        };
+        Ok(GpuEvaluator {
+            binaries: Binaries::new(gpu.clone(), spec.clone(), cache.clone(), pool),
+            failures: FailureBook::load(cache.clone(), job.key, &spec.name),
+            gpu,
+            job: job.clone(),
+            cache,
+            bench,
+            reference: Reference::None,
+            loaded: HashMap::new(),
+            supplied: HashMap::new(),
+            reference_config: None,
+            best: None,
+            start: Instant::now(),
+            cost: CandidateCost::default(),
+            stats,
+            options: MeasureOptions::default(),
+        })
+    }
+
+    /// Uses these outputs (one vector per `out`/`inout` argument, in order) as the reference
+    /// instead of the default config's. They stay on the host: each candidate's outputs are
+    /// then copied to the host and compared there (the only case that copies outputs).
+    pub fn set_reference(&mut self, outputs: Vec<Vec<f64>>) {
+        self.reference = Reference::Host(outputs);
+    }
+
+    /// Where this evaluator's time went so far.
+    pub fn stats(&self) -> &EvalStats {
+        &self.stats
+    }
+
+    /// Whether timed runs are preceded by an L2 flush (not when a run evicts L2 by itself).
+    pub fn flushes_l2(&self) -> bool {
+        self.bench.flushes()
+    }
+
+    /// Uses `image` for `config` the next time it has to be loaded, instead of the binary table
+    /// or NVRTC (an isolated benchmark worker receives its images from the host this way).
+    pub fn supply_image(&mut self, config: Config, image: Image) {
+        self.supplied.insert(config, image);
+    }
+
+    /// Runs `config` for the reference outputs instead of the one the failure records pick
+    /// (an isolated worker runs the reference its host picked).
+    pub fn set_reference_config(&mut self, config: Config) {
+        self.reference_config = Some(config);
+    }
+
+    /// Whether `config` has been loaded and checked (so it can be timed or remeasured).
+    pub fn is_loaded(&self, config: &Config) -> bool {
+        self.loaded.contains_key(config)
+    }
+
+    /// The loaded function of a checked config (the tuner serves the winner with it rather than
+    /// load its image again).
+    pub fn loaded_function(&self, config: &Config) -> Option<CudaFunction> {
+        self.loaded.get(config).map(|l| l.func.clone())
+    }
+
+    /// The tuning key this evaluator measures for.
+    pub fn key(&self) -> TuningKey {
+        self.job.key
+    }
+
+    /// Configs compiled by NVRTC so far (not found in the binary table).
+    pub fn compiled(&self) -> usize {
+        self.binaries.compiled
+    }
+
+    /// Configs whose image came from the binary table so far.
+    pub fn binaries_reused(&self) -> usize {
+        self.binaries.reused
+    }
+
+    fn fail(&mut self, config: &Config, class: FailureClass, detail: String) -> Outcome {
+        let t = Instant::now();
+        let text = self.job.text(config);
+        self.failures.record(&text, class, &detail);
+        self.cost.store_s += t.elapsed().as_secs_f64();
+        Outcome::Failed(Failure { class, detail })
+    }
+
+    /// Loads an image and checks the config's output; `Ok(None)` when it passed.
+    fn load_and_check(&mut self, config: &Config, image: Image) -> Result<Option<Outcome>> {
+        let t = Instant::now();
+        let spec = &self.job.spec;
+        let values: Vec<i64> = (0..spec.params.len())
+            .map(|d| self.job.space.int_value(config, d))
+            .collect();
+        let prepared = match Prepared::for_config(spec, &values, &self.job.shape, &self.gpu.limits)
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, e.to_string()))),
+        };
+        let func = match load_function(&self.gpu.ctx, &image, &spec.entry, &prepared.geometry) {
+            Ok(f) => f,
+            Err(e) => return Ok(Some(self.fail(config, FailureClass::Launch, e.to_string()))),
+        };
+        self.cost.load_s += t.elapsed().as_secs_f64();
+        let text = self.job.text(config);
+        let t = Instant::now();
+        self.cache.mark_inflight(&self.job.key, &text)?;
+        self.cost.store_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let checked = self.check(&func, &prepared)?;
+        self.cost.check_s += t.elapsed().as_secs_f64();
+        let outcome = match checked {
+            Err(LaunchFailure::Invalid(m)) => Some(self.fail(config, FailureClass::Launch, m)),
+            Err(LaunchFailure::Sticky(m)) => {
+                // The context is unusable: record the config as crashed and stop the search.
+                self.failures.record(&text, FailureClass::Crashed, &m);
+                let _ = self.cache.clear_inflight(&self.job.key, &text);
+                return Err(Error::cuda(format!(
+                    "config {text} broke the CUDA context: {m}"
+                )));
+            }
+            Ok(None) => None,
+            Ok(Some((comparisons, what))) => {
+                let tolerance = self.job.spec.tolerance;
+                let bad: u64 = comparisons.iter().map(|c| c.nonfinite).sum();
+                let worst = comparisons
+                    .iter()
+                    .map(Comparison::relative_error)
+                    .fold(0.0f64, |a, e| if e.is_nan() || e > a { e } else { a });
+                let max_abs = comparisons.iter().map(|c| c.max_abs).fold(0.0, f64::max);
+                if comparisons.iter().all(|c| c.passes(tolerance)) {
+                    None
+                } else {
+                    let detail = if bad > 0 {
+                        format!("NaN, infinity or unwritten elements ({bad} of them)")
+                    } else {
+                        format!("relative error {worst:.3e}, largest difference {max_abs:.3e}")
+                    };
+                    Some(self.fail(
+                        config,
+                        FailureClass::WrongResult,
+                        format!("{detail} (tolerance {tolerance:.1e}, {what} reference)"),
+                    ))
+                }
+            }
+        };
+        let t = Instant::now();
+        self.cache.clear_inflight(&self.job.key, &text)?;
+        self.cost.store_s += t.elapsed().as_secs_f64();
+        if outcome.is_none() {
+            self.loaded
+                .insert(config.clone(), Loaded { func, prepared });
+        }
+        Ok(outcome)
+    }
+
+    /// The correctness run: the first one becomes the reference (kept on the device), later
+    /// ones are compared with it. `Ok(None)`: it became the reference; `Ok(Some(..))`: one
+    /// comparison per output and where the reference lives.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &mut self,
+        func: &CudaFunction,
+        prepared: &Prepared,
+    ) -> Result<std::result::Result<Option<(Vec<Comparison>, &'static str)>, LaunchFailure>> {
+        if let Err(f) = self.bench.run_for_check(func, prepared)? {
+            return Ok(Err(f));
+        }
+        match &self.reference {
+            Reference::None => {
+                if let Err(f) = self.bench.keep_reference()? {
+                    return Ok(Err(f));
+                }
+                self.reference = Reference::Device;
+                Ok(Ok(None))
+            }
+            Reference::Device => Ok(self
+                .bench
+                .compare_with_reference()?
+                .map(|c| Some((c, "device")))),
+            Reference::Host(reference) => {
+                let outputs = match self.bench.read_outputs()? {
+                    Ok(o) => o,
+                    Err(f) => return Ok(Err(f)),
+                };
+                let mut c: Vec<Comparison> = outputs
+                    .iter()
+                    .zip(reference)
+                    .map(|(o, r)| Comparison::of_host(o, r))
+                    .collect();
+                if reference.len() != outputs.len() {
+                    // A reference for other outputs than the kernel's never passes.
+                    c.push(Comparison {
+                        nonfinite: 1,
+                        ..Comparison::default()
+                    });
+                }
+                Ok(Ok(Some((c, "host"))))
+            }
+        }
+    }
+
+    /// Times a loaded config adaptively: a first run (abandoned as too slow when far slower
+    /// than the best), then rounds until the median is stable, the budget is spent, or the
+    /// config is clearly slower than the best (racing).
+    fn time(&mut self, config: &Config) -> Result<Outcome> {
+        let Some(l) = self.loaded.get(config) else {
+            return Err(Error::Search("timing a config that was not loaded".into()));
+        };
+        let (func, p) = (l.func.clone(), l.prepared.clone());
+        let rule = self.options.sampling();
+        let t = Instant::now();
+        let sampled = self.bench.sample(&func, &p, &rule, self.best)?;
+        self.cost.timing_s += t.elapsed().as_secs_f64();
+        let sampled = match sampled {
+            Ok(s) => s,
+            Err(LaunchFailure::Invalid(m)) => {
+                return Ok(self.fail(config, FailureClass::Launch, m))
+            }
+            Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
+        };
+        let samples = sampled.samples;
+        self.cost.kernel_s += samples.iter().sum::<f64>() / 1e3;
+        self.cost.samples += samples.len();
+        let m = median(&samples);
+        match sampled.stop {
+            Stop::TooSlow => {
+                let best = self.best.map_or(f64::NAN, |b| b.0);
+                let detail = format!(
+                    "too slow: {:.3} ms against a best of {best:.3} ms",
+                    samples.first().copied().unwrap_or(f64::NAN)
+                );
+                return Ok(self.fail(config, FailureClass::TooSlow, detail));
+            }
+            Stop::Raced => self.stats.raced += 1,
+            _ => {
+                if self.best.is_none_or(|(b, _)| m < b) {
+                    self.best = Some((m, median_ci(&samples).1));
+                }
+            }
+        }
+        Ok(Outcome::Measured(Measurement {
+            time_ms: m,
+            samples,
+        }))
+    }
+
+    /// Makes sure the reference exists: the reference config (the spec's default unless it is
+    /// known to fail here) is loaded and run first.
+    fn ensure_reference(&mut self) -> Result<()> {
+        if !matches!(self.reference, Reference::None) {
+            return Ok(());
+        }
+        let default = match &self.reference_config {
+            Some(c) => c.clone(),
+            None => self
+                .failures
+                .reference_config(&self.job.spec, &self.job.space)?,
+        };
+        let outcomes = self.evaluate_inner(std::slice::from_ref(&default), false)?;
+        if matches!(self.reference, Reference::None) {
+            return Err(Error::Search(format!(
+                "kernel `{}`: the reference config {} failed ({:?}); nothing to check candidates against",
+                self.job.spec.name,
+                self.job.text(&default),
+                outcomes.first().and_then(|o| match o {
+                    Outcome::Failed(f) => Some(f.detail.lines().next().unwrap_or("").to_string()),
+                    _ => None,
+                })
+            )));
+        }
+        // The reference config's time is the yardstick for "too slow" and racing until
+        // something faster is measured (batches finish compiling in any order, so the first
+        // timed candidate may be a slow one).
+        if self.loaded.contains_key(&default) {
+            let _ = self.time(&default)?;
+        }
+        // The reference's costs are its own, not a candidate's.
+        if let Some(c) = self.stats.candidates.pop() {
+            self.stats.reference = c;
+        }
+        self.stats.reference.add(&std::mem::take(&mut self.cost));
+        Ok(())
+    }
+
+    /// Loads and checks a new image (when given), then times the config. Its costs become one
+    /// entry of [`EvalStats::candidates`].
+    fn process(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
+        let out = self.process_inner(c, image, timed);
+        let cost = std::mem::take(&mut self.cost);
+        self.stats.candidates.push(cost);
+        out
+    }
+
+    fn process_inner(&mut self, c: &Config, image: Option<Image>, timed: bool) -> Result<Outcome> {
+        if let Some(img) = image {
+            if let Some(f) = self.load_and_check(c, img)? {
+                return Ok(f);
+            }
+        }
+        if timed {
+            self.time(c)
+        } else {
+            Ok(Outcome::Measured(Measurement {
+                time_ms: f64::NAN,
+                samples: vec![],
+            }))
+        }
+    }
+
+    fn evaluate_inner(&mut self, batch: &[Config], timed: bool) -> Result<Vec<Outcome>> {
+        let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut wanted = Vec::new();
+        let mut at_hand = Vec::new();
+        for (i, c) in batch.iter().enumerate() {
+            let text = self.job.text(c);
+            if let Some(known) = self.failures.known_outcome(&text) {
+                out[i] = Some(known);
+            } else if self.loaded.contains_key(c) {
+                at_hand.push(i); // loaded and checked: only timing left
+            } else {
+                let supplied = self.supplied.remove(c);
+                wanted.push((i, c, text, supplied));
+            }
+        }
+        let t = Instant::now();
+        let mut fetch = self.binaries.fetch(wanted);
+        let mut waited = t.elapsed().as_secs_f64();
+        for i in at_hand {
+            out[i] = Some(self.process(&batch[i], None, timed)?);
+        }
+        loop {
+            let t = Instant::now();
+            let Some((i, r)) = fetch.next_image(&mut self.binaries) else {
+                break;
+            };
+            self.cost.image_wait_s += waited + t.elapsed().as_secs_f64();
+            waited = 0.0;
+            out[i] = Some(match r? {
+                Ok(image) => self.process(&batch[i], Some(image), timed)?,
+                Err(log) => {
+                    let o = self.fail(&batch[i], FailureClass::Compile, log);
+                    let cost = std::mem::take(&mut self.cost);
+                    self.stats.candidates.push(cost);
+                    o
+                }
+            });
+        }
+        Ok(complete(out, FailureClass::Compile))
+    }
+}
+
+impl Evaluator for GpuEvaluator {
+    fn space(&self) -> &SearchSpace {
+        &self.job.space
+    }
+
+    fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
+        self.ensure_reference()?;
+        self.evaluate_inner(batch, true)
+    }
+
+    fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
+        let t = Instant::now();
+        let out = self.remeasure_inner(batch, samples);
+        self.stats.remeasure_s += t.elapsed().as_secs_f64();
+        out
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
+impl GpuEvaluator {
+    fn remeasure_inner(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
+        // Interleaved: one run of each config per round, so clock drift hits all alike.
+        let mut collected: Vec<Vec<f64>> = vec![Vec::new(); batch.len()];
+        let mut failed: Vec<Option<Outcome>> = vec![None; batch.len()];
+        for _ in 0..samples.max(1) {
+            for (i, c) in batch.iter().enumerate() {
+                if failed[i].is_some() {
+                    continue;
+                }
+                let Some(l) = self.loaded.get(c) else {
+                    failed[i] = Some(Outcome::Failed(Failure {
+                        class: FailureClass::Launch,
+                        detail: "not measured before".into(),
+                    }));
+                    continue;
+                };
+                let (func, p) = (l.func.clone(), l.prepared.clone());
+                match self.bench.time(&func, &p, 1)? {
+                    Ok(s) => collected[i].extend(s),
+                    Err(LaunchFailure::Invalid(m)) => {
+                        failed[i] = Some(self.fail(c, FailureClass::Launch, m))
+                    }
+                    Err(LaunchFailure::Sticky(m)) => return Err(Error::cuda(m)),
+                }
+            }
+        }
+        Ok(collected
+            .into_iter()
+            .zip(failed)
+            .map(|(s, f)| {
+                f.unwrap_or_else(|| {
+                    Outcome::Measured(Measurement {
+                        time_ms: median(&s),
+                        samples: s,
+                    })
+                })
+            })
+            .collect())
+    }
+}
