@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use crate::rng::Rng;
-use crate::search::{Evaluator, Failure, FailureClass, Measurement, Outcome};
+use crate::search::{Evaluator, Failure, FailureClass, Measurement, Outcome, Prior};
 use crate::space::{Config, Param, ParamKind, SearchSpace, Value};
 use crate::{Error, Result};
 
@@ -255,6 +255,32 @@ impl Cachefile {
             .join(",")
     }
 
+    /// This file's successful configs with their recorded times, as a [`Prior`] for a search of
+    /// `target` (the same kernel recorded elsewhere): configs are matched by their cachefile
+    /// key, so only configs valid in both count; the source label is this file's name. `None`
+    /// when the two files do not name the same parameters in the same order.
+    pub fn prior_for(&self, target: &Cachefile) -> Option<Prior> {
+        let names = |c: &Cachefile| -> Vec<String> {
+            c.space.params().iter().map(|p| p.name.clone()).collect()
+        };
+        if names(self) != names(target) {
+            return None;
+        }
+        let by_key: HashMap<String, &Config> =
+            target.records.keys().map(|c| (target.key(c), c)).collect();
+        let mut obs: Vec<(Config, f64)> = self
+            .records
+            .iter()
+            .filter_map(|(c, r)| {
+                let t = *r.time.as_ref().ok()?;
+                let there = by_key.get(&self.key(c))?;
+                target.mean_time(there).map(|_| ((*there).clone(), t))
+            })
+            .collect();
+        obs.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(Prior::new(self.name.clone(), obs))
+    }
+
     /// The recorded mean time of `c`; `None` for failures and unrecorded configs.
     pub fn mean_time(&self, c: &Config) -> Option<f64> {
         self.records
@@ -452,6 +478,42 @@ mod tests {
             (ev.elapsed_s() - 0.7).abs() < 1e-12,
             "re-measurement charges benchmark time"
         );
+    }
+
+    #[test]
+    fn prior_keeps_configs_valid_in_both() {
+        let target = Cachefile::parse("small", SMALL).unwrap();
+        // Another GPU: the values listed in another order, one config only recorded there, one
+        // that failed there, one that failed in the target.
+        let other = Cachefile::parse(
+            "other",
+            r#"{"tune_params_keys": ["bx", "t", "f"],
+            "tune_params": {"bx": [64, 32, 16], "t": [2, 1], "f": [1.0, 0.5]},
+            "cache": {
+                "16,1,0.5": {"time": 9.0}, "32,1,0.5": {"time": "RuntimeFailedConfig"},
+                "64,2,1.0": {"time": 1.0}, "32,2,1.0": {"time": 4.0}, "64,1,0.5": {"time": 2.0}
+            }}"#,
+        )
+        .unwrap();
+        let p = other.prior_for(&target).unwrap();
+        assert_eq!(p.source, "other");
+        let mut got: Vec<(String, f64)> = p
+            .observations
+            .iter()
+            .map(|(c, t)| (target.key(c), *t))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![("16,1,0.5".into(), 9.0), ("32,2,1.0".into(), 4.0)]
+        );
+        let renamed = Cachefile::parse(
+            "renamed",
+            r#"{"tune_params_keys": ["bx", "t", "g"],
+            "tune_params": {"bx": [16], "t": [1], "g": [0.5]}, "cache": {"16,1,0.5": {"time": 1}}}"#,
+        )
+        .unwrap();
+        assert!(renamed.prior_for(&target).is_none());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! can be checked exactly and fast.
 
 use jitune::search::{
-    Evaluator, Exhaustive, Failure, FailureClass, Lfbo, Measurement, Outcome, PatternSearch,
-    RandomSearch, SearchOptions, Strategy,
+    Evaluator, Exhaustive, Failure, FailureClass, Lfbo, Measurement, Outcome, PatternSearch, Prior,
+    PriorParams, RandomSearch, SearchOptions, Strategy,
 };
 use jitune::space::{Config, Param, SearchSpace};
 use jitune::{internals::Rng, Result};
@@ -278,4 +278,57 @@ fn start_configs_come_first_and_lfbo_finds_the_optimum() {
     assert_eq!(r.observations[0].config, o.start[0]);
     assert_eq!(r.observations[1].config, o.start[1]);
     assert_eq!(r.best.unwrap().0, Config(vec![4, 2, 1, 3]));
+}
+
+#[test]
+fn every_strategy_starts_with_the_prior_and_reports_its_trust() {
+    let b = Bowl::new(0.0);
+    // The bowl's own times as the prior, plus a config outside the space, which is skipped.
+    let mut obs: Vec<(Config, f64)> = b
+        .space
+        .iter()
+        .filter_map(|c| b.truth(&c).map(|t| (c, t)))
+        .collect();
+    obs.push((Config(vec![99, 0, 0, 0]), 0.001));
+    let mut sorted = obs.clone();
+    sorted.retain(|(c, _)| b.space.is_valid(c));
+    sorted.sort_by(|x, y| x.1.total_cmp(&y.1));
+    let first: Vec<Config> = sorted.iter().take(3).map(|(c, _)| c.clone()).collect();
+    for s in strategies() {
+        let mut b = Bowl::new(0.0);
+        let mut o = SearchOptions::new(2, 40);
+        o.start = vec![Config(vec![0, 0, 0, 0])];
+        o.priors = vec![Prior::new("bowl", obs.clone())];
+        o.prior_params = PriorParams {
+            start: 3,
+            polish: 2,
+            ..PriorParams::default()
+        };
+        let r = s.search(&mut b, &o).unwrap();
+        let got: Vec<Config> = r.observations.iter().map(|o| o.config.clone()).collect();
+        assert_eq!(got[0], o.start[0], "{}: the caller's start first", s.name());
+        assert_eq!(
+            got[1..4],
+            first[..],
+            "{}: then the prior's fastest",
+            s.name()
+        );
+        // Then two one-step moves of the best of them (the bowl's optimum).
+        for c in &got[4..6] {
+            let steps: i64 =
+                c.0.iter()
+                    .zip(&first[0].0)
+                    .map(|(x, y)| (*x as i64 - *y as i64).abs())
+                    .sum();
+            assert_eq!(steps, 1, "{}: {c:?} is not a one-step move", s.name());
+        }
+        assert_eq!(r.best.as_ref().unwrap().0, first[0], "{}", s.name());
+        assert_eq!(r.prior_trust.len(), 1, "{}", s.name());
+        assert_eq!(r.prior_trust[0].0, "bowl");
+        assert!(
+            r.prior_trust[0].1 > 0.0,
+            "{}: an exact prior keeps trust",
+            s.name()
+        );
+    }
 }

@@ -31,13 +31,14 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// A measurement summarised by the mean of its samples; `None` if there are none or any is
-    /// not a finite, non-negative number.
+    /// A measurement summarised by [`estimate`](fn@super::estimate) (the median, the statistic
+    /// the search ranks by); `None` if there are no samples or any is not a finite,
+    /// non-negative number.
     pub fn from_samples(samples: Vec<f64>) -> Option<Measurement> {
-        if samples.is_empty() || samples.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        if samples.iter().any(|s| !s.is_finite() || *s < 0.0) {
             return None;
         }
-        let time_ms = samples.iter().sum::<f64>() / samples.len() as f64;
+        let time_ms = super::estimate(&samples)?;
         Some(Measurement { time_ms, samples })
     }
 }

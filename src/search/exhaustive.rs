@@ -25,7 +25,7 @@ impl Strategy for Exhaustive {
 
     fn search(&self, eval: &mut dyn Evaluator, opts: &SearchOptions) -> Result<SearchResult> {
         let mut s = Session::new(eval, opts);
-        super::random::evaluate_start(&mut s)?;
+        s.evaluate_start()?;
         let space = s.space().clone();
         let mut it = space.iter();
         loop {

@@ -20,13 +20,19 @@
 //! not marked visited (only evaluated configs are excluded), a batch share that rounds to zero
 //! cannot end the search (at least one model-picked slot per batch), the current local search's
 //! incumbent is always a neighbourhood centre and the overall best is never dropped (a restart only
-//! stops using it as a centre; the final polish returns to it), and labels are rebuilt from current estimates every batch so
-//! re-measured configs carry their updated times.
+//! stops using it as a centre; the final polish returns to it), and labels are rebuilt from
+//! current estimates every batch so re-measured configs carry their updated times.
+//!
+//! With a prior ([`super::prior`]): after the prior's start configs only `prior_init` random
+//! configs (the cold design's remainder only if they already refute the prior), then each batch
+//! is shared between a warm model (the priors' ranks as extra features) and the cold one, the
+//! warm share shrinking with the trust; the prior's fastest unmeasured configs join the
+//! candidates. Without a prior the search is exactly the cold one.
 
 use std::collections::HashSet;
 
 use super::forest::{Forest, ForestParams};
-use super::random::{evaluate_start, fresh_samples};
+use super::random::fresh_samples;
 use super::{Evaluator, SearchOptions, SearchResult, Session, Strategy};
 use crate::rng::Rng;
 use crate::space::{Config, SearchSpace};
@@ -75,6 +81,11 @@ pub struct LfboParams {
     pub patience: usize,
     /// Relative improvement of the best estimate that resets the patience.
     pub min_improvement: f64,
+    /// With a prior: the share of each batch picked by the model that also sees the prior, at
+    /// full trust (it shrinks with the trust; the cold model picks the rest).
+    pub prior_share: f64,
+    /// With a prior: the uniform random configs drawn after the prior's start configs.
+    pub prior_init: usize,
 }
 
 impl Default for LfboParams {
@@ -104,6 +115,8 @@ impl Default for LfboParams {
             restart_fresh: true,
             patience: 8,
             min_improvement: 0.002,
+            prior_share: 0.66,
+            prior_init: 4,
         }
     }
 }
@@ -122,10 +135,11 @@ impl Lfbo {
     }
 
     /// Fits the classifier to the session's observations (current estimates; failures are
-    /// negatives). `None` when there is nothing to learn from (no successful config yet).
-    pub fn fit(&self, s: &Session<'_>, seed: u64) -> Result<Option<Forest>> {
-        let space = s.space();
-        let d = space.feature_len();
+    /// negatives), with the priors' ranks as extra features when `trust` is given (the warm
+    /// model) or without (the cold model). `None` when there is nothing to learn from (no
+    /// successful config yet).
+    pub fn fit(&self, s: &Session<'_>, seed: u64, trust: Option<&[f64]>) -> Result<Option<Forest>> {
+        let d = width(s, trust.is_some());
         let obs = s.observations();
         let logs: Vec<Option<f64>> = obs
             .iter()
@@ -157,7 +171,7 @@ impl Lfbo {
         let mut labels = Vec::with_capacity(obs.len());
         let mut w = Vec::with_capacity(obs.len());
         for (i, o) in obs.iter().enumerate() {
-            space.encode(&o.config, &mut x[i * d..(i + 1) * d]);
+            encode(s, trust, &o.config, &mut x[i * d..(i + 1) * d]);
             match logs[i] {
                 Some(y) if y < tau => {
                     labels.push(true);
@@ -237,8 +251,19 @@ impl Lfbo {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let Some(forest) = self.fit(s, rng.next_u64())? else {
+        let Some(forest) = self.fit(s, rng.next_u64(), None)? else {
             return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+        };
+        // With a trusted prior, a share of the slots (shrinking with the trust) goes to a model
+        // that also sees the priors' ranks; the cold model keeps the others, a hedge against a
+        // prior whose ranking does not hold here.
+        let trust = s.prior_trust();
+        let share = p.prior_share * trust.iter().copied().fold(0.0, f64::max);
+        let mut n_warm = ((n as f64) * share).round() as usize;
+        let warm = if n_warm > 0 {
+            self.fit(s, rng.next_u64(), Some(&trust))?
+        } else {
+            None
         };
         let space = s.space();
         // Candidates: neighbours of the best few (never evaluated ones; merely proposed configs
@@ -249,6 +274,12 @@ impl Lfbo {
         if centres.is_empty() {
             // Every good config lies in an abandoned basin: start afresh from random draws.
             return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+        }
+        // The trusted priors' fastest unmeasured configs compete with the neighbours.
+        for c in s.prior_candidates() {
+            if seen.insert(c.clone()) {
+                cands.push(c);
+            }
         }
         for i in centres {
             let centre = &s.observations()[i].config;
@@ -271,15 +302,24 @@ impl Lfbo {
         if cands.is_empty() {
             return Ok(Vec::new());
         }
-        // Score: probability and leaf vector of every candidate.
-        let d = space.feature_len();
+        // Score: probability and leaf vector of every candidate (the cold model's leaves measure
+        // similarity; the warm model's probability ranks the prior's slots).
         let t = forest.n_trees();
-        let mut feat = vec![0.0; d];
+        let mut feat = vec![0.0; width(s, true)];
         let mut leaves = vec![0u32; cands.len() * t];
         let mut prob = Vec::with_capacity(cands.len());
+        let mut warm_prob = Vec::new();
+        let mut scratch = vec![0u32; warm.as_ref().map_or(0, Forest::n_trees)];
         for (k, c) in cands.iter().enumerate() {
-            space.encode(c, &mut feat);
+            encode(s, None, c, &mut feat[..width(s, false)]);
             prob.push(forest.proba_and_leaves(&feat, &mut leaves[k * t..(k + 1) * t]));
+            if let Some(w) = &warm {
+                encode(s, Some(&trust), c, &mut feat);
+                warm_prob.push(w.proba_and_leaves(&feat, &mut scratch));
+            }
+        }
+        if warm.is_none() {
+            n_warm = 0;
         }
         // Greedy pick: probability minus diversity × (highest similarity to anything picked).
         let n = n.min(cands.len());
@@ -290,6 +330,9 @@ impl Lfbo {
         let mut taken = vec![false; cands.len()];
         let mut out = Vec::with_capacity(n);
         for slot in 0..n {
+            // The warm model's slots are spread evenly over the batch, starting with the first.
+            let is_warm = (slot * n_warm).div_ceil(n) < ((slot + 1) * n_warm).div_ceil(n);
+            let prob = if is_warm { &warm_prob } else { &prob };
             let range = if slot < n_explore && n_local < cands.len() {
                 n_local..cands.len()
             } else {
@@ -386,6 +429,35 @@ impl Lfbo {
         space.random_neighbour(c, self.params.radius.max(1), rng)
     }
 
+    /// The initial design: uniform random, topped up until something works (a model needs a
+    /// positive) or the budget runs out. After a prior's start configs it has only to be large
+    /// enough to judge the prior by (`prior_init`); if that already refutes every prior, it is
+    /// completed to the cold design (`n_init` random configs).
+    fn initial_design(&self, s: &mut Session<'_>, rng: &mut Rng) -> Result<()> {
+        let p = &self.params;
+        let none = HashSet::new();
+        let (mut n_init, min_batch) = if s.prior().is_empty() {
+            (p.n_init, p.batch.max(1))
+        } else {
+            (s.seeded() + p.prior_init, 1)
+        };
+        while s.remaining() > 0 && (s.observations().len() < n_init || s.best().is_none()) {
+            let want = n_init
+                .saturating_sub(s.observations().len())
+                .max(min_batch)
+                .min(s.remaining());
+            let batch = fresh_samples(s, want, rng, &none);
+            if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
+                break;
+            }
+            let cold = s.seeded() + p.n_init;
+            if n_init < cold && s.prior_trust().iter().all(|t| *t <= 0.0) {
+                n_init = cold;
+            }
+        }
+        Ok(())
+    }
+
     /// Successful observations of the current local search, best first: those made since it
     /// started (`epoch`, an index into the observations) outside the abandoned basins.
     fn ranked_local(&self, s: &Session<'_>, tabu: &[Config], epoch: usize) -> Vec<usize> {
@@ -410,6 +482,20 @@ impl Lfbo {
     }
 }
 
+/// Length of the model's feature vectors: the space's encoding, then (`prior`) the priors'.
+fn width(s: &Session<'_>, prior: bool) -> usize {
+    s.space().feature_len() + if prior { s.prior().n_features() } else { 0 }
+}
+
+/// The model's features of `c` (`out` is [`width`] long): with `Some(trust)` the priors' too.
+fn encode(s: &Session<'_>, trust: Option<&[f64]>, c: &Config, out: &mut [f64]) {
+    let d = s.space().feature_len();
+    s.space().encode(c, &mut out[..d]);
+    if let Some(t) = trust {
+        s.prior().features(c, t, &mut out[d..]);
+    }
+}
+
 /// Number of parameters in which two configs differ.
 fn hamming(a: &Config, b: &Config) -> usize {
     a.0.iter().zip(&b.0).filter(|(x, y)| x != y).count()
@@ -429,21 +515,9 @@ impl Strategy for Lfbo {
         let p = &self.params;
         let mut s = Session::new(eval, opts);
         let mut rng = Rng::new(opts.seed);
-        evaluate_start(&mut s)?;
-        // Initial design: uniform random, topped up until something works (a model needs a
-        // positive) or the budget runs out.
+        s.evaluate_start()?;
+        self.initial_design(&mut s, &mut rng)?;
         let none = HashSet::new();
-        while s.remaining() > 0 && (s.observations().len() < p.n_init || s.best().is_none()) {
-            let want = p
-                .n_init
-                .saturating_sub(s.observations().len())
-                .max(p.batch.max(1))
-                .min(s.remaining());
-            let batch = fresh_samples(&s, want, &mut rng, &none);
-            if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
-                break;
-            }
-        }
         // One local search at a time: `local` is the best estimate of the current one; when it
         // stalls for `patience` batches and a polish does not help, its basin is abandoned
         // (tabu as a centre) and the next local search starts elsewhere, up to `max_restarts`.

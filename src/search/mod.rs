@@ -3,9 +3,18 @@
 //! Every strategy is batch-based and deterministic for a seed. It talks to an [`Evaluator`]
 //! only through a [`Session`], which owns what all strategies must get right the same way:
 //! the budget counts unique configs (re-measurements are free of budget), a config is measured
-//! once, failures are never a winner, the fidelity ladder re-measures configs close to the best
-//! so one lucky sample cannot win, and a final interleaved shootout of the top few picks the
-//! winner.
+//! once, failures are never a winner, configs are ranked by one statistic (the median of their
+//! samples, [`estimate()`], which is also the time a tuner stores), the fidelity ladder
+//! re-measures configs close to the best so one lucky sample cannot win, and a final
+//! interleaved shootout of the top few picks the winner.
+//!
+//! The session also holds the [`prior`]s (times of this space's configs measured on another GPU
+//! model, toolchain or shape), checked against the space, and judges how far to trust them from
+//! what it measures; every strategy starts with [`Session::evaluate_start`] (the caller's start
+//! configs, the priors' fastest, a short polish of the best), LFBO also learns from them. A
+//! tuner passes cache entries of other keys as `SearchOptions::priors`, one [`Prior`] per source
+//! whose times are comparable (one GPU, toolchain and shape), with a weight for how close the
+//! source is, and reads back how far each was trusted in [`SearchResult::prior_trust`].
 //!
 //! The session is also where a caller's [`Hooks`] act, so that no strategy has to know about
 //! them: after every batch the progress callback hears how far the search is (evaluations of
@@ -14,21 +23,25 @@
 //! (with [`SearchResult::cancelled`] set). The hooks are plain closures and flags: the search
 //! layer knows nothing of terminals or progress bars.
 
+pub mod estimate;
 pub mod evaluator;
 pub mod exhaustive;
 pub mod forest;
 pub mod lfbo;
 pub mod pattern;
+pub mod prior;
 pub mod random;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub use estimate::estimate;
 pub use evaluator::{Evaluator, Failure, FailureClass, Measurement, Outcome};
 pub use exhaustive::Exhaustive;
 pub use lfbo::{Lfbo, LfboParams};
 pub use pattern::PatternSearch;
+pub use prior::{Prior, PriorParams, PriorState};
 pub use random::RandomSearch;
 
 use crate::space::{Config, SearchSpace};
@@ -90,6 +103,12 @@ pub struct SearchOptions {
     /// Stop proposing once the best estimate is at or below this many ms (a roofline: nothing
     /// can be much faster). Not a cancellation: the search finishes normally.
     pub target_ms: Option<f64>,
+    /// Times measured elsewhere (another GPU model, toolchain or shape), one [`Prior`] per
+    /// source: the search evaluates their fastest configs first and (LFBO) trains on them,
+    /// trusting each less as this GPU's measurements arrive and disagree (see [`prior`]).
+    pub priors: Vec<Prior>,
+    /// How priors are used.
+    pub prior_params: PriorParams,
 }
 
 /// How far a search is, reported after each batch (see [`Hooks::progress`]).
@@ -159,6 +178,8 @@ impl SearchOptions {
             fidelity: Fidelity::default(),
             hooks: Hooks::default(),
             target_ms: None,
+            priors: Vec::new(),
+            prior_params: PriorParams::default(),
         }
     }
 }
@@ -175,12 +196,13 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// The current time estimate (mean of all samples), `None` for a failure.
+    /// The current time estimate ([`estimate()`] of all samples: the median), `None` for a
+    /// failure.
     pub fn estimate(&self) -> Option<f64> {
-        if self.failure.is_some() || self.samples.is_empty() {
+        if self.failure.is_some() {
             return None;
         }
-        Some(self.samples.iter().sum::<f64>() / self.samples.len() as f64)
+        estimate(&self.samples)
     }
 }
 
@@ -198,6 +220,9 @@ pub struct SearchResult {
     /// Whether the search was cancelled through [`Hooks::cancel`] before it ended on its own:
     /// `best` is then the best of what was evaluated so far, without the final shootout.
     pub cancelled: bool,
+    /// Each prior used (source label) and the trust it had at the end (0: its ranking did not
+    /// hold here, the search went on without it); empty without priors.
+    pub prior_trust: Vec<(String, f64)>,
 }
 
 impl SearchResult {
@@ -248,6 +273,11 @@ pub struct Session<'a> {
     version: u64,
     /// What [`Progress::budget`] reports (computed once, only when a progress hook is set).
     budget: usize,
+    /// The priors, checked against the space.
+    prior: PriorState,
+    /// Observations before this index were chosen by the priors (start configs and their
+    /// polish); the trust is judged on the others, which the priors did not pick.
+    seeded: usize,
 }
 
 impl<'a> Session<'a> {
@@ -259,6 +289,11 @@ impl<'a> Session<'a> {
         } else {
             opts.max_evals
         };
+        let prior = if opts.priors.is_empty() {
+            PriorState::default()
+        } else {
+            PriorState::new(&opts.priors, &opts.prior_params, eval.space())
+        };
         let s = Session {
             eval,
             opts,
@@ -267,6 +302,8 @@ impl<'a> Session<'a> {
             remeasurements: 0,
             version: 0,
             budget,
+            prior,
+            seeded: 0,
         };
         s.report_progress();
         s
@@ -315,6 +352,60 @@ impl<'a> Session<'a> {
             return 0;
         }
         self.opts.max_evals.saturating_sub(self.obs.len())
+    }
+
+    /// How many of the first observations the priors chose (start configs and their polish).
+    pub fn seeded(&self) -> usize {
+        self.seeded
+    }
+
+    /// The priors (empty without any).
+    pub fn prior(&self) -> &PriorState {
+        &self.prior
+    }
+
+    /// The current trust in each prior, given what was measured here.
+    pub fn prior_trust(&self) -> Vec<f64> {
+        self.prior
+            .trust(&self.obs[self.seeded.min(self.obs.len())..], self.obs.len())
+    }
+
+    /// Evaluates the start configs (the caller's, then the priors' fastest) as the first batch,
+    /// then, with a prior, up to `PriorParams::polish` one-step moves of the best of them
+    /// (those the priors rank best first). Every strategy begins with this.
+    pub fn evaluate_start(&mut self) -> Result<()> {
+        let mut start = self.opts.start.clone();
+        start.extend(self.prior.start());
+        if !start.is_empty() {
+            self.evaluate(&start)?;
+        }
+        if self.prior.is_empty() {
+            return Ok(());
+        }
+        if let Some((i, _)) = self.best() {
+            let mut moves: Vec<Config> = self
+                .space()
+                .one_step_neighbours(&self.obs[i].config)
+                .into_iter()
+                .filter(|c| !self.is_evaluated(c))
+                .collect();
+            self.prior.order(&mut moves);
+            moves.truncate(self.prior.params().polish);
+            if !moves.is_empty() {
+                self.evaluate(&moves)?;
+            }
+        }
+        self.seeded = self.obs.len();
+        Ok(())
+    }
+
+    /// The trusted priors' fastest configs not evaluated yet (candidates for a model).
+    pub fn prior_candidates(&self) -> Vec<Config> {
+        if self.prior.is_empty() {
+            return Vec::new();
+        }
+        self.prior
+            .candidates(&self.prior_trust(), &|c| self.index.contains_key(c))
     }
 
     /// Whether `c` was evaluated already.
@@ -525,12 +616,14 @@ impl<'a> Session<'a> {
             }
         }
         let best = self.best().map(|(i, t)| (self.obs[i].config.clone(), t));
+        let prior_trust = self.prior.report(&self.prior_trust());
         Ok(SearchResult {
             best,
             observations: self.obs,
             remeasurements: self.remeasurements,
             elapsed_s: self.eval.elapsed_s(),
             cancelled,
+            prior_trust,
         })
     }
 }

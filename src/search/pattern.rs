@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::random::{evaluate_start, fresh_samples};
+use super::random::fresh_samples;
 use super::{Evaluator, SearchOptions, SearchResult, Session, Strategy};
 use crate::rng::Rng;
 use crate::Result;
@@ -27,7 +27,7 @@ impl Strategy for PatternSearch {
         let mut s = Session::new(eval, opts);
         let mut rng = Rng::new(opts.seed);
         let none = HashSet::new();
-        evaluate_start(&mut s)?;
+        s.evaluate_start()?;
         // The incumbent of the current local search (index into observations).
         let mut inc = s.best().map(|(i, _)| i);
         while s.remaining() > 0 {

@@ -57,15 +57,6 @@ pub(crate) fn fresh_samples(
     out
 }
 
-/// Evaluates the start configs (default, warm start) as the first batch.
-pub(crate) fn evaluate_start(s: &mut Session<'_>) -> Result<()> {
-    let start = s.options().start.clone();
-    if !start.is_empty() {
-        s.evaluate(&start)?;
-    }
-    Ok(())
-}
-
 impl Strategy for RandomSearch {
     fn name(&self) -> &'static str {
         "random"
@@ -74,7 +65,7 @@ impl Strategy for RandomSearch {
     fn search(&self, eval: &mut dyn Evaluator, opts: &SearchOptions) -> Result<SearchResult> {
         let mut s = Session::new(eval, opts);
         let mut rng = Rng::new(opts.seed);
-        evaluate_start(&mut s)?;
+        s.evaluate_start()?;
         let none = HashSet::new();
         while s.remaining() > 0 {
             let batch = fresh_samples(&s, self.batch.max(1).min(s.remaining()), &mut rng, &none);
