@@ -12,6 +12,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -234,6 +235,11 @@ pub struct Cache {
     user_read_only: Option<Store>,
     shipped: Vec<Store>,
     degraded: Option<String>,
+    /// Writes to the user store that failed (after the store's own bounded retries); the first
+    /// is logged as a warning, later ones at debug level.
+    write_failures: AtomicU64,
+    /// Reads of a file layer that failed (the layer was skipped, as a miss); logged likewise.
+    read_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -244,6 +250,7 @@ impl std::fmt::Debug for Cache {
             .field("user_read_only", &self.user_read_only)
             .field("shipped", &self.shipped)
             .field("degraded", &self.degraded)
+            .field("write_failures", &self.write_failures)
             .finish()
     }
 }
@@ -302,6 +309,8 @@ impl Cache {
             user_read_only: None,
             shipped: Vec::new(),
             degraded: None,
+            write_failures: AtomicU64::new(0),
+            read_failures: AtomicU64::new(0),
         }
     }
 
@@ -349,13 +358,21 @@ impl Cache {
 
     /// The entry for `key`: memory, then the user store, then shipped stores; a hit from a file
     /// is remembered in memory. On a total miss the reason is logged at debug level (see
-    /// [`Cache::explain_miss`]).
+    /// [`Cache::explain_miss`]). A file that cannot be read is skipped as a miss, with one
+    /// warning per cache: a launch never fails because a cache file misbehaves.
     pub fn lookup(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
         if let Some(e) = self.get_memory(key) {
             return Ok(Some(e));
         }
         for store in self.layers() {
-            if let Some(e) = store.get(key)? {
+            let found = match store.get(key) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.store_read_failed(store, &e);
+                    None
+                }
+            };
+            if let Some(e) = found {
                 // Another thread may have put a fresher entry meanwhile: keep it.
                 let e = self
                     .memory
@@ -513,16 +530,59 @@ impl Cache {
 
     /// Stores a tuned winner: in the user store (one IMMEDIATE transaction replacing the row of
     /// that key), then in memory. Without a writable user store, in memory only. If the store
-    /// write fails the entry is still put in memory (this process keeps using it) and the
-    /// error is returned so the caller can report that it did not persist.
+    /// write fails (after the store's bounded retries: a lock held too long, a full or
+    /// read-only disk) the entry is still put in memory, so this process keeps using it, and
+    /// the failure becomes one logged warning and a count ([`Cache::store_write_failures`]):
+    /// a launch never fails because the cache file could not be written. Only an invalid entry
+    /// is an error.
     pub fn put(&self, entry: Entry) -> Result<()> {
         entry.validate()?;
-        let stored = match &self.user {
-            Some(store) => store.put(&entry),
-            None => Ok(()),
-        };
+        if let Some(store) = &self.user {
+            if let Err(e) = store.put(&entry) {
+                self.store_write_failed("a tuned winner", &e);
+            }
+        }
         self.memory.insert(entry.key, Arc::new(entry));
-        stored
+        Ok(())
+    }
+
+    /// How many writes to the user store failed since the cache was opened (each one's data
+    /// stayed in memory). A command that must know its results persisted checks this.
+    pub fn store_write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed user-store write; the first one is a warning, the rest debug lines.
+    fn store_write_failed(&self, what: &str, e: &Error) {
+        let n = self.write_failures.fetch_add(1, Ordering::Relaxed);
+        let path = self.user.as_ref().map(|s| s.path().display().to_string());
+        let path = path.as_deref().unwrap_or("(none)");
+        if n == 0 {
+            log::warn!(
+                "jitune: could not write {what} to cache file {path} ({e}); this process keeps \
+                 its results in memory and carries on (further write failures are logged at \
+                 debug level)"
+            );
+        } else {
+            log::debug!("jitune: could not write {what} to cache file {path} ({e})");
+        }
+    }
+
+    /// Counts a failed read of a file layer; the first one is a warning, the rest debug lines.
+    fn store_read_failed(&self, store: &Store, e: &Error) {
+        let n = self.read_failures.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            log::warn!(
+                "jitune: could not read cache file {} ({e}); treating it as a miss (further \
+                 read failures are logged at debug level)",
+                store.path().display()
+            );
+        } else {
+            log::debug!(
+                "jitune: could not read cache file {} ({e})",
+                store.path().display()
+            );
+        }
     }
 
     /// Drops the memory tier (files are untouched); the next lookups read the files again.
@@ -545,12 +605,15 @@ impl Cache {
         Ok(out.into_values().collect())
     }
 
-    /// Stores a compiled binary in the user store (nothing without one).
+    /// Stores a compiled binary in the user store (nothing without one; a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
-        match &self.user {
-            Some(s) => s.put_binary(key, cubin),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.put_binary(key, cubin) {
+                self.store_write_failed("a compiled binary", &e);
+            }
         }
+        Ok(())
     }
 
     /// The compiled binary for `key`, from the user store or a shipped one.
@@ -563,7 +626,8 @@ impl Cache {
         Ok(None)
     }
 
-    /// Records a failed config in the user store (nothing without one).
+    /// Records a failed config in the user store (nothing without one; a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn record_failure(
         &self,
         key: &TuningKey,
@@ -571,10 +635,12 @@ impl Cache {
         class: crate::failure::FailureClass,
         message: &str,
     ) -> Result<()> {
-        match &self.user {
-            Some(s) => s.record_failure(key, config, class, message),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.record_failure(key, config, class, message) {
+                self.store_write_failed("a failure record", &e);
+            }
         }
+        Ok(())
     }
 
     /// Failed configs for `key`: `(config, class, message)` from the user store and shipped
@@ -593,26 +659,36 @@ impl Cache {
         Ok(out.into_values().collect())
     }
 
-    /// See [`Store::mark_inflight`]; nothing without a user store.
+    /// See [`Store::mark_inflight`]; nothing without a user store (a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn mark_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        match &self.user {
-            Some(s) => s.mark_inflight(key, config),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.mark_inflight(key, config) {
+                self.store_write_failed("an in-flight marker", &e);
+            }
         }
+        Ok(())
     }
 
-    /// See [`Store::clear_inflight`]; nothing without a user store.
+    /// See [`Store::clear_inflight`]; nothing without a user store (a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn clear_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        match &self.user {
-            Some(s) => s.clear_inflight(key, config),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.clear_inflight(key, config) {
+                self.store_write_failed("an in-flight marker", &e);
+            }
         }
+        Ok(())
     }
 
-    /// See [`Store::take_stale_inflight`]; empty without a user store.
+    /// See [`Store::take_stale_inflight`]; empty without a user store, or when the store
+    /// cannot be written (one warning, see [`Cache::put`]).
     pub fn take_stale_inflight(&self, key: &TuningKey) -> Result<Vec<String>> {
         match &self.user {
-            Some(s) => s.take_stale_inflight(key),
+            Some(s) => Ok(s.take_stale_inflight(key).unwrap_or_else(|e| {
+                self.store_write_failed("stale in-flight markers", &e);
+                Vec::new()
+            })),
             None => Ok(Vec::new()),
         }
     }
