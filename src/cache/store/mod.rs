@@ -11,6 +11,7 @@
 mod open;
 mod process;
 mod records;
+mod retry;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub use open::SCHEMA_VERSION;
 use process::ProcessId;
 pub use records::{arch_of, nvrtc_of, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict};
 use records::{decode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};
+use retry::{is_busy_error, Backoff};
 
 /// How long a writer waits for another process' transaction before giving up. Tuning writes are
 /// tiny and rare, so a long wait only ever happens under heavy contention, where waiting is right.
@@ -105,15 +107,49 @@ impl Store {
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
     /// concurrent writer waits on the busy timeout instead of failing with a deadlock on upgrade.
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    /// A transaction that still meets a lock (`SQLITE_BUSY` where SQLite's busy handler does not
+    /// wait, such as a stale WAL snapshot) is rolled back and run again after a jittered backoff,
+    /// for at most [`BUSY_TIMEOUT`] in all; then the busy error is returned (the
+    /// [`Cache`](super::Cache) turns it into one warning). `f` may therefore run more than once
+    /// and must only touch the transaction.
+    fn write<T>(&self, mut f: impl FnMut(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         self.check_writable()?;
         let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| store_err(&self.path, e))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(|e| store_err(&self.path, e))?;
-        Ok(out)
+        let mut backoff = Backoff::new(BUSY_TIMEOUT);
+        let out = loop {
+            let attempt = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| store_err(&self.path, e))?;
+                let out = f(&tx)?;
+                tx.commit().map_err(|e| store_err(&self.path, e))?;
+                Ok(out)
+            })();
+            match attempt {
+                Err(e) if is_busy_error(&e) => {
+                    if !backoff.wait() {
+                        break Err(e);
+                    }
+                    // The busy handler waits no longer than the retries may.
+                    let _ = conn.busy_timeout(backoff.remaining().max(Duration::from_millis(1)));
+                }
+                r => break r,
+            }
+        };
+        if backoff.retries > 0 {
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            log::debug!(
+                "{}: write retried {} times after SQLITE_BUSY ({})",
+                self.path.display(),
+                backoff.retries,
+                if out.is_ok() {
+                    "then succeeded"
+                } else {
+                    "gave up"
+                }
+            );
+        }
+        out
     }
 
     /// The entry stored for `key`.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::retry::{is_busy, Backoff};
 use super::{store_err, store_msg, Access, Store, BUSY_TIMEOUT};
 use crate::cache::unix_now;
 use crate::{Error, Result};
@@ -111,7 +112,19 @@ impl Store {
     /// [`Cache`](super::Cache) turns those into memory-only mode).
     pub fn open_rw(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        match Self::try_open_rw(path) {
+        let mut seen = file_id(path);
+        let mut first = Self::try_open_rw(path);
+        // Another process may have moved the same corrupt file aside and started a fresh cache
+        // since we opened it: then the file at `path` is not the one we judged, and moving it
+        // aside would take that process' fresh cache (and its rows) away. Open the new one.
+        for _ in 0..3 {
+            if !matches!(first, Err(OpenFail::Corrupt(_))) || file_id(path) == seen {
+                break;
+            }
+            seen = file_id(path);
+            first = Self::try_open_rw(path);
+        }
+        match first {
             Ok(s) => Ok(s),
             Err(OpenFail::Other(e)) => Err(e),
             Err(OpenFail::Newer(found)) => {
@@ -236,12 +249,7 @@ impl Store {
             return Err(OpenFail::Other(store_msg(path, "file is read-only")));
         }
         let version = check_file(&conn)?;
-        // WAL: readers never block the writer and a killed writer never damages committed data.
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            log::warn!("jitune cache {}: WAL not available (journal_mode={mode}); concurrent use will be slower", path.display());
-        }
+        enable_wal(&conn, path)?;
         // In WAL mode NORMAL is still safe against process crashes, only an OS crash may lose the
         // last commits, which for a cache just means re-tuning.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -283,7 +291,19 @@ impl Store {
 
 /// Checks that `conn` holds a healthy jitune cache (or an empty file) and returns its schema
 /// version (0 for an empty file). Never writes.
+///
+/// All of it reads one snapshot (one read transaction): read statement by statement, a file that
+/// another process migrated in between looked like "a SQLite database without jitune's schema"
+/// (no `meta` table at the first read, tables at the next) and a fresh, healthy cache was moved
+/// aside under the processes using it.
 fn check_file(conn: &Connection) -> std::result::Result<i64, OpenFail> {
+    let tx = conn.unchecked_transaction()?;
+    let version = check_snapshot(&tx)?;
+    tx.commit()?;
+    Ok(version)
+}
+
+fn check_snapshot(conn: &Connection) -> std::result::Result<i64, OpenFail> {
     // quick_check reads every page: it catches non-SQLite files (NOTADB at the header) and
     // truncated or damaged files, which otherwise only fail at some later query.
     let report: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -313,6 +333,38 @@ fn check_file(conn: &Connection) -> std::result::Result<i64, OpenFail> {
         return Err(OpenFail::Newer(version));
     }
     Ok(version)
+}
+
+/// Switches the file to WAL (readers never block the writer, and a killed writer never damages
+/// committed data). A file already in WAL mode needs nothing: the check's read opened its WAL.
+/// On a file not yet in WAL mode, SQLite writes the header under a read lock upgraded to an
+/// exclusive one and does not wait in the busy handler for that upgrade, so with several
+/// processes opening one fresh file at once the losers get `SQLITE_BUSY` at once; they retry
+/// here, within [`BUSY_TIMEOUT`] (see [`super::retry`]).
+fn enable_wal(conn: &Connection, path: &Path) -> std::result::Result<(), OpenFail> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let mut backoff = Backoff::new(BUSY_TIMEOUT);
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Ok(m) => break m,
+            Err(e) if is_busy(&e) && backoff.wait() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if backoff.retries > 0 {
+        log::debug!(
+            "jitune cache {}: switched to WAL after {} retries (another process held the lock)",
+            path.display(),
+            backoff.retries
+        );
+    }
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("jitune cache {}: WAL not available (journal_mode={mode}); concurrent use will be slower", path.display());
+    }
+    Ok(())
 }
 
 /// The schema version recorded in `meta`, 0 when there is no `meta` table.
@@ -400,6 +452,21 @@ fn move_aside(path: &Path) -> Result<PathBuf> {
         }
     }
     Ok(aside)
+}
+
+/// Which file `path` names now (device and inode), to tell whether it was replaced meanwhile;
+/// `None` where it does not exist (or off Unix, where the check is skipped).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// `file:` URI of a path, percent-encoding everything that could be read as URI syntax.
