@@ -8,6 +8,7 @@
 //! files from a newer jitune are only read: a cache must never stop a program from running, and
 //! must never destroy data that someone else may still want.
 
+mod lease;
 mod open;
 mod process;
 mod records;
@@ -25,7 +26,11 @@ use crate::{Error, Result};
 
 use super::{unix_now, Entry};
 
+pub use lease::{
+    unix_ms, Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK, MAX_LEASE_TTL,
+};
 pub use open::SCHEMA_VERSION;
+pub use process::Liveness;
 use process::ProcessId;
 pub use records::{arch_of, nvrtc_of, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict};
 use records::{decode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};

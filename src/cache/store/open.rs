@@ -12,7 +12,7 @@ use crate::cache::unix_now;
 use crate::{Error, Result};
 
 /// The schema version this build writes; files with a higher version are only read.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of jitune cache files ("jitn"), so `file(1)`-like tools and our own
 /// open can tell a jitune cache from some other SQLite database.
@@ -71,6 +71,20 @@ const MIGRATIONS: &[&str] = &[
         pid_start INTEGER NOT NULL,
         at INTEGER NOT NULL,
         PRIMARY KEY (kernel_id, shape, device_hash, config)
+    );",
+    // v2: tuning leases (store/lease.rs), one row per key being tuned; times in unix ms.
+    "CREATE TABLE IF NOT EXISTS leases (
+        kernel_id TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        device_hash INTEGER NOT NULL,
+        owner_scope TEXT NOT NULL,
+        owner_host TEXT NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_start INTEGER NOT NULL,
+        acquired_at_ms INTEGER NOT NULL,
+        renewed_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (kernel_id, shape, device_hash)
     );",
 ];
 
