@@ -5,9 +5,18 @@
 //! processes of the user, see [`store`]) and any number of read-only "shipped" caches (tuned
 //! results distributed with an application). Lookups go memory → user → shipped; the first hit
 //! wins and is remembered in memory. The cache degrades instead of failing: if the user file
-//! cannot be written, results live in memory for the life of the process.
+//! cannot be written, results live in memory for the life of the process, and a write that fails
+//! later (a lock held too long, a full or read-only disk) keeps its data in memory and is one
+//! logged warning, never an error of the launch that caused it.
+//!
+//! Processes sharing the user file coordinate through it (see `coord`): a tuning lease per key,
+//! so one process tunes a key and the others adopt its winner ([`Cache::acquire_lease`],
+//! [`Cache::wait_for_winner`]), and a lock per physical GPU ([`Cache::gpu_lock`],
+//! [`gpu_lock`]), so no two tuners time kernels on one GPU at once.
 
+mod coord;
 pub mod export;
+pub mod gpu_lock;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -20,6 +29,8 @@ use dashmap::DashMap;
 use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
 use crate::{Error, Result};
 
+pub use coord::{LeaseAttempt, LeaseGuard, WinnerWait, LEASE_TTL, WAIT_POLL};
+pub use gpu_lock::{GpuLock, GpuLockGuard};
 pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
 
 /// Environment variable naming the user cache file (or `memory` for no file).
@@ -235,11 +246,34 @@ pub struct Cache {
     user_read_only: Option<Store>,
     shipped: Vec<Store>,
     degraded: Option<String>,
-    /// Writes to the user store that failed (after the store's own bounded retries); the first
-    /// is logged as a warning, later ones at debug level.
-    write_failures: AtomicU64,
-    /// Reads of a file layer that failed (the layer was skipped, as a miss); logged likewise.
-    read_failures: AtomicU64,
+    /// The directory of the user cache (where the GPU locks live), also when it is degraded;
+    /// `None` for a memory-only cache.
+    dir: Option<PathBuf>,
+    /// Writes to the user store that failed (after the store's own bounded retries).
+    write_failures: Failures,
+    /// Reads of a file layer that failed (the layer was skipped, as a miss).
+    read_failures: Failures,
+    /// Lease and GPU-lock operations that failed (each degraded to "go ahead and tune").
+    coord_failures: Failures,
+}
+
+/// Failures of one kind: counted; the first is logged as a warning, the rest at debug level, so
+/// a broken disk gives one clear line instead of one per launch.
+#[derive(Debug, Default)]
+struct Failures(AtomicU64);
+
+impl Failures {
+    fn note(&self, msg: &str) {
+        if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!("{msg} (further failures of this kind are logged at debug level)");
+        } else {
+            log::debug!("{msg}");
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -250,7 +284,7 @@ impl std::fmt::Debug for Cache {
             .field("user_read_only", &self.user_read_only)
             .field("shipped", &self.shipped)
             .field("degraded", &self.degraded)
-            .field("write_failures", &self.write_failures)
+            .field("write_failures", &self.write_failures.count())
             .finish()
     }
 }
@@ -266,6 +300,12 @@ impl Cache {
     pub fn open(opts: CacheOptions) -> Result<Cache> {
         let mut cache = Cache::memory_only();
         if let Some(path) = opts.resolve_user_path() {
+            cache.dir = Some(
+                path.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            );
             match open_user(&path) {
                 Ok(store) if store.is_writable() => cache.user = Some(store),
                 Ok(store) => {
@@ -309,8 +349,10 @@ impl Cache {
             user_read_only: None,
             shipped: Vec::new(),
             degraded: None,
-            write_failures: AtomicU64::new(0),
-            read_failures: AtomicU64::new(0),
+            dir: None,
+            write_failures: Failures::default(),
+            read_failures: Failures::default(),
+            coord_failures: Failures::default(),
         }
     }
 
@@ -549,40 +591,25 @@ impl Cache {
     /// How many writes to the user store failed since the cache was opened (each one's data
     /// stayed in memory). A command that must know its results persisted checks this.
     pub fn store_write_failures(&self) -> u64 {
-        self.write_failures.load(Ordering::Relaxed)
+        self.write_failures.count()
     }
 
     /// Counts a failed user-store write; the first one is a warning, the rest debug lines.
     fn store_write_failed(&self, what: &str, e: &Error) {
-        let n = self.write_failures.fetch_add(1, Ordering::Relaxed);
         let path = self.user.as_ref().map(|s| s.path().display().to_string());
-        let path = path.as_deref().unwrap_or("(none)");
-        if n == 0 {
-            log::warn!(
-                "jitune: could not write {what} to cache file {path} ({e}); this process keeps \
-                 its results in memory and carries on (further write failures are logged at \
-                 debug level)"
-            );
-        } else {
-            log::debug!("jitune: could not write {what} to cache file {path} ({e})");
-        }
+        self.write_failures.note(&format!(
+            "jitune: could not write {what} to cache file {} ({e}); this process keeps its \
+             results in memory and carries on",
+            path.as_deref().unwrap_or("(none)")
+        ));
     }
 
     /// Counts a failed read of a file layer; the first one is a warning, the rest debug lines.
     fn store_read_failed(&self, store: &Store, e: &Error) {
-        let n = self.read_failures.fetch_add(1, Ordering::Relaxed);
-        if n == 0 {
-            log::warn!(
-                "jitune: could not read cache file {} ({e}); treating it as a miss (further \
-                 read failures are logged at debug level)",
-                store.path().display()
-            );
-        } else {
-            log::debug!(
-                "jitune: could not read cache file {} ({e})",
-                store.path().display()
-            );
-        }
+        self.read_failures.note(&format!(
+            "jitune: could not read cache file {} ({e}); treating it as a miss",
+            store.path().display()
+        ));
     }
 
     /// Drops the memory tier (files are untouched); the next lookups read the files again.

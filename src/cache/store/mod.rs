@@ -1,12 +1,26 @@
-//! The SQLite store behind the cache: tuned entries, compiled binaries, failed configs and
-//! in-flight markers, in one file.
+//! The SQLite store behind the cache: tuned entries, compiled binaries, failed configs,
+//! in-flight markers and tuning leases, in one file.
 //!
 //! A user cache is opened read-write in WAL mode and may be shared by many processes at once:
 //! every write runs in a `BEGIN IMMEDIATE` transaction (so writers queue on the busy timeout
-//! instead of failing mid-transaction on a lock upgrade). Shipped caches are opened read-only and
-//! immutable, so using them can never change a byte of the file. Corrupt files are moved aside,
-//! files from a newer jitune are only read: a cache must never stop a program from running, and
-//! must never destroy data that someone else may still want.
+//! instead of failing mid-transaction on a lock upgrade), and the few lock waits SQLite's busy
+//! handler does not cover (switching a fresh file to WAL, a stale WAL snapshot) are retried
+//! with a jittered backoff within the same bound; a write that still fails returns an error,
+//! which the [`Cache`](super::Cache) turns into one warning. Opening checks the file in one
+//! read snapshot, so a file another process is creating is never mistaken for a foreign one.
+//! Shipped caches are opened read-only and immutable, so using them can never change a byte of
+//! the file. Corrupt files are moved aside, files from a newer jitune are only read: a cache
+//! must never stop a program from running, and must never destroy data that someone else may
+//! still want.
+//!
+//! Tuning leases ([`Store::try_lease`], schema v2) let processes sharing the file tune each key
+//! once: a row per key names its owner (pid, start time and pid scope: boot id + pid
+//! namespace), its heartbeat and its expiry. A lease binds the others until released, unless it
+//! is stale: its owner is a dead process of this scope (free at once, checked through `/proc`),
+//! it expired (owners elsewhere or of unknown liveness free their keys only so), or its expiry
+//! lies more than [`MAX_LEASE_TTL`] ahead (the clock went back). [`Store::wait_for_entry`]
+//! waits for the holder's winner by polling `PRAGMA data_version`, which changes when another
+//! connection commits and reads no database page.
 
 mod lease;
 mod open;
@@ -34,6 +48,7 @@ pub use process::Liveness;
 use process::ProcessId;
 pub use records::{arch_of, nvrtc_of, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict};
 use records::{decode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};
+pub(crate) use retry::is_busy;
 use retry::{is_busy_error, Backoff};
 
 /// How long a writer waits for another process' transaction before giving up. Tuning writes are
