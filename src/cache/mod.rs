@@ -319,11 +319,13 @@ impl Cache {
                 Err(e) => {
                     log::warn!("jitune: cannot use cache file {} ({e}); keeping tuning results in memory only", path.display());
                     cache.degraded = Some(e.to_string());
-                    // The file may still be readable even though we cannot write it.
+                    // The file may still be readable even though we cannot write it. A WAL file
+                    // on a read-only disk cannot be read live (SQLite cannot create its `-shm`
+                    // there); nothing can change it there either, so it is read as immutable.
                     if path.is_file() {
-                        if let Ok(ro) = Store::open_read_only_live(&path) {
-                            cache.user_read_only = Some(ro);
-                        }
+                        cache.user_read_only = Store::open_read_only_live(&path)
+                            .or_else(|_| Store::open_shipped(&path))
+                            .ok();
                     }
                 }
             }
