@@ -1,5 +1,8 @@
-//! Benchmark of the launch hot path: bucket a raw shape, build the [`TuningKey`] and hit the
-//! memory tier with [`Cache::get_memory`], with 100k entries cached.
+//! Benchmark of the lookup a launch makes on a hit: bucket the raw shape with the kernel's spec
+//! and build the [`TuningKey`] (the tuner's own `key_of`), then read the key's plan from the
+//! tuner's key map ([`KeyStates::plan`]: one shard read and a reference count), with 100k keys
+//! ready. The plan here is a stand-in (no GPU is needed); the map, the key and the lookup are
+//! the ones `Tuner::launch` runs.
 //!
 //! Prints p50/p99 nanoseconds per hit on one thread (percentiles of the means of batches of
 //! 1000 hits, for a hot set of 64 keys and for random keys over all entries) and the aggregate
@@ -12,14 +15,22 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jitune::cache::{Cache, Entry};
-use jitune::key::{Bucketing, DeviceFingerprint, KernelId, ShapeBucket, TuningKey, MAX_DIMS};
+use jitune::internals::{key_of, KeyStates};
+use jitune::key::{Bucketing, ShapeBucket, TuningKey};
+use jitune::space::Param;
+use jitune::spec::{KernelSpec, SpecBuilder};
 
 const ENTRIES: usize = 100_000;
 const KERNELS: usize = 100;
 const BATCH: usize = 1000;
 const BATCHES: usize = 2000;
 const THREAD_RUN: Duration = Duration::from_millis(700);
+const DEVICE: u64 = 0x5eed_cafe_f00d_0001;
+
+/// What a launch reads from its plan (a stand-in for `Plan`, which needs a GPU).
+struct Plan {
+    config: String,
+}
 
 /// A raw (unbucketed) problem shape for query `i`: it buckets (pow2) onto one cached entry.
 fn raw_shape(i: usize) -> [i64; 3] {
@@ -40,79 +51,66 @@ fn bucket_dims(j: usize) -> [i64; 3] {
     ]
 }
 
-/// The hot path as a launch would run it.
+/// Kernel `k`: a spec of three pow2-bucketed dims (its source makes its id its own).
+fn spec(k: usize) -> KernelSpec {
+    SpecBuilder::new(&format!("k{k}"))
+        .source(&format!(
+            "extern \"C\" __global__ void k(float* y) {{ /* {k} */ }}"
+        ))
+        .entry("k")
+        .param(Param::ints("B", &[64, 128]))
+        .dim("m", Bucketing::NextPow2)
+        .dim("n", Bucketing::NextPow2)
+        .dim("k", Bucketing::NextPow2)
+        .grid(["1", "1", "1"])
+        .block(["B", "1", "1"])
+        .arg_buffer("y", "f32", "out", "m", "")
+        .default_config(&[("B", "64")])
+        .build()
+        .expect("the bench's spec is valid")
+}
+
+/// The hot path as a launch runs it: the key, then the plan.
 #[inline(always)]
-fn hit(
-    cache: &Cache,
-    kernel: &KernelId,
-    device: u64,
-    rule: &[Bucketing; 3],
-    raw: &[i64; 3],
-) -> bool {
-    let mut dims = [0i64; MAX_DIMS];
-    for (d, (r, v)) in dims.iter_mut().zip(rule.iter().zip(raw)) {
-        *d = r.bucket(*v);
-    }
-    let Some(shape) = ShapeBucket::new(&dims[..raw.len()]) else {
+fn hit(states: &KeyStates<Plan>, spec: &KernelSpec, raw: &[i64; 3]) -> bool {
+    let Ok(key) = key_of(spec, raw, DEVICE) else {
         return false;
     };
-    let key = TuningKey {
-        kernel: *kernel,
-        shape,
-        device,
-    };
-    // Read what a launch needs from the entry, without taking a reference to it.
-    cache
-        .with_memory(&key, |e| black_box(e.config.len()))
-        .is_some()
+    match states.plan(&key) {
+        Some(p) => {
+            black_box(p.config.len());
+            true
+        }
+        None => false,
+    }
 }
 
 fn main() {
-    let device = DeviceFingerprint {
-        name: "NVIDIA H200".into(),
-        compute_capability: (9, 0),
-        sm_count: 132,
-        nvrtc_version: (13, 0),
-    };
-    let dev_hash = device.hash64();
-    let kernels: Vec<KernelId> = (0..KERNELS)
-        .map(|k| KernelId(*blake3::hash(&k.to_le_bytes()).as_bytes()))
-        .collect();
-    let cache = Arc::new(Cache::memory_only());
-    for (k, kernel) in kernels.iter().enumerate() {
+    let specs: Arc<Vec<KernelSpec>> = Arc::new((0..KERNELS).map(spec).collect());
+    let states: Arc<KeyStates<Plan>> = Arc::new(KeyStates::default());
+    for (k, spec) in specs.iter().enumerate() {
         for j in 0..ENTRIES / KERNELS {
-            let shape = ShapeBucket::new(&bucket_dims(j)).expect("3 dims");
-            let mut e = Entry::new(
-                *kernel,
-                shape,
-                device.clone(),
-                &format!("k{k}"),
-                "BM=128,BN=128",
-                1.0,
+            let key = TuningKey {
+                kernel: spec.id(),
+                shape: ShapeBucket::new(&bucket_dims(j)).expect("3 dims"),
+                device: DEVICE,
+            };
+            states.install(
+                key,
+                Arc::new(Plan {
+                    config: format!("B=128,k={k}"),
+                }),
             );
-            e.samples = 30;
-            if let Err(err) = cache.put(e) {
-                eprintln!("put failed: {err}");
-                std::process::exit(1);
-            }
         }
     }
-    assert_eq!(cache.memory_len(), ENTRIES, "every entry cached");
-    let rule = [
-        Bucketing::NextPow2,
-        Bucketing::NextPow2,
-        Bucketing::NextPow2,
-    ];
+    assert_eq!(states.len(), ENTRIES, "every key ready");
     // Queries in a scrambled order so consecutive hits touch different shards and cache lines.
     let queries: Vec<(usize, [i64; 3])> = (0..ENTRIES)
         .map(|i| i.wrapping_mul(7919) % ENTRIES)
         .map(|i| (i / (ENTRIES / KERNELS), raw_shape(i)))
         .collect();
     for (k, raw) in &queries {
-        assert!(
-            hit(&cache, &kernels[*k], dev_hash, &rule, raw),
-            "every query hits"
-        );
+        assert!(hit(&states, &specs[*k], raw), "every query hits");
     }
 
     // Single thread: means of batches of BATCH hits, over a hot working set (what a program
@@ -130,13 +128,7 @@ fn main() {
                 if q == working_set {
                     q = 0;
                 }
-                hits += hit(
-                    &cache,
-                    black_box(&kernels[*k]),
-                    black_box(dev_hash),
-                    &rule,
-                    black_box(raw),
-                ) as usize;
+                hits += hit(&states, black_box(&specs[*k]), black_box(raw)) as usize;
             }
             per_hit.push(t.elapsed().as_nanos() as f64 / BATCH as f64);
             black_box(hits);
@@ -154,13 +146,12 @@ fn main() {
         let start = Arc::new(std::sync::Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (cache, kernels, queries, start) = (
-                    cache.clone(),
-                    kernels.clone(),
+                let (states, specs, queries, start) = (
+                    states.clone(),
+                    specs.clone(),
                     queries.clone(),
                     start.clone(),
                 );
-                let rule = rule.clone();
                 std::thread::spawn(move || {
                     start.wait();
                     let begin = Instant::now();
@@ -170,7 +161,7 @@ fn main() {
                         for _ in 0..BATCH {
                             let (k, raw) = &queries[q];
                             q = (q + 1) % queries.len();
-                            n += hit(&cache, &kernels[*k], dev_hash, &rule, black_box(raw)) as u64;
+                            n += hit(&states, &specs[*k], black_box(raw)) as u64;
                         }
                     }
                     n as f64 / begin.elapsed().as_secs_f64()
@@ -185,7 +176,7 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    println!("cache_hit: bucket raw shape + build key + get_memory, {ENTRIES} entries in memory, {cores} cores");
+    println!("cache_hit: bucket raw shape + build key + the tuner's key map, {ENTRIES} keys ready, {cores} cores");
     println!("{:<34} {:>14}", "metric", "value");
     println!(
         "{:<34} {:>11.1} ns",

@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
-use jitune::gpu::compile::{compile_in_process, CompileRequest};
-use jitune::gpu::pool::{CompilePool, PoolMode};
+use jitune::internals::{compile_in_process, CompileRequest};
+use jitune::internals::{CompilePool, PoolMode};
 use jitune::spec::{DeviceLimits, KernelSpec};
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::require_cuda() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
         println!("compile bench skipped: {why}");
         return;
     }
@@ -25,7 +25,7 @@ fn run() -> jitune::Result<()> {
     let spec =
         KernelSpec::from_toml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml"))?;
     let space = spec.space_for(&[4096, 4096, 4096], &DeviceLimits::h100())?;
-    let mut rng = jitune::rng::Rng::new(7);
+    let mut rng = jitune::internals::Rng::new(7);
     let mut configs = std::collections::BTreeSet::new();
     while configs.len() < 100 {
         if let Some(c) = space.sample(&mut rng) {
@@ -51,7 +51,7 @@ fn run() -> jitune::Result<()> {
     }
     let serial = t.elapsed().as_secs_f64();
 
-    let cmd = jitune::gpu::pool::worker_command()
+    let cmd = jitune::internals::worker_command()
         .ok_or_else(|| jitune::Error::Search("no worker command".into()))?;
     // The same in-process loop with a CUDA context alive (as in a tuning process), 20 configs.
     let _ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;

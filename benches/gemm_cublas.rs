@@ -33,18 +33,18 @@ use std::time::Instant;
 use common::{cuda, Blas, GemmOperands, Prec, Timer};
 use cudarc::driver::CudaStream;
 use jitune::cache::{Cache, Entry};
-use jitune::gpu::device::Gpu;
-use jitune::gpu::evaluator::GpuEvaluator;
-use jitune::gpu::measure::median;
-use jitune::gpu::pool::CompilePool;
+use jitune::engine::GpuEvaluator;
+use jitune::internals::median;
+use jitune::internals::CompilePool;
 use jitune::search::{strategy_by_name, Evaluator, Outcome, SearchOptions};
 use jitune::space::{Config, SearchSpace};
 use jitune::tuner::{Kernel, Mode, TuneOptions, Tuner};
+use jitune::Gpu;
 use jitune::{Error, Result};
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::require_cuda() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
         println!("gemm_cublas bench skipped: {why}");
         return;
     }

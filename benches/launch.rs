@@ -35,8 +35,8 @@ const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, i
 }"#;
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::require_cuda() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
         println!("launch bench skipped: {why}");
         return;
     }
@@ -98,9 +98,11 @@ fn run() -> jitune::Result<()> {
     // The raw baseline launches the same compiled config through cudarc's launch builder.
     let space = kernel.spec.space_for(&shape, &tuner.gpu().limits)?;
     let cfg = space.parse_config_text(&plan.config)?;
-    let img = jitune::gpu::compile::compile_in_process(
-        &jitune::gpu::compile::CompileRequest::new(&kernel.spec, &cfg, &tuner.gpu().arch),
-    )?
+    let img = jitune::internals::compile_in_process(&jitune::internals::CompileRequest::new(
+        &kernel.spec,
+        &cfg,
+        &tuner.gpu().arch,
+    ))?
     .map_err(jitune::Error::compile)?;
     let module = ctx
         .load_module(img.to_ptx())

@@ -21,15 +21,15 @@ use std::sync::Arc;
 use common::{cuda, Timer};
 use cudarc::driver::{CudaSlice, CudaStream};
 use jitune::cache::Cache;
-use jitune::gpu::measure::median;
-use jitune::rng::Rng;
+use jitune::internals::median;
+use jitune::internals::Rng;
 use jitune::spec::{ElemType, Role};
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::require_cuda() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
         println!("membound bench skipped: {why}");
         return;
     }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use jitune::internals::Rng;
 use jitune::replay::{Cachefile, ReplayEvaluator};
-use jitune::rng::Rng;
 use jitune::search::{Lfbo, SearchOptions, Session};
 
 const OBSERVATIONS: usize = 300;

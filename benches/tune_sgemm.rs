@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use jitune::cache::Cache;
-use jitune::gpu::evaluator::GpuEvaluator;
-use jitune::gpu::pool::CompilePool;
+use jitune::engine::GpuEvaluator;
+use jitune::internals::CompilePool;
 use jitune::search::evaluator::{Evaluator, Outcome};
 use jitune::tuner::{Kernel, Mode, TuneOptions, Tuner};
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::require_cuda() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::require_cuda() {
         println!("tune_sgemm bench skipped: {why}");
         return;
     }
@@ -100,14 +100,14 @@ fn run() -> jitune::Result<()> {
     );
 
     // Side-by-side re-timing of the two winners.
-    let gpu = Arc::new(jitune::gpu::device::Gpu::from_context(ctx)?);
+    let gpu = Arc::new(jitune::Gpu::from_context(ctx)?);
     let mut eval = GpuEvaluator::new(
         gpu,
         kernel.spec.clone(),
         &shape,
         Arc::new(Cache::memory_only()),
         Arc::new(CompilePool::with_mode(
-            jitune::gpu::pool::PoolMode::InProcess,
+            jitune::internals::PoolMode::InProcess,
             1,
         )),
     )?;

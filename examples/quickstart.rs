@@ -21,11 +21,11 @@ use std::time::Instant;
 use common::{cuda, Blas, GemmOperands, Prec, Timer};
 use cudarc::driver::CudaStream;
 use jitune::cache::{Cache, CacheOptions};
-use jitune::rng::Rng;
+use jitune::internals::Rng;
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -55,7 +55,7 @@ fn first_text(s: f64) -> String {
 fn run() -> jitune::Result<()> {
     let sgemm = common::kernel("sgemm")?;
     let softmax = common::kernel("softmax")?;
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let opts = CacheOptions::default();
     let cache_path = opts.resolve_user_path();
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
@@ -164,8 +164,8 @@ fn gemm_row(
                 }
             })?;
             (
-                jitune::gpu::measure::median(&s[0]),
-                Some(jitune::gpu::measure::median(&s[1])),
+                jitune::internals::median(&s[0]),
+                Some(jitune::internals::median(&s[1])),
             )
         }
         None => (timer.time(&mut |st| g.launch(tuner, kernel, st))?, None),

@@ -28,17 +28,17 @@ use std::time::Instant;
 
 use common::cuda;
 use jitune::cache::Cache;
-use jitune::gpu::device::Gpu;
-use jitune::gpu::evaluator::GpuEvaluator;
-use jitune::gpu::pool::CompilePool;
+use jitune::engine::GpuEvaluator;
+use jitune::internals::CompilePool;
 use jitune::search::{Evaluator, FailureClass, Outcome};
 use jitune::space::{Config, Value};
 use jitune::tuner::Kernel;
+use jitune::Gpu;
 use jitune::{Error, Result};
 use serde_json::{json, Map, Value as Json};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -80,7 +80,7 @@ fn run() -> Result<()> {
     )?;
     let limit: usize = common::num_option("--limit", "RECORD_LIMIT", usize::MAX)?;
     let budget_ms: f64 = common::num_option("--budget-ms", "RECORD_BUDGET_MS", 10.0)?;
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
     let gpu = Arc::new(Gpu::from_context(ctx)?);
     let spec = kernel.spec.clone();

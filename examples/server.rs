@@ -31,13 +31,13 @@ use common::{cuda, KernelBuffers, Timer};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaContext;
 use jitune::cache::{Cache, CacheOptions};
-use jitune::gpu::measure::median;
-use jitune::rng::Rng;
+use jitune::internals::median;
+use jitune::internals::Rng;
 use jitune::tuner::{Kernel, Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -254,7 +254,7 @@ fn run() -> Result<()> {
     let pause_ms: u64 = common::num_option("--pause-ms", "SERVER_PAUSE_MS", 20)?;
     let sgemm = common::kernel("sgemm")?;
     let softmax = common::kernel("softmax")?;
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let cache_opts = match common::option("--cache", "SERVER_CACHE") {
         Some(p) => CacheOptions::at(p),
         None => CacheOptions::memory_only(),

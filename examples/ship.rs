@@ -25,7 +25,7 @@ use jitune::tuner::{Mode, TuneOptions, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -49,7 +49,7 @@ fn run() -> Result<()> {
             list.push((k, shapes));
         }
     }
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let dir = common::ship_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // A fresh build cache: what ships is exactly what this run tuned.
@@ -97,13 +97,7 @@ fn run() -> Result<()> {
 
     let mut snap = Snapshot::from_store(store)?;
     let all_binaries = snap.binaries.len();
-    let winners: std::collections::HashSet<_> = snap
-        .entries
-        .iter()
-        .map(|e| (e.key.kernel, e.config.clone()))
-        .collect();
-    snap.binaries
-        .retain(|b| winners.contains(&(b.kernel, b.config.clone())));
+    snap.retain_winner_binaries();
     let shipped = dir.join("tuned.sqlite");
     let json = dir.join("tuned.json");
     snap.write_sqlite(&shipped)?;

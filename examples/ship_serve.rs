@@ -24,7 +24,7 @@ use jitune::tuner::{Mode, Tuner};
 use jitune::{Error, Result};
 
 fn main() -> ExitCode {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -43,7 +43,7 @@ fn run() -> Result<bool> {
             list.push((k, shapes));
         }
     }
-    jitune::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let shipped = common::ship_dir().join("tuned.sqlite");
     if !shipped.is_file() {
         return Err(Error::store(format!(

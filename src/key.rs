@@ -2,7 +2,10 @@
 //!
 //! A key is the kernel's id (blake3 of its canonical spec), the problem shape after bucketing
 //! (so that nearby shapes share one tuned config) and the device fingerprint (the best config on
-//! one GPU, compiler and driver is not the best on another). Keys are small `Copy` values so that
+//! one GPU, compiler and driver is not the best on another). The fingerprint has two parts: the
+//! GPU model (name, compute capability, SM count) and the toolchain (NVRTC version, CUDA driver
+//! version), so that a cache tuned under another toolchain, or on another model of the same
+//! compute capability, can still be told apart from one tuned here and used as a starting point. Keys are small `Copy` values so that
 //! building one and hashing it on the launch hot path allocates nothing.
 
 use std::fmt;
@@ -164,7 +167,8 @@ impl fmt::Debug for ShapeBucket {
     }
 }
 
-/// What identifies a GPU + toolchain for tuning purposes.
+/// What identifies a GPU + toolchain for tuning purposes: the GPU model (`name`,
+/// `compute_capability`, `sm_count`) and the toolchain (`nvrtc_version`, `driver_version`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceFingerprint {
     pub name: String,
@@ -173,6 +177,9 @@ pub struct DeviceFingerprint {
     pub sm_count: u32,
     /// NVRTC version (major, minor).
     pub nvrtc_version: (i32, i32),
+    /// The CUDA driver's version (major, minor), as `cuDriverGetVersion` reports it; `None` in
+    /// fingerprints written before jitune recorded it (their text and hash are unchanged).
+    pub driver_version: Option<(i32, i32)>,
 }
 
 impl DeviceFingerprint {
@@ -184,27 +191,56 @@ impl DeviceFingerprint {
         u64::from_le_bytes(b)
     }
 
-    /// Text form `NVIDIA H200|sm_90|132 SMs|nvrtc 13.0`, stored in the cache.
+    /// Text form `NVIDIA H200|sm_90|132 SMs|nvrtc 13.0|driver 13.0`, stored in the cache
+    /// (without the driver part when it is unknown).
     pub fn to_text(&self) -> String {
+        match self.driver_version {
+            Some((a, b)) => format!("{}|{}|driver {a}.{b}", self.model_text(), self.nvrtc_text()),
+            None => format!("{}|{}", self.model_text(), self.nvrtc_text()),
+        }
+    }
+
+    /// The GPU model part: `NVIDIA H200|sm_90|132 SMs`.
+    pub fn model_text(&self) -> String {
         format!(
-            "{}|sm_{}{}|{} SMs|nvrtc {}.{}",
-            self.name,
-            self.compute_capability.0,
-            self.compute_capability.1,
-            self.sm_count,
-            self.nvrtc_version.0,
-            self.nvrtc_version.1
+            "{}|sm_{}{}|{} SMs",
+            self.name, self.compute_capability.0, self.compute_capability.1, self.sm_count
         )
     }
 
-    /// Parses the text form.
+    fn nvrtc_text(&self) -> String {
+        format!("nvrtc {}.{}", self.nvrtc_version.0, self.nvrtc_version.1)
+    }
+
+    /// The toolchain part: `nvrtc 13.0|driver 13.0` (`driver ?` when unknown).
+    pub fn toolchain_text(&self) -> String {
+        match self.driver_version {
+            Some((a, b)) => format!("{}|driver {a}.{b}", self.nvrtc_text()),
+            None => format!("{}|driver ?", self.nvrtc_text()),
+        }
+    }
+
+    /// Whether `other` is the same GPU model (name, compute capability, SM count), whatever
+    /// the toolchain.
+    pub fn same_model(&self, other: &DeviceFingerprint) -> bool {
+        self.name == other.name
+            && self.compute_capability == other.compute_capability
+            && self.sm_count == other.sm_count
+    }
+
+    /// Parses the text form (with or without the driver part).
     pub fn from_text(s: &str) -> Option<DeviceFingerprint> {
+        let (s, driver_version) = match s.rsplit_once('|') {
+            Some((rest, last)) if last.starts_with("driver ") => {
+                (rest, Some(version(last.strip_prefix("driver ")?)?))
+            }
+            _ => (s, None),
+        };
         let mut parts = s.rsplitn(4, '|');
         let nvrtc = parts.next()?.strip_prefix("nvrtc ")?;
         let sms = parts.next()?.strip_suffix(" SMs")?.parse().ok()?;
         let sm = parts.next()?.strip_prefix("sm_")?;
         let name = parts.next()?.to_string();
-        let (maj, min) = nvrtc.split_once('.')?;
         if sm.len() < 2 {
             return None;
         }
@@ -213,9 +249,16 @@ impl DeviceFingerprint {
             name,
             compute_capability: (cc_major.parse().ok()?, cc_minor.parse().ok()?),
             sm_count: sms,
-            nvrtc_version: (maj.parse().ok()?, min.parse().ok()?),
+            nvrtc_version: version(nvrtc)?,
+            driver_version,
         })
     }
+}
+
+/// `13.0` as (13, 0).
+fn version(s: &str) -> Option<(i32, i32)> {
+    let (a, b) = s.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// The full key of one tuned entry. `Copy`, fixed-size: building and hashing it never allocates.
@@ -325,11 +368,28 @@ mod tests {
             compute_capability: (9, 0),
             sm_count: 132,
             nvrtc_version: (13, 0),
+            driver_version: None,
         };
         assert_eq!(
             DeviceFingerprint::from_text(&fp.to_text()),
             Some(fp.clone())
         );
+        // A fingerprint without the driver keeps the text (and so the hash) of before.
+        assert_eq!(fp.to_text(), "NVIDIA H200|sm_90|132 SMs|nvrtc 13.0");
+        let with_driver = DeviceFingerprint {
+            driver_version: Some((13, 0)),
+            ..fp.clone()
+        };
+        assert_eq!(
+            with_driver.to_text(),
+            "NVIDIA H200|sm_90|132 SMs|nvrtc 13.0|driver 13.0"
+        );
+        assert_eq!(
+            DeviceFingerprint::from_text(&with_driver.to_text()),
+            Some(with_driver.clone())
+        );
+        assert!(with_driver.same_model(&fp) && with_driver.hash64() != fp.hash64());
+        assert_eq!(with_driver.toolchain_text(), "nvrtc 13.0|driver 13.0");
         let fp2 = DeviceFingerprint {
             name: "A|B".into(),
             compute_capability: (12, 1),

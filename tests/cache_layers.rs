@@ -318,7 +318,8 @@ fn default_path_follows_env() {
     assert_eq!(
         CacheOptions {
             user: UserCache::MemoryOnly,
-            shipped: vec![]
+            shipped: vec![],
+            ..CacheOptions::default()
         }
         .resolve_user_path(),
         None

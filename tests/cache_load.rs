@@ -23,7 +23,7 @@ use cache_load_common::*;
 use jitune::cache::store::BinaryKey;
 use jitune::cache::{Cache, CacheOptions};
 use jitune::failure::FailureClass;
-use jitune::rng::Rng;
+use jitune::internals::Rng;
 
 const PROCS: usize = 8;
 const THREADS: usize = 4;

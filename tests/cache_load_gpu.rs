@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use cache_load_common::*;
 use cudarc::driver::{CudaContext, CudaSlice};
 use jitune::cache::{Cache, CacheOptions};
-use jitune::gpu::isolate::Isolation;
-use jitune::rng::Rng;
+use jitune::engine::Isolation;
+use jitune::internals::Rng;
 use jitune::spec::Role;
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
@@ -213,12 +213,12 @@ fn child(env: ChildEnv) {
 }
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
+    jitune::run_if_worker();
     if let Some(env) = child_env() {
         child(env);
         return;
     }
-    if let Err(why) = jitune::gpu::gpu_tests_enabled() {
+    if let Err(why) = jitune::internals::gpu_tests_enabled() {
         println!("skipping cache_load_gpu: {why}");
         return;
     }

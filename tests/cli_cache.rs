@@ -392,7 +392,7 @@ fn tune_without_gpu_says_why_in_one_line() {
         )),
         2
     );
-    if jitune::gpu::require_cuda().is_ok() {
+    if jitune::require_cuda().is_ok() {
         eprintln!("skipping the no-GPU exit code check: CUDA is present here");
         return;
     }
@@ -516,5 +516,195 @@ fn report_writes_svg_png_and_html() {
     assert_eq!(
         code(&jitune(&d, &["report", "--no-cache", "--out", s(&out2)])),
         2
+    );
+}
+
+/// `jitune explain` on the fixture cache, for each step of the fallback chain: the exact key
+/// (hit), this GPU model under another toolchain (inherited), another model of the same compute
+/// capability (provisional), an untuned shape (nearest), and nothing known (default).
+#[test]
+fn explain_names_each_decision_and_its_source() {
+    let d = scratch("explain");
+    let h100 = "NVIDIA H100 80GB HBM3|sm_90|132 SMs|nvrtc 13.0";
+    let explain = |key: &str, device: &str, cache: &str| -> Value {
+        json(&jitune(
+            &d,
+            &[
+                "explain", key, "--device", device, "--cache", cache, "--json",
+            ],
+        ))
+    };
+    // The fixture's sgemm entries have the id of kernels/sgemm.toml.
+    let v = explain("kernels/sgemm.toml/1000x1000x1000", h100, FIXTURE);
+    assert_eq!(v["decision"], "hit", "{v}");
+    assert_eq!(v["shape"], "1024x1024x1024", "the spec's bucketing applies");
+    assert!(v["from"]
+        .as_str()
+        .unwrap()
+        .starts_with("d889722ae356/1024x1024x1024/"));
+
+    // A new NVRTC (and a driver): the same GPU model's winner, from the closest toolchain.
+    let v = explain(
+        "kernels/sgemm.toml/1024x1024x1024",
+        "NVIDIA H100 80GB HBM3|sm_90|132 SMs|nvrtc 13.1|driver 13.0",
+        FIXTURE,
+    );
+    assert_eq!(v["decision"], "inherited", "{v}");
+    assert!(v["considered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["device"].as_str().unwrap().contains("nvrtc 12.4")));
+    let from = v["from"].as_str().unwrap();
+    let src = &v["considered"][0];
+    assert_eq!(src["key"].as_str().unwrap(), from);
+    assert!(
+        src["device"].as_str().unwrap().ends_with("nvrtc 13.0"),
+        "{v}"
+    );
+    assert!(v["explanation"]
+        .as_str()
+        .unwrap()
+        .contains("never its binary"));
+
+    // Another GPU model of compute capability 9.0: provisional, from the H100's winner.
+    let v = explain(
+        "d889722ae356/2048x2048x2048",
+        "NVIDIA H200|sm_90|132 SMs|nvrtc 13.0",
+        FIXTURE,
+    );
+    assert_eq!(v["decision"], "provisional", "{v}");
+    assert!(v["config"].as_str().is_some());
+    assert!(v["from"].as_str().unwrap().contains("/2048x2048x2048/"));
+
+    // An untuned shape on a tuned fingerprint: the nearest bucket (4096^3 for 8192^3).
+    let v = explain("kernels/sgemm.toml/8192x8192x8192", h100, FIXTURE);
+    assert_eq!(v["decision"], "nearest", "{v}");
+    assert!(v["from"].as_str().unwrap().contains("/4096x4096x4096/"));
+
+    // A compute capability nobody tuned for, and an empty cache: default, from null.
+    let v = explain(
+        "kernels/sgemm.toml/1024x1024x1024",
+        "NVIDIA B200|sm_100|148 SMs|nvrtc 13.0",
+        FIXTURE,
+    );
+    assert_eq!(v["decision"], "default", "{v}");
+    assert!(v["from"].is_null());
+    let empty = d.join("empty.sqlite");
+    Store::open_rw(&empty).unwrap();
+    let v = explain("kernels/sgemm.toml/1024x1024x1024", h100, s(&empty));
+    assert_eq!(v["decision"], "default", "{v}");
+    assert!(v["from"].is_null());
+    assert!(v["explanation"]
+        .as_str()
+        .unwrap()
+        .contains("knows nothing of this kernel"));
+
+    // Bad input: usage errors, never a panic.
+    let o = jitune(
+        &d,
+        &["explain", "sgemm", "--device", h100, "--cache", FIXTURE],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = jitune(
+        &d,
+        &[
+            "explain",
+            "sgemm/1x1x1",
+            "--device",
+            "not a fingerprint",
+            "--cache",
+            FIXTURE,
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // `sgemm` names two kernel ids in the fixture: ambiguous, say so.
+    let o = jitune(
+        &d,
+        &[
+            "explain",
+            "sgemm/1024x1024x1024",
+            "--device",
+            h100,
+            "--cache",
+            FIXTURE,
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("kernel ids"));
+}
+
+/// A SQLite export carries only the winners' binaries unless asked for all of them; the
+/// shipped-layer list of `JITUNE_SHIPPED` is split like a PATH.
+#[test]
+fn export_keeps_only_winners_binaries_by_default() {
+    use jitune::cache::store::BinaryKey;
+    let d = scratch("export-winners");
+    let src = d.join("src.sqlite");
+    let fixture = Snapshot::load(FIXTURE).unwrap();
+    let store = Store::open_rw(&src).unwrap();
+    fixture
+        .apply(&store, jitune::cache::OnConflict::Replace)
+        .unwrap();
+    let winner = &fixture.entries[0];
+    for (config, bytes) in [
+        (winner.config.as_str(), b"winner".as_slice()),
+        ("LOSER=1", b"loser"),
+    ] {
+        let key = BinaryKey {
+            kernel: winner.key.kernel,
+            config,
+            arch: "sm_90",
+            nvrtc: "13.0",
+        };
+        store.put_binary(&key, bytes).unwrap();
+    }
+    drop(store);
+    let out = d.join("shipped.sqlite");
+    let v = json(&jitune(
+        &d,
+        &["export", s(&out), "--cache", s(&src), "--json"],
+    ));
+    assert_eq!(
+        (v["binaries"].as_u64(), v["binaries_dropped"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let shipped = Snapshot::load(&out).unwrap();
+    assert_eq!(shipped.binaries.len(), 1);
+    assert_eq!(shipped.binaries[0].config, winner.config);
+    let v = json(&jitune(
+        &d,
+        &[
+            "export",
+            s(&out),
+            "--cache",
+            s(&src),
+            "--all-binaries",
+            "--json",
+        ],
+    ));
+    assert_eq!(v["binaries"].as_u64(), Some(2), "{v}");
+    let o = jitune(
+        &d,
+        &[
+            "export",
+            s(&out),
+            "--cache",
+            s(&src),
+            "--all-binaries",
+            "--winners-only",
+        ],
+    );
+    assert_eq!(code(&o), 2, "the two flags conflict: {}", stderr(&o));
+
+    let opts = jitune::cache::CacheOptions::memory_only()
+        .with_shipped_list(std::ffi::OsStr::new("/opt/a.sqlite::/opt/b.sqlite"));
+    assert_eq!(
+        opts.shipped,
+        vec![
+            PathBuf::from("/opt/a.sqlite"),
+            PathBuf::from("/opt/b.sqlite")
+        ]
     );
 }

@@ -5,6 +5,10 @@
 //! Ctrl-C that a terminal sends to the whole process group (so `tune` can finish its batch).
 //! The GPU side of tune and verify is in `tests/gpu_cli.rs`.
 
+/// The exit codes the `jitune` binary returns (its own source file).
+#[path = "../src/bin/jitune/cli/exit.rs"]
+mod exit;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -106,7 +110,7 @@ fn tune_bad_budgets_are_usage_errors() {
 
 #[test]
 fn verify_and_tune_without_gpu_exit_3_in_one_line() {
-    if jitune::gpu::require_cuda().is_ok() {
+    if jitune::require_cuda().is_ok() {
         eprintln!("skipping the no-GPU exit code checks: CUDA is present here");
         return;
     }
@@ -186,7 +190,6 @@ fn help_and_readme_list_the_same_exit_codes() {
         assert!(h.contains(&c), "code {c} documented");
     }
     // The constants the code returns are the documented ones.
-    use jitune::cli::exit;
     for c in [
         exit::OK,
         exit::RUNTIME,

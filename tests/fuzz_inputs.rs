@@ -7,8 +7,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use jitune::expr::Expr;
-use jitune::rng::Rng;
+use jitune::internals::Expr;
+use jitune::internals::Rng;
 use jitune::spec::{DeviceLimits, KernelSpec};
 
 fn cases(default: usize) -> usize {

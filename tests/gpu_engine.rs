@@ -129,7 +129,7 @@ fn gpu_child_warm_start() {
     let module = tuner
         .gpu()
         .ctx
-        .load_module(jitune::gpu::compile::Image::from_bytes(bin.clone()).to_ptx())
+        .load_module(jitune::internals::Image::from_bytes(bin.clone()).to_ptx())
         .unwrap();
     let _f = module.load_function(&kernel.spec.entry).unwrap();
     let load_ms = t.elapsed().as_secs_f64() * 1e3;

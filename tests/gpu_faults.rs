@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use jitune::cache::{Cache, CacheOptions};
-use jitune::gpu::isolate::{Isolation, IsolationOptions};
-use jitune::rng::Rng;
+use jitune::engine::{Isolation, IsolationOptions};
+use jitune::internals::Rng;
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
 fn data(name: &str) -> PathBuf {
@@ -285,8 +285,8 @@ fn isolation_cost() {
 }
 
 fn main() {
-    jitune::gpu::pool::run_if_worker();
-    if let Err(why) = jitune::gpu::gpu_tests_enabled() {
+    jitune::run_if_worker();
+    if let Err(why) = jitune::internals::gpu_tests_enabled() {
         println!("skipping gpu_faults: {why}");
         return;
     }

@@ -29,9 +29,9 @@ use gpu_common::{
     cpu_gemm, gpu_or_skip, kernel, kernel_with_default, sample_covering, sweep_evaluator, tuner,
     Gemm,
 };
-use jitune::gpu::measure::{f32_to_bf16, f32_to_f16, to_f64};
-use jitune::gpu::pool::CompilePool;
-use jitune::rng::Rng;
+use jitune::internals::CompilePool;
+use jitune::internals::Rng;
+use jitune::internals::{f32_to_bf16, f32_to_f16, to_f64};
 use jitune::search::evaluator::{Evaluator, FailureClass, Outcome};
 use jitune::spec::ElemType;
 use jitune::tuner::{Kernel, Mode, Tuner};
@@ -123,7 +123,7 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
 /// Evaluates 36 random configs of `name` at `shape` (plus more until every value of each
 /// parameter in `cover` is in) through a `GpuEvaluator`, whose reference is the spec's default
 /// config: wrong results and compile errors fail.
-fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, name: &str, shape: [i64; 3], cover: &[&str]) {
+fn agree(gpu: &Arc<jitune::Gpu>, name: &str, shape: [i64; 3], cover: &[&str]) {
     let pool = Arc::new(CompilePool::default_sized());
     {
         let k = kernel(name);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use gpu_common::{gpu_or_skip, kernel};
-use jitune::rng::Rng;
+use jitune::internals::Rng;
 use jitune::tuner::{Arg, Kernel, Mode, Tuner};
 
 fn tuner() -> Tuner {

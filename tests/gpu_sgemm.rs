@@ -26,8 +26,8 @@ use std::sync::Arc;
 use gpu_common::{
     gpu_or_skip, kernel, kernel_with_default, sample_covering, sweep_evaluator, tuner, Gemm,
 };
-use jitune::gpu::pool::CompilePool;
-use jitune::rng::Rng;
+use jitune::internals::CompilePool;
+use jitune::internals::Rng;
 use jitune::search::evaluator::{Evaluator, Outcome};
 use jitune::space::Config;
 use jitune::tuner::{Kernel, Mode, Tuner};
@@ -113,7 +113,7 @@ fn gpu_sgemm_many_configs_agree_with_the_checked_default() {
 /// Evaluates 40 random configs at `shape`, plus more until every value of every parameter is
 /// in, through a `GpuEvaluator` whose reference is the spec's default config and whose
 /// tolerance is tightened to `TOL`: wrong results, compile errors and launch failures fail.
-fn agree(gpu: &Arc<jitune::gpu::device::Gpu>, pool: &Arc<CompilePool>, shape: [i64; 3]) {
+fn agree(gpu: &Arc<jitune::Gpu>, pool: &Arc<CompilePool>, shape: [i64; 3]) {
     let mut spec = (*sgemm().spec).clone();
     spec.tolerance = TOL;
     let mut eval = sweep_evaluator(gpu, pool, Arc::new(spec.clone()), &shape);

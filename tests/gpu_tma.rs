@@ -19,7 +19,7 @@ use std::cell::Cell;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 use gpu_common::{gpu_or_skip, tuner};
-use jitune::gpu::tensor_map::{encode_tiled, MapDims, TensorMapSlot};
+use jitune::internals::{encode_tiled, MapDims, TensorMapSlot};
 use jitune::space::Param;
 use jitune::spec::{ElemType, SpecBuilder, Swizzle};
 use jitune::tuner::{Arg, Kernel, Mode};

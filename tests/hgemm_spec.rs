@@ -205,7 +205,7 @@ fn source_declares_every_parameter_and_takes_six_arguments() {
 
 #[test]
 fn sm90_specs_keep_the_interface_and_compile_for_sm90a_only_on_hopper() {
-    use jitune::gpu::compile::CompileRequest;
+    use jitune::internals::CompileRequest;
     let f16 = load("hgemm_sm90_f16");
     let bf16 = load("hgemm_sm90_bf16");
     let portable = load("hgemm_f16");

@@ -9,7 +9,7 @@ use jitune::search::{
     RandomSearch, SearchOptions, Strategy,
 };
 use jitune::space::{Config, Param, SearchSpace};
-use jitune::{rng::Rng, Result};
+use jitune::{internals::Rng, Result};
 
 /// Bowl: time = 1 + Σ (index − target)², failing where the first two indices sum above a limit.
 struct Bowl {

@@ -360,9 +360,7 @@ fn zero_filled_outputs_are_part_of_the_spec() {
     assert_eq!(mask(4), 1 << 2);
     assert_eq!(mask(1), 0);
     // The worker-process form carries it.
-    let back =
-        jitune::gpu::isolate::spec_from_toml(&jitune::gpu::isolate::spec_to_toml(&t), SRC, &t)
-            .unwrap();
+    let back = jitune::spec::wire::from_wire(&jitune::spec::wire::to_wire(&t), SRC, &t).unwrap();
     assert_eq!(back.id(), t.id());
     assert!(back.args.iter().any(|a| a.name == "y" && a.zero.is_some()));
     // Only outputs can be zero-filled, only known arguments, and the expression must parse.

@@ -2,9 +2,9 @@
 //! form and its hash, the implicit box constraints, and the round trip through the TOML a
 //! benchmark worker receives.
 
-use jitune::gpu::isolate::{spec_from_toml, spec_to_toml};
 use jitune::key::Bucketing;
 use jitune::space::Param;
+use jitune::spec::wire::{from_wire, to_wire};
 use jitune::spec::{DeviceLimits, KernelSpec, Role, SpecBuilder, Swizzle};
 
 const SRC: &str = "extern \"C\" __global__ void g(const CUtensorMap a_map, const unsigned short* a, float* c, int m, int k) {}";
@@ -277,15 +277,15 @@ fn tensor_maps_survive_the_trip_to_a_benchmark_worker() {
         ),
     ] {
         let spec = parse(&text).unwrap();
-        let toml = spec_to_toml(&spec);
+        let toml = to_wire(&spec);
         assert!(toml.contains("role = \"tensor_map\""), "{toml}");
-        let back = spec_from_toml(&toml, &spec.source, &spec).unwrap();
+        let back = from_wire(&toml, &spec.source, &spec).unwrap();
         assert_eq!(back.id(), spec.id());
         assert_eq!(back.canonical(), spec.canonical());
         assert_eq!(back.args[0].map.as_ref().unwrap().of, 1);
     }
     let spec = builder().build().unwrap();
-    let back = spec_from_toml(&spec_to_toml(&spec), &spec.source, &spec).unwrap();
+    let back = from_wire(&to_wire(&spec), &spec.source, &spec).unwrap();
     assert_eq!(back.id(), spec.id());
 }
 
@@ -353,7 +353,7 @@ fn the_tma_gemm_specs_load_with_two_maps_and_six_caller_arguments() {
         assert_eq!(zero.eval_with(|v| (v == "SPLIT_K").then_some(4)), Ok(1));
         assert_eq!(zero.eval_with(|v| (v == "SPLIT_K").then_some(1)), Ok(0));
         assert_ne!(spec.id(), old.id());
-        let back = spec_from_toml(&spec_to_toml(&spec), &spec.source, &spec).unwrap();
+        let back = from_wire(&to_wire(&spec), &spec.source, &spec).unwrap();
         assert_eq!(back.id(), spec.id());
     }
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
-use jitune::gpu::measure::{f16_to_f32, f32_to_bf16, f32_to_f16, median};
-use jitune::rng::Rng;
+use jitune::internals::Rng;
+use jitune::internals::{f16_to_f32, f32_to_bf16, f32_to_f16, median};
 use jitune::tuner::{Arg, Kernel, Tuner};
 use jitune::{Error, Result};
 
@@ -55,7 +55,7 @@ pub fn optional_kernel(name: &str) -> Result<Option<Kernel>> {
 /// The hgemm spec to use on this GPU for `dtype` ("f16" or "bf16"): on an sm_90 device the
 /// Hopper `wgmma` + TMA specs (`hgemm_sm90_tma_*`, sm_90a only; the fastest there), else the
 /// portable `mma.sync` specs (`hgemm_*`). A spec missing from this checkout is passed over.
-pub fn hgemm_spec_for(gpu: &jitune::gpu::device::Gpu, dtype: &str) -> String {
+pub fn hgemm_spec_for(gpu: &jitune::Gpu, dtype: &str) -> String {
     let hopper = format!("hgemm_sm90_tma_{dtype}");
     if gpu.arch == "sm_90" && spec_path(&hopper).is_file() {
         hopper
@@ -250,7 +250,7 @@ pub struct Blas {
 impl Blas {
     /// cuBLAS on `stream`, or the one-line reason it cannot be had. cudarc panics when a
     /// dynamically loaded library is missing, so presence is checked first (as
-    /// `jitune::gpu::require_cuda` does for libcuda and libnvrtc) and any panic left is caught.
+    /// `jitune::require_cuda` does for libcuda and libnvrtc) and any panic left is caught.
     pub fn load(stream: Arc<CudaStream>) -> std::result::Result<Blas, String> {
         let present =
             catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false);

@@ -246,6 +246,26 @@ impl Snapshot {
         rename_into_place(&tmp, path)
     }
 
+    /// Drops every binary that is not a winner's (no entry of its kernel has its config), so a
+    /// shipped file carries what the application loads and not the hundreds of candidates
+    /// compiled while tuning; returns how many were dropped.
+    pub fn retain_winner_binaries(&mut self) -> usize {
+        let winners: std::collections::HashSet<(KernelId, &str)> = self
+            .entries
+            .iter()
+            .map(|e| (e.key.kernel, e.config.as_str()))
+            .collect();
+        let before = self.binaries.len();
+        let keep: Vec<bool> = self
+            .binaries
+            .iter()
+            .map(|b| winners.contains(&(b.kernel, b.config.as_str())))
+            .collect();
+        let mut it = keep.into_iter();
+        self.binaries.retain(|_| it.next().unwrap_or(false));
+        before - self.binaries.len()
+    }
+
     /// Writes everything into `into` (entries with `on_conflict`, failures and binaries replace).
     pub fn apply(&self, into: &Store, on_conflict: OnConflict) -> Result<ImportReport> {
         let entries_written = into.put_entries(&self.entries, on_conflict)?;

@@ -1,13 +1,15 @@
 //! The two-tier cache of tuned configs: a lock-sharded in-memory map in front of SQLite files.
 //!
-//! Every kernel launch asks the memory tier ([`Cache::get_memory`]), so that path is one
-//! `DashMap` shard read and nothing else. Behind it sit one writable user cache (shared by all
-//! processes of the user, see [`store`]) and any number of read-only "shipped" caches (tuned
-//! results distributed with an application). Lookups go memory → user → shipped; the first hit
-//! wins and is remembered in memory. The cache degrades instead of failing: if the user file
-//! cannot be written, results live in memory for the life of the process, and a write that fails
-//! later (a lock held too long, a full or read-only disk) keeps its data in memory and is one
-//! logged warning, never an error of the launch that caused it.
+//! Launches do not come here: a launch reads its plan from the tuner's key map, and the cache
+//! is asked on a miss (and by tools). The memory tier ([`Cache::get_memory`]) remembers what
+//! the files gave or what was tuned in this process, so a repeated lookup is one `DashMap`
+//! shard read. Behind it sit one writable user cache (shared by all processes of the user, see
+//! [`store`]) and any number of read-only "shipped" caches (tuned results distributed with an
+//! application). Lookups go memory → user → shipped; the first hit wins and is remembered in
+//! memory. The cache degrades instead of failing: if the user file cannot be written, results
+//! live in memory for the life of the process, and a write that fails later (a lock held too
+//! long, a full or read-only disk) keeps its data in memory and is one logged warning, never an
+//! error of the launch that caused it.
 //!
 //! Processes sharing the user file coordinate through it (see `coord`): a tuning lease per key,
 //! so one process tunes a key and the others adopt its winner ([`Cache::acquire_lease`],
@@ -15,8 +17,10 @@
 //! [`gpu_lock`]), so no two tuners time kernels on one GPU at once.
 
 mod coord;
+pub mod decide;
 pub mod export;
 pub mod gpu_lock;
+pub mod remote;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -30,11 +34,15 @@ use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
 use crate::{Error, Result};
 
 pub use coord::{LeaseAttempt, LeaseGuard, WinnerWait, LEASE_TTL, WAIT_POLL};
+pub use decide::{Decision, Explanation};
 pub use gpu_lock::{GpuLock, GpuLockGuard};
 pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
 
 /// Environment variable naming the user cache file (or `memory` for no file).
 pub const CACHE_ENV: &str = "JITUNE_CACHE";
+
+/// Environment variable naming read-only shipped cache files for the default tuner (`:`-separated).
+pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
 
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {
@@ -80,7 +88,7 @@ impl Entry {
     /// ```
     /// use jitune::cache::Entry;
     /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
-    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0), driver_version: None };
     /// let e = Entry::new(KernelId([7; 32]), ShapeBucket::new(&[4096, 4096]).unwrap(), dev, "gemm", "BM=128,BN=64", 0.42);
     /// assert_eq!(e.key.device, e.device.hash64());
     /// ```
@@ -163,6 +171,8 @@ pub struct CacheOptions {
     pub user: UserCache,
     /// Read-only shipped caches, searched in order after the user cache.
     pub shipped: Vec<PathBuf>,
+    /// The fleet-wide remote tier (Redis): `$JITUNE_REMOTE` by default. See [`remote`].
+    pub remote: remote::RemoteChoice,
 }
 
 impl CacheOptions {
@@ -171,6 +181,7 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::At(path.into()),
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
@@ -179,12 +190,44 @@ impl CacheOptions {
         CacheOptions {
             user: UserCache::MemoryOnly,
             shipped: Vec::new(),
+            remote: remote::RemoteChoice::Default,
         }
     }
 
     /// Adds a shipped (read-only) cache layer.
     pub fn with_shipped(mut self, path: impl Into<PathBuf>) -> CacheOptions {
         self.shipped.push(path.into());
+        self
+    }
+
+    /// The options of the default tuner: the default user cache, and read-only shipped layers
+    /// from `JITUNE_SHIPPED` (paths separated by `:`; a missing or unreadable one is skipped
+    /// with a warning when the cache opens).
+    pub fn from_env() -> CacheOptions {
+        let mut opts = CacheOptions::default();
+        if let Some(v) = std::env::var_os(SHIPPED_ENV) {
+            opts = opts.with_shipped_list(&v);
+        }
+        opts
+    }
+
+    /// Adds the shipped layers of a `:`-separated list (the form of `JITUNE_SHIPPED`).
+    pub fn with_shipped_list(mut self, list: &std::ffi::OsStr) -> CacheOptions {
+        self.shipped
+            .extend(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()));
+        self
+    }
+
+    /// Uses the remote tier at `url` (`redis://[:password@]host:port/db`) instead of
+    /// `$JITUNE_REMOTE`. The URL is checked when the cache opens.
+    pub fn with_remote(mut self, url: impl Into<String>) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Url(url.into());
+        self
+    }
+
+    /// No remote tier, whatever `$JITUNE_REMOTE` says.
+    pub fn without_remote(mut self) -> CacheOptions {
+        self.remote = remote::RemoteChoice::Off;
         self
     }
 
@@ -232,7 +275,7 @@ fn default_user_path() -> Option<PathBuf> {
 /// use jitune::cache::{Cache, Entry};
 /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
 /// let cache = Cache::memory_only();
-/// let dev = DeviceFingerprint { name: "GPU".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0) };
+/// let dev = DeviceFingerprint { name: "GPU".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0), driver_version: None };
 /// let e = Entry::new(KernelId([1; 32]), ShapeBucket::new(&[1024]).unwrap(), dev, "k", "B=64", 1.5);
 /// let key = e.key;
 /// cache.put(e)?;
@@ -378,8 +421,8 @@ impl Cache {
         self.memory.len()
     }
 
-    /// The hot path: the entry for `key` if it is in the memory tier. One shard read lock, no
-    /// allocation, no I/O.
+    /// The entry for `key` if it is in the memory tier. One shard read lock, no allocation, no
+    /// I/O.
     #[inline]
     pub fn get_memory(&self, key: &TuningKey) -> Option<Arc<Entry>> {
         self.memory.get(key).map(|r| Arc::clone(r.value()))

@@ -59,11 +59,13 @@ impl Gpu {
             };
             let name = ctx.name().map_err(|e| Error::driver("device name", e))?;
             let nvrtc_version = super::compile::nvrtc_version()?;
+            let driver_version = driver_version();
             let fingerprint = DeviceFingerprint {
                 name,
                 compute_capability: (limits.cc_major as u32, limits.cc_minor as u32),
                 sm_count: limits.sm_count as u32,
                 nvrtc_version,
+                driver_version,
             };
             Ok(Gpu {
                 arch: format!("sm_{}{}", limits.cc_major, limits.cc_minor),
@@ -74,4 +76,11 @@ impl Gpu {
             })
         })
     }
+}
+
+/// The CUDA driver's version (major, minor), `None` if the driver will not say.
+fn driver_version() -> Option<(i32, i32)> {
+    let mut v: std::ffi::c_int = 0;
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v > 0).then_some((v / 1000, v % 1000 / 10))
 }

@@ -1,22 +1,26 @@
-//! The GPU engine: compiling kernels with NVRTC, measuring them honestly, and launching them.
+//! The GPU layer: what a GPU is, compiling kernels with NVRTC, launching them, and measuring
+//! them honestly. It knows nothing of caches or searches (the [`crate::engine`] above joins
+//! them), and each file depends only on those listed before it:
 //!
-//! Layered like cudarc itself: [`device`] reads what the GPU is (fingerprint, limits);
-//! [`compile`] turns a spec + config into a CUBIN in this process; [`pool`] runs many such
-//! compilations in parallel worker processes (NVRTC serialises inside one process);
-//! [`measure`] makes synthetic inputs, flushes L2, times launches with CUDA events and checks
-//! results against a reference; [`evaluator`] puts these together behind the search's
-//! [`Evaluator`](crate::search::evaluator::Evaluator) interface; [`isolate`] runs that evaluator
-//! in a worker process, so a crashing or hanging candidate cannot take the host down.
+//! - [`device`]: what the GPU is (context, fingerprint, limits);
+//! - [`compile`]: a spec + config into a CUBIN in this process; [`pool`]: many such
+//!   compilations in parallel worker processes (NVRTC serialises inside one process);
+//! - [`convert`]: scalar parameters, half/bfloat16 and device bytes as numbers;
+//! - [`tensor_map`]: `CUtensorMap` arguments encoded per launch;
+//! - [`launch`]: the one launch path (arguments checked and marshalled, zero-fill, tensor maps,
+//!   `cuLaunchKernel`) and loading an image into a function;
+//! - [`measure`]: synthetic inputs, L2 flushing, CUDA-event timing and the correctness run, all
+//!   through [`launch`].
 //!
 //! Every entry point checks that the CUDA libraries are present before the first call (cudarc
 //! panics when a library is missing) and turns anything that still panics inside cudarc into an
 //! error value: the host process never goes down because a GPU or library is missing.
 
 pub mod compile;
+pub mod convert;
 pub mod device;
-pub mod evaluator;
-pub mod isolate;
-
+pub mod launch;
+pub mod measure;
 pub mod pool;
 pub mod tensor_map;
 
@@ -27,7 +31,7 @@ use crate::{Error, Result};
 /// Checks that the CUDA driver library (`libcuda`) and NVRTC (`libnvrtc`) can be loaded.
 ///
 /// ```
-/// match jitune::gpu::require_cuda() {
+/// match jitune::require_cuda() {
 ///     Ok(()) => println!("CUDA is available"),
 ///     Err(e) => println!("no GPU work here: {e}"),
 /// }
@@ -43,6 +47,9 @@ pub fn require_cuda() -> Result<()> {
         .map_err(Error::NoCuda)
 }
 
+/// With run-time loading (jitune's `dynamic-loading`, or cudarc's fallback when no link mode was
+/// chosen) the libraries may be missing, and cudarc panics at the first call into one: look first.
+#[cfg(not(any(feature = "dynamic-linking", feature = "static-linking")))]
 fn check_libraries() -> std::result::Result<(), String> {
     let driver =
         catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false);
@@ -62,6 +69,12 @@ fn check_libraries() -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Linked at build time (`dynamic-linking`, `static-linking`): a process that started has them.
+#[cfg(any(feature = "dynamic-linking", feature = "static-linking"))]
+fn check_libraries() -> std::result::Result<(), String> {
+    Ok(())
+}
+
 /// Runs `f`, turning a panic inside cudarc (a missing symbol, say) into an error.
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -78,13 +91,3 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
         }
     }
 }
-
-/// Whether GPU tests should run: `JITUNE_GPU_TESTS=1` and CUDA present. Otherwise the reason to
-/// print when skipping.
-pub fn gpu_tests_enabled() -> std::result::Result<(), String> {
-    if std::env::var("JITUNE_GPU_TESTS").ok().as_deref() != Some("1") {
-        return Err("JITUNE_GPU_TESTS is not 1 (set it on a machine with an NVIDIA GPU)".into());
-    }
-    require_cuda().map_err(|e| e.to_string())
-}
-pub mod measure;

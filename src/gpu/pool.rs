@@ -3,11 +3,11 @@
 //! processes of jitune's own, each compiling one request at a time, and falls back to compiling
 //! in this process when workers cannot start.
 //!
-//! A worker is any program that calls [`run_if_worker`] first thing in `main` (jitune's examples,
+//! A worker is any program that calls [`run_if_worker`](crate::run_if_worker) first thing in `main` (jitune's examples,
 //! benches and CLI do): started with `JITUNE_WORKER=compile`, it answers requests on
 //! stdin/stdout until stdin closes. The pool uses the program named by `JITUNE_WORKER_CMD`
 //! (a command line, split on spaces), else the current executable if it called
-//! [`run_if_worker`] (so it is known to be safe to re-run), else no worker at all.
+//! `run_if_worker` (so it is known to be safe to re-run), else no worker at all.
 //! Identical requests in a batch compile once; results stream back as they finish, so the
 //! caller can benchmark the first while the rest still compile.
 //!
@@ -28,32 +28,29 @@ use super::compile::{compile_in_process, CompileRequest, Image};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"JITUNEw1";
-const ENV_ROLE: &str = "JITUNE_WORKER";
 const ENV_CMD: &str = "JITUNE_WORKER_CMD";
 
 static SELF_IS_WORKER_CAPABLE: AtomicBool = AtomicBool::new(false);
 
-/// Call first thing in `main`. In a worker process (started by the pool, or a benchmark worker
-/// of isolated tuning) it serves requests and exits; otherwise it records that this executable
-/// may be re-run as a worker and returns at once.
-pub fn run_if_worker() {
-    let role = std::env::var(ENV_ROLE).ok();
-    if role.as_deref() == Some(super::isolate::ROLE) {
-        // A benchmark worker of isolated tuning (see `isolate`).
-        std::process::exit(super::isolate::serve_stdio());
-    }
-    if role.as_deref() != Some("compile") {
-        SELF_IS_WORKER_CAPABLE.store(true, Ordering::SeqCst);
-        return;
-    }
-    let code = match serve(std::io::stdin().lock(), std::io::stdout().lock()) {
+/// The `JITUNE_WORKER` variable that tells a re-run program which worker it is.
+pub(crate) const ENV_ROLE: &str = "JITUNE_WORKER";
+/// The role of a compile worker.
+pub(crate) const COMPILE_ROLE: &str = "compile";
+
+/// Records that this executable may be re-run as a worker (it called `run_if_worker`).
+pub(crate) fn mark_worker_capable() {
+    SELF_IS_WORKER_CAPABLE.store(true, Ordering::SeqCst);
+}
+
+/// Serves compile requests on stdin/stdout until stdin closes; the worker's exit code.
+pub(crate) fn serve_stdio() -> i32 {
+    match serve(std::io::stdin().lock(), std::io::stdout().lock()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("jitune compile worker: {e}");
             1
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 fn serve(input: impl Read, output: impl Write) -> std::io::Result<()> {
@@ -194,7 +191,7 @@ impl Worker {
             .ok_or_else(|| std::io::Error::other("empty worker command"))?;
         let mut child = Command::new(prog)
             .args(args)
-            .env(ENV_ROLE, "compile")
+            .env(ENV_ROLE, COMPILE_ROLE)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -399,7 +396,7 @@ fn compile_with_worker(
 }
 
 /// The worker command line: `JITUNE_WORKER_CMD`, else this executable if it called
-/// [`run_if_worker`], else none.
+/// `run_if_worker`, else none.
 pub fn worker_command() -> Option<Vec<String>> {
     if let Ok(cmd) = std::env::var(ENV_CMD) {
         let parts: Vec<String> = cmd.split_whitespace().map(String::from).collect();

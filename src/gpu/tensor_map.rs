@@ -265,8 +265,7 @@ mod driver {
         _: &mut TensorMapSlot,
     ) -> Result<()> {
         Err(Error::cuda(
-            "tensor maps need CUDA 12 or newer (build jitune with a cuda-12xxx or cuda-13xxx feature)"
-                .into(),
+            "tensor maps need CUDA 12 or newer (build jitune with a cuda-12xxx or cuda-13xxx feature)",
         ))
     }
 }

@@ -49,6 +49,7 @@ pub fn dev(name: &str) -> DeviceFingerprint {
         compute_capability: (9, 0),
         sm_count: 132,
         nvrtc_version: (13, 0),
+        driver_version: None,
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jitune::cache::store::Store;
 use jitune::cache::{Cache, CacheOptions};
+use jitune::internals::Rng;
 use jitune::key::TuningKey;
-use jitune::rng::Rng;
 
 pub const ROLE: &str = "JITUNE_LOAD_ROLE";
 pub const PATH: &str = "JITUNE_LOAD_PATH";

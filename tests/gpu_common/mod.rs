@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use jitune::cache::Cache;
-use jitune::gpu::device::Gpu;
-use jitune::gpu::evaluator::GpuEvaluator;
-use jitune::gpu::pool::CompilePool;
-use jitune::rng::Rng;
+use jitune::engine::GpuEvaluator;
+use jitune::internals::CompilePool;
+use jitune::internals::Rng;
 use jitune::space::{Config, SearchSpace};
 use jitune::spec::KernelSpec;
 use jitune::tuner::{Arg, DeviceElem, Kernel, Mode, TuneOptions, Tuner};
+use jitune::Gpu;
 
 /// Whether GPU tests can run here; prints why `test` skips when they cannot.
 pub fn gpu_or_skip(test: &str) -> bool {
-    match jitune::gpu::gpu_tests_enabled() {
+    match jitune::internals::gpu_tests_enabled() {
         Ok(()) => true,
         Err(why) => {
             println!("skipping {test}: {why}");

@@ -18,10 +18,10 @@ use clap::Args;
 use serde_json::json;
 
 use super::{cache_path, exit, input_err, print_json, print_table, CliError, CliResult, Strategy};
-use crate::cache::{Cache, CacheOptions};
-use crate::search::{Hooks, Progress, ProgressHook};
-use crate::tuner::{Kernel, Mode, TuneOptions, TuneReport, Tuner};
-use crate::Error;
+use jitune::cache::{Cache, CacheOptions};
+use jitune::search::{Hooks, Progress, ProgressHook};
+use jitune::tuner::{Kernel, Mode, TuneOptions, TuneReport, Tuner};
+use jitune::Error;
 
 /// Arguments of `jitune tune`.
 #[derive(Args, Debug)]
@@ -123,7 +123,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             "--time-limit must be a positive number of seconds",
         ));
     }
-    crate::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let path = cache_path(cache)?;
     let cache = Cache::open(CacheOptions::at(&path))?;
     if let Some(why) = cache.degraded() {
@@ -132,7 +132,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
             format!("{}: {why}", path.display()),
         ));
     }
-    let gpu = crate::gpu::device::Gpu::new(args.device)?;
+    let gpu = jitune::Gpu::new(args.device)?;
     let tuner = Tuner::with_context(gpu.ctx.clone(), cache, Mode::Blocking)?;
 
     let stop = Arc::new(AtomicBool::new(false));

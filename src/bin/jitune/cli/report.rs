@@ -19,7 +19,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{exit, input_err, load_cache, CliError, CliResult};
-use crate::Error;
+use jitune::Error;
 
 /// Arguments of `jitune report`.
 #[derive(Args, Debug)]

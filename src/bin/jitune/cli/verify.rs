@@ -25,15 +25,15 @@ use super::{
     exit, input_err, kernel_matches_spec, load_cache, looks_like_json, print_json, print_table,
     CliError, CliResult,
 };
-use crate::cache::{Cache, CacheOptions, Entry};
-use crate::gpu::device::Gpu;
-use crate::gpu::evaluator::GpuEvaluator;
-use crate::gpu::measure::median;
-use crate::gpu::pool::CompilePool;
-use crate::search::{Evaluator, Outcome};
-use crate::space::Config;
-use crate::spec::KernelSpec;
-use crate::Error;
+use jitune::cache::{Cache, CacheOptions, Entry};
+use jitune::engine::GpuEvaluator;
+use jitune::internals::median;
+use jitune::internals::CompilePool;
+use jitune::search::{Evaluator, Outcome};
+use jitune::space::Config;
+use jitune::spec::KernelSpec;
+use jitune::Error;
+use jitune::Gpu;
 
 /// Arguments of `jitune verify`.
 #[derive(Args, Debug)]
@@ -139,7 +139,7 @@ pub fn run(cache: Option<PathBuf>, args: VerifyArgs) -> CliResult<i32> {
             ),
         ));
     }
-    crate::gpu::require_cuda()?;
+    jitune::require_cuda()?;
     let (path, snap) = load_cache(cache)?;
     let gpu = Arc::new(Gpu::new(args.device)?);
     let by_id: BTreeMap<_, _> = specs.iter().map(|s| (s.id(), s.clone())).collect();
@@ -330,7 +330,7 @@ fn measure(
     pool: &Arc<CompilePool>,
     samples: usize,
     row: &mut Row,
-) -> crate::Result<()> {
+) -> jitune::Result<()> {
     let shape = e.key.shape.dims().to_vec();
     let mut eval = GpuEvaluator::new(
         gpu.clone(),

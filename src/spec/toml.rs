@@ -1,8 +1,15 @@
-//! The TOML form of kernel specs (`kernels/NAME.toml` beside `kernels/NAME.cu`).
+//! The TOML form of kernel specs (`kernels/NAME.toml` beside `kernels/NAME.cu`): the reader
+//! and the writer, side by side, so that what one writes is what the other reads.
 //!
 //! The file is read into a TOML value tree and walked by hand, not deserialised by derive, so
 //! that every error can name the spec and the exact field. The result goes through the same
 //! [`SpecBuilder`] as a spec built in Rust, which is what makes the two forms hash alike.
+//!
+//! The writer ([`write`]) turns a built spec back into this form; the reader gives the same
+//! spec (same id, same default) back. It serves the wire form of worker processes
+//! ([`super::wire`]). Where a value has a text form of its own (bucketing, generators, types,
+//! element types, swizzles) both directions use one function, or one pair of functions next
+//! to each other, never a second spelling.
 //!
 //! ```toml
 //! name = "sgemm"
@@ -38,14 +45,48 @@
 //! BM = 64
 //! ```
 
-use toml::{Table, Value as T};
+use std::fmt::Write as _;
+use std::path::Path;
 
+// `::toml`: the crate, not this module.
+use ::toml::{Table, Value as T};
+
+use crate::expr::Expr;
 use crate::key::Bucketing;
-use crate::space::Param;
-use crate::spec::{KernelSpec, SpecBuilder};
+use crate::space::{Param, Value};
 use crate::{Error, Result};
 
-pub(crate) fn parse(
+use super::builder::SpecBuilder;
+use super::kernel::KernelSpec;
+use super::model::Role;
+
+impl KernelSpec {
+    /// Loads a spec from a TOML file; a relative `source` path is read beside it.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<KernelSpec> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let fallback = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("spec")
+            .to_string();
+        parse(&text, &fallback, &|rel: &str| {
+            let p = dir.join(rel);
+            std::fs::read_to_string(&p).map_err(|e| Error::io(p, e))
+        })
+    }
+
+    /// Parses a spec from TOML text; `read_source` resolves the `source` file name.
+    pub fn from_toml_str(
+        text: &str,
+        read_source: &dyn Fn(&str) -> Result<String>,
+    ) -> Result<KernelSpec> {
+        parse(text, "spec", read_source)
+    }
+}
+
+fn parse(
     text: &str,
     fallback_name: &str,
     read_source: &dyn Fn(&str) -> Result<String>,
@@ -107,26 +148,8 @@ pub(crate) fn parse(
             })?;
             let dname = req_str(n, t, "name")
                 .map_err(|_| spec_err(n, &format!("{field}.name"), "missing or not a string"))?;
-            let bucketing = match t.get("bucket") {
-                None => Bucketing::Exact,
-                Some(T::String(s)) if s == "exact" => Bucketing::Exact,
-                Some(T::String(s)) if s == "pow2" => Bucketing::NextPow2,
-                Some(T::Array(a)) => Bucketing::Edges(
-                    a.iter()
-                        .map(|v| v.as_integer())
-                        .collect::<Option<Vec<i64>>>()
-                        .ok_or_else(|| {
-                            spec_err(n, &format!("{field}.bucket"), "edges must be integers")
-                        })?,
-                ),
-                Some(_) => {
-                    return Err(spec_err(
-                        n,
-                        &format!("{field}.bucket"),
-                        "must be \"exact\", \"pow2\" or a list of edges",
-                    ))
-                }
-            };
+            let bucketing = read_bucketing(t.get("bucket"))
+                .map_err(|m| spec_err(n, &format!("{field}.bucket"), m))?;
             b = b.dim(dname, bucketing);
         }
     }
@@ -227,7 +250,7 @@ pub(crate) fn parse(
         let aname = get("name").ok_or_else(|| spec_err(n, &format!("{field}.name"), "missing"))?;
         let role =
             get("role").ok_or_else(|| spec_err(n, &format!("args.{aname}.role"), "missing"))?;
-        if role == "tensor_map" {
+        if role == Role::TensorMap.name() {
             b = tensor_map_arg(n, &aname, t, b)?;
             continue;
         }
@@ -363,5 +386,191 @@ fn expr_text(v: &T) -> Option<String> {
         T::String(s) => Some(s.clone()),
         T::Integer(i) => Some(i.to_string()),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bucketing: its one TOML form, written and read here (`Bucketing::canonical` in `key.rs` is
+// another form, the one hashed into the spec id; the two are not interchangeable).
+
+/// The TOML names of the bucketing rules without parameters.
+const BUCKET_EXACT: &str = "exact";
+const BUCKET_POW2: &str = "pow2";
+
+/// A dimension's `bucket = ...` value: `"exact"`, `"pow2"` or a list of edges `[1, 8, 64]`.
+fn bucketing_toml(b: &Bucketing) -> String {
+    match b {
+        Bucketing::Exact => q(BUCKET_EXACT),
+        Bucketing::NextPow2 => q(BUCKET_POW2),
+        Bucketing::Edges(e) => format!(
+            "[{}]",
+            e.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Reads [`bucketing_toml`]'s form; a missing `bucket` is exact. The error is the message.
+fn read_bucketing(v: Option<&T>) -> std::result::Result<Bucketing, &'static str> {
+    match v {
+        None => Ok(Bucketing::Exact),
+        Some(T::String(s)) if s == BUCKET_EXACT => Ok(Bucketing::Exact),
+        Some(T::String(s)) if s == BUCKET_POW2 => Ok(Bucketing::NextPow2),
+        Some(T::Array(a)) => a
+            .iter()
+            .map(|v| v.as_integer())
+            .collect::<Option<Vec<i64>>>()
+            .map(Bucketing::Edges)
+            .ok_or("edges must be integers"),
+        Some(_) => Err("must be \"exact\", \"pow2\" or a list of edges"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer. Hand-written: the `toml` dependency is built for parsing only (its writer would
+// be another crate to build for a few lines of output), and every value written here is a
+// string, an integer, a boolean, a float or a flat list of those.
+
+/// A TOML basic string holding `s` exactly.
+fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A parameter value as the reader's `[params]` and `[default]` tables take it.
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Str(s) => q(s),
+    }
+}
+
+/// The spec as TOML text that [`KernelSpec::from_toml_str`] reads back into the same spec
+/// (same id, same default), naming `source_file` as its `source` (resolved by the reader's
+/// `read_source`). Expressions are written as their source text, so the reader parses and
+/// binds them as the builder did.
+pub(super) fn write(spec: &KernelSpec, source_file: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "name = {}", q(&spec.name));
+    let _ = writeln!(s, "source = {}", q(source_file));
+    let _ = writeln!(s, "entry = {}", q(&spec.entry));
+    let flags: Vec<String> = spec.flags.iter().map(|f| q(f)).collect();
+    let _ = writeln!(s, "flags = [{}]", flags.join(", "));
+    let _ = writeln!(s, "tolerance = {:?}", spec.tolerance);
+    let dims: Vec<String> = spec
+        .dims
+        .iter()
+        .map(|d| {
+            format!(
+                "{{ name = {}, bucket = {} }}",
+                q(&d.name),
+                bucketing_toml(&d.bucketing)
+            )
+        })
+        .collect();
+    let _ = writeln!(s, "dims = [{}]", dims.join(", "));
+    let _ = writeln!(s, "[params]");
+    for p in &spec.params {
+        let vals: Vec<String> = p.values.iter().map(toml_value).collect();
+        let _ = writeln!(s, "{} = [{}]", q(&p.name), vals.join(", "));
+    }
+    let _ = writeln!(s, "[constraints]");
+    for (name, e) in &spec.constraints {
+        let _ = writeln!(s, "{} = {}", q(name), q(e.source()));
+    }
+    let list = |v: &[Expr]| {
+        v.iter()
+            .map(|e| q(e.source()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(s, "[launch]");
+    let _ = writeln!(s, "grid = [{}]", list(&spec.grid));
+    let _ = writeln!(s, "block = [{}]", list(&spec.block));
+    let _ = writeln!(s, "shared_mem = {}", q(spec.shared_mem.source()));
+    for a in &spec.args {
+        let _ = writeln!(s, "[[args]]");
+        let _ = writeln!(s, "name = {}", q(&a.name));
+        if let Some(m) = &a.map {
+            let _ = writeln!(s, "role = {}", q(Role::TensorMap.name()));
+            let _ = writeln!(s, "of = {}", q(&spec.args[m.of].name));
+            let _ = writeln!(s, "dims = [{}]", list(&m.dims));
+            let _ = writeln!(s, "box = [{}]", list(&m.box_dims));
+            let _ = writeln!(s, "swizzle = {}", q(m.swizzle.name()));
+            continue;
+        }
+        let _ = writeln!(s, "type = {}", q(a.ty.name()));
+        let _ = writeln!(s, "role = {}", q(a.role.name()));
+        let len_key = if a.role == Role::Scalar {
+            "value"
+        } else {
+            "len"
+        };
+        let _ = writeln!(s, "{len_key} = {}", q(a.len.source()));
+        if let Some(g) = &a.init {
+            let _ = writeln!(s, "init = {}", q(&g.canonical()));
+        }
+        if let Some(z) = &a.zero {
+            let _ = writeln!(s, "zero = {}", q(z.source()));
+        }
+    }
+    let _ = writeln!(s, "[default]");
+    for (p, &i) in spec.params.iter().zip(&spec.default.0) {
+        if let Some(v) = p.values.get(i as usize) {
+            let _ = writeln!(s, "{} = {}", q(&p.name), toml_value(v));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucketing_reads_back_what_is_written() {
+        for b in [
+            Bucketing::Exact,
+            Bucketing::NextPow2,
+            Bucketing::Edges(vec![1, 8, 64]),
+            Bucketing::Edges(vec![-3]),
+        ] {
+            let text = format!("bucket = {}", bucketing_toml(&b));
+            let t: Table = text.parse().unwrap();
+            assert_eq!(read_bucketing(t.get("bucket")), Ok(b.clone()), "{text}");
+        }
+        assert_eq!(bucketing_toml(&Bucketing::NextPow2), "\"pow2\"");
+        assert_eq!(
+            bucketing_toml(&Bucketing::Edges(vec![1, 8, 64])),
+            "[1, 8, 64]"
+        );
+        assert_eq!(read_bucketing(None), Ok(Bucketing::Exact));
+        assert!(read_bucketing(Some(&T::String("Pow2".into()))).is_err());
+        assert!(read_bucketing(Some(&T::Array(vec![T::String("8".into())]))).is_err());
+    }
+
+    #[test]
+    fn strings_survive_quoting() {
+        let odd = "a\"b\\c\nd\te\r\u{1}\u{7f}é";
+        let t: Table = format!("x = {}", q(odd)).parse().unwrap();
+        assert_eq!(t.get("x").and_then(T::as_str), Some(odd));
     }
 }

@@ -1,8 +1,10 @@
 //! The `jitune` command-line tool: tune kernels, verify cached winners, list, show, export,
-//! import, merge and prune cache entries, and draw reports. The work is in `jitune::cli`;
+//! import, merge and prune cache entries, and draw reports. The work is in the `cli` module;
 //! `jitune --help` lists the subcommands and the exit codes.
 //!
 //! The binary doubles as a parallel-compile worker (`run_if_worker` returns at once otherwise).
+
+mod cli;
 
 fn main() {
     // A Ctrl-C in a terminal reaches the whole foreground process group, compile workers
@@ -13,6 +15,6 @@ fn main() {
     if std::env::var_os("JITUNE_WORKER").is_some_and(|v| v == "compile") {
         let _ = ctrlc::set_handler(|| {});
     }
-    jitune::gpu::pool::run_if_worker();
-    std::process::exit(jitune::cli::main_with_args());
+    jitune::run_if_worker();
+    std::process::exit(cli::main_with_args());
 }

@@ -16,32 +16,13 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::cache::export::{self, Snapshot};
-use crate::cache::store::Store;
-use crate::cache::{CacheOptions, Entry};
-use crate::Error;
+use jitune::cache::export::{self, Snapshot};
+use jitune::cache::store::Store;
+use jitune::cache::{CacheOptions, Entry};
+use jitune::Error;
 
-/// Exit codes scripts can rely on.
-pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// A runtime error (a bad spec or shapes file, a CUDA failure, a failed write, ...).
-    pub const RUNTIME: i32 = 1;
-    /// A usage error: unknown option, missing argument (clap's code).
-    pub const USAGE: i32 = 2;
-    /// No GPU, or the CUDA driver or NVRTC library is missing.
-    pub const NO_CUDA: i32 = 3;
-    /// A cache file problem: missing, unreadable, corrupt, malformed JSON, or a newer schema.
-    pub const CACHE: i32 = 4;
-    /// Nothing matched (`show KEY` with no such entry, `verify` with no cached winner of the
-    /// given specs for this GPU).
-    pub const NOT_FOUND: i32 = 5;
-    /// `verify` flagged at least one entry (drift beyond the threshold, slower than the
-    /// default, or no longer working).
-    pub const DRIFT: i32 = 6;
-    /// Tuning was interrupted with Ctrl-C (finished shapes are stored).
-    pub const INTERRUPTED: i32 = 130;
-}
+pub mod exit;
+pub mod explain;
 
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
@@ -159,6 +140,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a launch of KERNEL/SHAPE on this GPU (or on `--device FINGERPRINT`) would use from
+    /// this cache, and why: hit, inherited (same GPU model, other toolchain), provisional (same
+    /// compute capability), nearest (another shape here) or default.
+    Explain(explain::ExplainArgs),
     /// Show the entries matching KEY (`KERNEL/SHAPE[/DEVICE]`, as `ls` prints; KERNEL is a
     /// name or id prefix, DEVICE a hash prefix).
     Show {
@@ -169,13 +154,20 @@ pub enum Command {
         json: bool,
     },
     /// Export the cache to FILE: JSON when FILE ends in .json (reviewable), else a
-    /// self-contained SQLite file (shippable as a read-only layer).
+    /// self-contained SQLite file (shippable as a read-only layer) carrying the winners' binaries
+    /// only (the default; `--all-binaries` keeps every compiled candidate).
     Export {
         /// The file to write (replaced atomically).
         file: PathBuf,
         /// Force the format.
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Keep only the winners' binaries in a SQLite export (the default).
+        #[arg(long, conflicts_with = "all_binaries")]
+        winners_only: bool,
+        /// Keep every compiled binary in a SQLite export, not only the winners'.
+        #[arg(long)]
+        all_binaries: bool,
         /// Print what was written as JSON.
         #[arg(long)]
         json: bool,
@@ -266,9 +258,14 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             json,
         } => cmd_ls(cache, kernel.as_deref(), device.as_deref(), json).map(|_| exit::OK),
         Command::Show { key, json } => cmd_show(cache, &key, json).map(|_| exit::OK),
-        Command::Export { file, format, json } => {
-            cmd_export(cache, &file, format, json).map(|_| exit::OK)
-        }
+        Command::Explain(args) => explain::run(cache, args).map(|_| exit::OK),
+        Command::Export {
+            file,
+            format,
+            winners_only: _,
+            all_binaries,
+            json,
+        } => cmd_export(cache, &file, format, all_binaries, json).map(|_| exit::OK),
         Command::Import { file, json } => cmd_import(cache, &file, json).map(|_| exit::OK),
         Command::Merge { a, b, into, json } => cmd_merge(&a, &b, &into, json).map(|_| exit::OK),
         Command::Prune(args) => prune::run(cache, args).map(|_| exit::OK),
@@ -349,7 +346,7 @@ fn kernel_matches(e: &Entry, pat: &str) -> bool {
 }
 
 /// Whether `pat` names this spec: its name, or a prefix of its kernel id (as `--kernel` takes).
-pub fn kernel_matches_spec(s: &crate::spec::KernelSpec, pat: &str) -> bool {
+pub fn kernel_matches_spec(s: &jitune::spec::KernelSpec, pat: &str) -> bool {
     s.name == pat || (!pat.is_empty() && s.id().to_hex().starts_with(pat))
 }
 
@@ -531,9 +528,10 @@ fn cmd_export(
     cache: Option<PathBuf>,
     file: &Path,
     format: Option<Format>,
+    all_binaries: bool,
     json: bool,
 ) -> CliResult {
-    let (_, snap) = load_cache(cache)?;
+    let (_, mut snap) = load_cache(cache)?;
     let format = format.unwrap_or_else(|| {
         if file
             .extension()
@@ -544,9 +542,15 @@ fn cmd_export(
             Format::Sqlite
         }
     });
+    let mut dropped = 0;
     match format {
         Format::Json => snap.write_json(file)?,
-        Format::Sqlite => snap.write_sqlite(file)?,
+        Format::Sqlite => {
+            if !all_binaries {
+                dropped = snap.retain_winner_binaries();
+            }
+            snap.write_sqlite(file)?
+        }
     }
     let fmt = if format == Format::Json {
         "json"
@@ -559,13 +563,23 @@ fn cmd_export(
             "format": fmt,
             "entries": snap.entries.len(),
             "failures": snap.failures.len(),
+            "binaries": if format == Format::Json { 0 } else { snap.binaries.len() },
+            "binaries_dropped": dropped,
         }));
     }
     println!(
-        "exported {} entries and {} failures to {} ({fmt})",
+        "exported {} entries and {} failures to {} ({fmt}){}",
         snap.entries.len(),
         snap.failures.len(),
-        file.display()
+        file.display(),
+        match format {
+            Format::Json => String::new(),
+            Format::Sqlite => format!(
+                ", {} binaries (the winners'{})",
+                snap.binaries.len(),
+                if all_binaries { " and every other" } else { "" }
+            ),
+        }
     );
     Ok(())
 }
@@ -575,7 +589,7 @@ fn cmd_import(cache: Option<PathBuf>, file: &Path, json: bool) -> CliResult {
     // Read the source first: a bad file must not create an empty cache.
     let snap = Snapshot::load(file)?;
     let store = open_writable(&path)?;
-    let r = snap.apply(&store, crate::cache::store::OnConflict::Replace)?;
+    let r = snap.apply(&store, jitune::cache::store::OnConflict::Replace)?;
     if json {
         return print_json(&counts_json(&r));
     }
@@ -593,7 +607,7 @@ fn cmd_import(cache: Option<PathBuf>, file: &Path, json: bool) -> CliResult {
 fn cmd_merge(a: &Path, b: &Path, into: &Path, json: bool) -> CliResult {
     let merged = Snapshot::merge(&Snapshot::load(a)?, &Snapshot::load(b)?);
     let store = open_writable(into)?;
-    let r = merged.apply(&store, crate::cache::store::OnConflict::KeepFaster)?;
+    let r = merged.apply(&store, jitune::cache::store::OnConflict::KeepFaster)?;
     if json {
         return print_json(&counts_json(&r));
     }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{cache_path, exit, input_err, open_writable, print_json, CliError, CliResult};
-use crate::cache::Entry;
-use crate::key::KernelId;
-use crate::spec::KernelSpec;
-use crate::Error;
+use jitune::cache::Entry;
+use jitune::key::KernelId;
+use jitune::spec::KernelSpec;
+use jitune::Error;
 
 /// Arguments of `jitune prune`.
 #[derive(Args, Debug)]
@@ -42,7 +42,7 @@ fn reason(
     e: &Entry,
     specs: &Option<BTreeMap<KernelId, String>>,
     names: &BTreeSet<String>,
-    gpu: &Option<crate::key::DeviceFingerprint>,
+    gpu: &Option<jitune::key::DeviceFingerprint>,
 ) -> Option<String> {
     if let Some(ids) = specs {
         if !ids.contains_key(&e.key.kernel) {
@@ -83,8 +83,8 @@ pub fn run(cache: Option<PathBuf>, args: PruneArgs) -> CliResult {
     let names: BTreeSet<String> = specs.iter().flat_map(|m| m.values().cloned()).collect();
     let gpu = match args.this_gpu {
         Some(ordinal) => {
-            crate::gpu::require_cuda()?;
-            Some(crate::gpu::device::Gpu::new(ordinal)?.fingerprint)
+            jitune::require_cuda()?;
+            Some(jitune::Gpu::new(ordinal)?.fingerprint)
         }
         None => None,
     };

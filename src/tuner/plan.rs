@@ -1,0 +1,254 @@
+//! A plan: everything a launch of one key needs, resolved ahead of time (the loaded function, the
+//! config's variable table), and the launch itself through the one launch path
+//! ([`crate::gpu::launch::launch`]) that tuning times too.
+//!
+//! A key is a shape bucket, so most launches repeat the last shape: its geometry, buffer lengths
+//! and zero-fill mask are memoised behind a seqlock, and such a launch evaluates no expression.
+
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use cudarc::driver::{CudaFunction, CudaStream};
+
+use crate::gpu::launch::{launch, Arg, Resolved, MAX_ARGS};
+use crate::gpu::measure::Prepared;
+use crate::key::MAX_DIMS;
+use crate::spec::{Geometry, KernelSpec, MAX_VARS};
+use crate::Result;
+
+/// The geometry and buffer sizes of the last shape launched with a plan, behind a seqlock:
+/// launches of the same shape (the common case: a key is a shape bucket) skip evaluating the
+/// spec's expressions. Every field is atomic, readers never block and writers never wait (a
+/// writer that finds another writing just skips the update).
+struct LaunchMemo {
+    seq: AtomicU64,
+    shape: [AtomicI64; MAX_DIMS],
+    geometry: [AtomicU32; 7],
+    need: [AtomicI64; MAX_ARGS],
+    /// Bit i: argument i is zero-filled before the launch (its `zero` expression is non-zero).
+    zero: AtomicU64,
+}
+
+impl LaunchMemo {
+    fn new() -> LaunchMemo {
+        LaunchMemo {
+            seq: AtomicU64::new(0),
+            shape: std::array::from_fn(|_| AtomicI64::new(0)),
+            geometry: std::array::from_fn(|_| AtomicU32::new(0)),
+            need: std::array::from_fn(|_| AtomicI64::new(0)),
+            zero: AtomicU64::new(0),
+        }
+    }
+
+    fn read(
+        &self,
+        shape: &[i64],
+        n_args: usize,
+        need: &mut [i64; MAX_ARGS],
+        zero: &mut u64,
+    ) -> Option<Geometry> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 == 0 || s1 & 1 == 1 {
+            return None;
+        }
+        if shape
+            .iter()
+            .zip(&self.shape)
+            .any(|(d, m)| m.load(Ordering::Relaxed) != *d)
+        {
+            return None;
+        }
+        let g: [u32; 7] = std::array::from_fn(|i| self.geometry[i].load(Ordering::Relaxed));
+        for (n, m) in need[..n_args].iter_mut().zip(&self.need) {
+            *n = m.load(Ordering::Relaxed);
+        }
+        *zero = self.zero.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != s1 {
+            return None;
+        }
+        Some(Geometry {
+            grid: [g[0], g[1], g[2]],
+            block: [g[3], g[4], g[5]],
+            shared_mem: g[6],
+        })
+    }
+
+    fn write(&self, shape: &[i64], g: &Geometry, need: &[i64], zero: u64) {
+        let s = self.seq.load(Ordering::Relaxed);
+        if s & 1 == 1
+            || self
+                .seq
+                .compare_exchange(s, s + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        for (m, d) in self.shape.iter().zip(shape) {
+            m.store(*d, Ordering::Relaxed);
+        }
+        let vals = [
+            g.grid[0],
+            g.grid[1],
+            g.grid[2],
+            g.block[0],
+            g.block[1],
+            g.block[2],
+            g.shared_mem,
+        ];
+        for (m, v) in self.geometry.iter().zip(vals) {
+            m.store(v, Ordering::Relaxed);
+        }
+        for (m, n) in self.need.iter().zip(need) {
+            m.store(*n, Ordering::Relaxed);
+        }
+        self.zero.store(zero, Ordering::Relaxed);
+        self.seq.store(s + 2, Ordering::Release);
+    }
+}
+
+/// Everything a launch needs for one key, resolved ahead of time.
+pub struct Plan {
+    func: CudaFunction,
+    /// The variable table with the config's values and the device limits filled in; a launch
+    /// copies it and writes the shape into its slots.
+    env: [i64; MAX_VARS],
+    memo: LaunchMemo,
+    /// The config, canonical text.
+    pub config: String,
+    /// Whether this is a tuned winner (false for a provisional or default plan).
+    pub tuned: bool,
+}
+
+impl Plan {
+    /// A plan of `func` for the config whose variable table (config values and device limits)
+    /// is `env`.
+    pub(crate) fn new(
+        func: CudaFunction,
+        env: [i64; MAX_VARS],
+        config: String,
+        tuned: bool,
+    ) -> Plan {
+        Plan {
+            func,
+            env,
+            memo: LaunchMemo::new(),
+            config,
+            tuned,
+        }
+    }
+
+    /// Launches on `stream`. Allocation-free unless it fails.
+    pub(crate) fn launch(
+        &self,
+        spec: &KernelSpec,
+        stream: &CudaStream,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> Result<()> {
+        if shape.len() != spec.dims.len() || spec.args.len() > MAX_ARGS {
+            return Err(crate::Error::Shape(format!(
+                "kernel `{}` takes {} dims, got {}",
+                spec.name,
+                spec.dims.len(),
+                shape.len()
+            )));
+        }
+        let mut env = self.env;
+        let base = spec.shape_slot();
+        env[base..base + shape.len()].copy_from_slice(shape);
+        let mut need = [0i64; MAX_ARGS];
+        let mut zero = 0u64;
+        let geometry = match self.memo.read(shape, spec.args.len(), &mut need, &mut zero) {
+            Some(g) => g,
+            None => {
+                let p = Prepared::resolve(spec, &self.env, shape)?;
+                self.memo
+                    .write(shape, &p.geometry, &p.need[..spec.args.len()], p.zero);
+                need = p.need;
+                zero = p.zero;
+                p.geometry
+            }
+        };
+        let r = Resolved {
+            env: &env,
+            geometry,
+            need: &need[..spec.args.len()],
+            zero,
+        };
+        launch(&self.func, spec, &r, stream, args).map_err(|e| e.into_error(spec, &self.config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn geometry_of(shape: &[i64]) -> Geometry {
+        let x = shape[0] as u32;
+        Geometry {
+            grid: [x, x + 1, 1],
+            block: [x * 2, 1, 1],
+            shared_mem: x * 3,
+        }
+    }
+
+    #[test]
+    fn memo_returns_only_what_was_written_for_that_shape() {
+        let m = LaunchMemo::new();
+        let (mut need, mut zero) = ([0i64; MAX_ARGS], 0u64);
+        assert!(
+            m.read(&[5, 6], 2, &mut need, &mut zero).is_none(),
+            "empty memo"
+        );
+        m.write(&[5, 6], &geometry_of(&[5]), &[50, 60], 0b10);
+        assert_eq!(
+            m.read(&[5, 6], 2, &mut need, &mut zero),
+            Some(geometry_of(&[5]))
+        );
+        assert_eq!(&need[..2], &[50, 60]);
+        assert_eq!(zero, 0b10);
+        assert!(
+            m.read(&[5, 7], 2, &mut need, &mut zero).is_none(),
+            "another shape misses"
+        );
+    }
+
+    #[test]
+    fn memo_is_consistent_under_concurrent_writers_and_readers() {
+        let m = Arc::new(LaunchMemo::new());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let (mut need, mut zero) = ([0i64; MAX_ARGS], 0u64);
+                    let mut hits = 0;
+                    for i in 0..20_000i64 {
+                        // Each thread repeats a shape a few times, then moves on.
+                        let x = 1 + ((i / 8) * 7 + t) % 13;
+                        let shape = [x, x * 10];
+                        match m.read(&shape, 2, &mut need, &mut zero) {
+                            Some(g) => {
+                                // A hit must be exactly what was written for this shape.
+                                assert_eq!(g, geometry_of(&shape));
+                                assert_eq!(&need[..2], &[x * 100, x * 1000]);
+                                assert_eq!(zero, x as u64 % 3);
+                                hits += 1;
+                            }
+                            None => m.write(
+                                &shape,
+                                &geometry_of(&shape),
+                                &[x * 100, x * 1000],
+                                x as u64 % 3,
+                            ),
+                        }
+                    }
+                    hits
+                })
+            })
+            .collect();
+        let hits: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(hits > 0);
+    }
+}
