@@ -46,9 +46,14 @@ pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
 
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {
+    unix_ms() / 1000
+}
+
+/// The current time in unix milliseconds (0 if the clock is before 1970); leases keep time so.
+pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

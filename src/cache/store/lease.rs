@@ -34,7 +34,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::process::{hostname, pid_scope, Liveness, ProcessId};
 use super::records::decode_key;
 use super::{store_err, Store};
-use crate::cache::Entry;
+use crate::cache::{unix_ms, Entry};
 use crate::key::TuningKey;
 use crate::{Error, Result};
 
@@ -45,14 +45,6 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(600);
 /// How often a waiter re-reads the lease when nothing was committed, to notice a holder that
 /// died or expired without a word.
 pub const LEASE_RECHECK: Duration = Duration::from_millis(500);
-
-/// The current time in unix milliseconds (0 before 1970).
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Who holds a lease: one process, named so that another process can tell whether it still
 /// runs. Two owners are the same process when scope, pid and start time agree (the host name

@@ -40,9 +40,8 @@ use crate::{Error, Result};
 
 use super::{unix_now, Entry};
 
-pub use lease::{
-    unix_ms, Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK, MAX_LEASE_TTL,
-};
+pub use super::unix_ms;
+pub use lease::{Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK, MAX_LEASE_TTL};
 pub use open::SCHEMA_VERSION;
 pub use process::Liveness;
 use process::ProcessId;
