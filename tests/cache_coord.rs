@@ -121,7 +121,7 @@ fn heartbeat_keeps_a_short_lease_and_drop_releases_it() {
     let path = dir.join("c.sqlite");
     let cache = Arc::new(Cache::open(CacheOptions::at(&path)).unwrap());
     let k = the_key(2);
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(1);
     let LeaseAttempt::Held(guard) = cache.acquire_lease(&k, ttl) else {
         panic!("free key");
     };
@@ -136,7 +136,7 @@ fn heartbeat_keeps_a_short_lease_and_drop_releases_it() {
     };
     let store = Store::open_rw(&path).unwrap();
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(1) {
+    while t.elapsed() < Duration::from_secs(2) {
         match store.try_lease(&k, &other, ttl).unwrap() {
             LeaseState::HeldBy { owner, .. } => assert_eq!(&owner, cache.lease_owner()),
             s => panic!("lease lost to a stale check after {:?}: {s:?}", t.elapsed()),
@@ -144,7 +144,7 @@ fn heartbeat_keeps_a_short_lease_and_drop_releases_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let l = store.lease(&k).unwrap().unwrap();
-    assert!(l.renewed_at_ms > l.acquired_at_ms + 500, "{l:?}");
+    assert!(l.renewed_at_ms > l.acquired_at_ms + 1000, "{l:?}");
     assert!(!guard.lost());
     drop(guard);
     assert!(store.lease(&k).unwrap().is_none(), "drop releases");
@@ -158,7 +158,7 @@ fn heartbeat_keeps_a_short_lease_and_drop_releases_it() {
         let t = Instant::now();
         drop(g);
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_secs(3),
             "drop took {:?}",
             t.elapsed()
         );
@@ -174,7 +174,11 @@ fn heartbeat_keeps_a_short_lease_and_drop_releases_it() {
         [],
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // The heartbeat runs every 200 ms; give it a few periods even on a busy machine.
+    let t = Instant::now();
+    while !guard.lost() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(guard.lost());
     drop(guard);
     // The other owner's lease is not released by our drop.
@@ -240,7 +244,7 @@ fn a_sigkilled_holder_is_taken_over() {
         cache.wait_for_winner(&k, Instant::now() + Duration::from_secs(20)),
         WinnerWait::Free
     ));
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     match cache.acquire_lease(&k, LEASE_TTL) {
         LeaseAttempt::Held(g) => {
             let (old, why) = g.took_over().expect("a takeover");

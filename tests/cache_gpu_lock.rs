@@ -60,7 +60,7 @@ fn one_holder_at_a_time_in_one_process() {
     assert!(none.unwrap().is_none());
     let waited = t.elapsed();
     assert!(
-        waited >= Duration::from_millis(150) && waited < Duration::from_millis(600),
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
         "{waited:?}"
     );
     // A blocking waiter gets it as soon as the holder drops it.
@@ -115,7 +115,7 @@ fn a_killed_holder_frees_the_gpu_at_once() {
     let (g, at) = waiter.join().unwrap().expect("lock after the kill");
     let after = at.saturating_duration_since(killed);
     assert!(g.is_exclusive());
-    assert!(after < Duration::from_millis(500), "{after:?}");
+    assert!(after < Duration::from_secs(3), "{after:?}");
     println!("the GPU lock was taken {after:?} after its holder's SIGKILL");
 }
 

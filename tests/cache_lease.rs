@@ -316,7 +316,7 @@ fn killed_holder_frees_its_key_at_once() {
     let freed_after = killed.elapsed();
     assert_eq!(outcome, WaitOutcome::Free);
     assert!(
-        freed_after < LEASE_RECHECK + POLL * 4,
+        freed_after < LEASE_RECHECK + Duration::from_secs(2),
         "the waiter saw the dead holder {freed_after:?} after the kill"
     );
     match store.try_lease(&k, &me, TTL).unwrap() {
@@ -380,11 +380,7 @@ fn waiter_times_out_while_a_live_holder_tunes() {
         .unwrap();
     assert_eq!(r, WaitOutcome::TimedOut);
     assert!(t.elapsed() >= Duration::from_millis(300));
-    assert!(
-        t.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // No lease and no winner: free at once.
     let r = store
         .wait_for_entry(&the_key(2), Instant::now() + Duration::from_secs(5), POLL)
