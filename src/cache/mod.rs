@@ -7,15 +7,25 @@
 //! [`store`]) and any number of read-only "shipped" caches (tuned results distributed with an
 //! application). Lookups go memory → user → shipped; the first hit wins and is remembered in
 //! memory. The cache degrades instead of failing: if the user file cannot be written, results
-//! live in memory for the life of the process.
+//! live in memory for the life of the process, and a write that fails later (a lock held too
+//! long, a full or read-only disk) keeps its data in memory and is one logged warning, never an
+//! error of the launch that caused it.
+//!
+//! Processes sharing the user file coordinate through it (see `coord`): a tuning lease per key,
+//! so one process tunes a key and the others adopt its winner ([`Cache::acquire_lease`],
+//! [`Cache::wait_for_winner`]), and a lock per physical GPU ([`Cache::gpu_lock`],
+//! [`gpu_lock`]), so no two tuners time kernels on one GPU at once.
 
+mod coord;
 pub mod decide;
 pub mod export;
+pub mod gpu_lock;
 pub mod remote;
 pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -23,7 +33,9 @@ use dashmap::DashMap;
 use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
 use crate::{Error, Result};
 
+pub use coord::{LeaseAttempt, LeaseGuard, WinnerWait, LEASE_TTL, WAIT_POLL};
 pub use decide::{Decision, Explanation};
+pub use gpu_lock::{GpuLock, GpuLockGuard};
 pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
 
 /// Environment variable naming the user cache file (or `memory` for no file).
@@ -34,9 +46,14 @@ pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
 
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {
+    unix_ms() / 1000
+}
+
+/// The current time in unix milliseconds (0 if the clock is before 1970); leases keep time so.
+pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -277,6 +294,34 @@ pub struct Cache {
     user_read_only: Option<Store>,
     shipped: Vec<Store>,
     degraded: Option<String>,
+    /// The directory of the user cache (where the GPU locks live), also when it is degraded;
+    /// `None` for a memory-only cache.
+    dir: Option<PathBuf>,
+    /// Writes to the user store that failed (after the store's own bounded retries).
+    write_failures: Failures,
+    /// Reads of a file layer that failed (the layer was skipped, as a miss).
+    read_failures: Failures,
+    /// Lease and GPU-lock operations that failed (each degraded to "go ahead and tune").
+    coord_failures: Failures,
+}
+
+/// Failures of one kind: counted; the first is logged as a warning, the rest at debug level, so
+/// a broken disk gives one clear line instead of one per launch.
+#[derive(Debug, Default)]
+struct Failures(AtomicU64);
+
+impl Failures {
+    fn note(&self, msg: &str) {
+        if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!("{msg} (further failures of this kind are logged at debug level)");
+        } else {
+            log::debug!("{msg}");
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -287,6 +332,7 @@ impl std::fmt::Debug for Cache {
             .field("user_read_only", &self.user_read_only)
             .field("shipped", &self.shipped)
             .field("degraded", &self.degraded)
+            .field("write_failures", &self.write_failures.count())
             .finish()
     }
 }
@@ -302,6 +348,12 @@ impl Cache {
     pub fn open(opts: CacheOptions) -> Result<Cache> {
         let mut cache = Cache::memory_only();
         if let Some(path) = opts.resolve_user_path() {
+            cache.dir = Some(
+                path.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            );
             match open_user(&path) {
                 Ok(store) if store.is_writable() => cache.user = Some(store),
                 Ok(store) => {
@@ -315,11 +367,13 @@ impl Cache {
                 Err(e) => {
                     log::warn!("jitune: cannot use cache file {} ({e}); keeping tuning results in memory only", path.display());
                     cache.degraded = Some(e.to_string());
-                    // The file may still be readable even though we cannot write it.
+                    // The file may still be readable even though we cannot write it. A WAL file
+                    // on a read-only disk cannot be read live (SQLite cannot create its `-shm`
+                    // there); nothing can change it there either, so it is read as immutable.
                     if path.is_file() {
-                        if let Ok(ro) = Store::open_read_only_live(&path) {
-                            cache.user_read_only = Some(ro);
-                        }
+                        cache.user_read_only = Store::open_read_only_live(&path)
+                            .or_else(|_| Store::open_shipped(&path))
+                            .ok();
                     }
                 }
             }
@@ -345,6 +399,10 @@ impl Cache {
             user_read_only: None,
             shipped: Vec::new(),
             degraded: None,
+            dir: None,
+            write_failures: Failures::default(),
+            read_failures: Failures::default(),
+            coord_failures: Failures::default(),
         }
     }
 
@@ -392,13 +450,21 @@ impl Cache {
 
     /// The entry for `key`: memory, then the user store, then shipped stores; a hit from a file
     /// is remembered in memory. On a total miss the reason is logged at debug level (see
-    /// [`Cache::explain_miss`]).
+    /// [`Cache::explain_miss`]). A file that cannot be read is skipped as a miss, with one
+    /// warning per cache: a launch never fails because a cache file misbehaves.
     pub fn lookup(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
         if let Some(e) = self.get_memory(key) {
             return Ok(Some(e));
         }
         for store in self.layers() {
-            if let Some(e) = store.get(key)? {
+            let found = match store.get(key) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.store_read_failed(store, &e);
+                    None
+                }
+            };
+            if let Some(e) = found {
                 // Another thread may have put a fresher entry meanwhile: keep it.
                 let e = self
                     .memory
@@ -556,16 +622,44 @@ impl Cache {
 
     /// Stores a tuned winner: in the user store (one IMMEDIATE transaction replacing the row of
     /// that key), then in memory. Without a writable user store, in memory only. If the store
-    /// write fails the entry is still put in memory (this process keeps using it) and the
-    /// error is returned so the caller can report that it did not persist.
+    /// write fails (after the store's bounded retries: a lock held too long, a full or
+    /// read-only disk) the entry is still put in memory, so this process keeps using it, and
+    /// the failure becomes one logged warning and a count ([`Cache::store_write_failures`]):
+    /// a launch never fails because the cache file could not be written. Only an invalid entry
+    /// is an error.
     pub fn put(&self, entry: Entry) -> Result<()> {
         entry.validate()?;
-        let stored = match &self.user {
-            Some(store) => store.put(&entry),
-            None => Ok(()),
-        };
+        if let Some(store) = &self.user {
+            if let Err(e) = store.put(&entry) {
+                self.store_write_failed("a tuned winner", &e);
+            }
+        }
         self.memory.insert(entry.key, Arc::new(entry));
-        stored
+        Ok(())
+    }
+
+    /// How many writes to the user store failed since the cache was opened (each one's data
+    /// stayed in memory). A command that must know its results persisted checks this.
+    pub fn store_write_failures(&self) -> u64 {
+        self.write_failures.count()
+    }
+
+    /// Counts a failed user-store write; the first one is a warning, the rest debug lines.
+    fn store_write_failed(&self, what: &str, e: &Error) {
+        let path = self.user.as_ref().map(|s| s.path().display().to_string());
+        self.write_failures.note(&format!(
+            "jitune: could not write {what} to cache file {} ({e}); this process keeps its \
+             results in memory and carries on",
+            path.as_deref().unwrap_or("(none)")
+        ));
+    }
+
+    /// Counts a failed read of a file layer; the first one is a warning, the rest debug lines.
+    fn store_read_failed(&self, store: &Store, e: &Error) {
+        self.read_failures.note(&format!(
+            "jitune: could not read cache file {} ({e}); treating it as a miss",
+            store.path().display()
+        ));
     }
 
     /// Drops the memory tier (files are untouched); the next lookups read the files again.
@@ -588,12 +682,15 @@ impl Cache {
         Ok(out.into_values().collect())
     }
 
-    /// Stores a compiled binary in the user store (nothing without one).
+    /// Stores a compiled binary in the user store (nothing without one; a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
-        match &self.user {
-            Some(s) => s.put_binary(key, cubin),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.put_binary(key, cubin) {
+                self.store_write_failed("a compiled binary", &e);
+            }
         }
+        Ok(())
     }
 
     /// The compiled binary for `key`, from the user store or a shipped one.
@@ -606,7 +703,8 @@ impl Cache {
         Ok(None)
     }
 
-    /// Records a failed config in the user store (nothing without one).
+    /// Records a failed config in the user store (nothing without one; a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn record_failure(
         &self,
         key: &TuningKey,
@@ -614,10 +712,12 @@ impl Cache {
         class: crate::failure::FailureClass,
         message: &str,
     ) -> Result<()> {
-        match &self.user {
-            Some(s) => s.record_failure(key, config, class, message),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.record_failure(key, config, class, message) {
+                self.store_write_failed("a failure record", &e);
+            }
         }
+        Ok(())
     }
 
     /// Failed configs for `key`: `(config, class, message)` from the user store and shipped
@@ -636,26 +736,36 @@ impl Cache {
         Ok(out.into_values().collect())
     }
 
-    /// See [`Store::mark_inflight`]; nothing without a user store.
+    /// See [`Store::mark_inflight`]; nothing without a user store (a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn mark_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        match &self.user {
-            Some(s) => s.mark_inflight(key, config),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.mark_inflight(key, config) {
+                self.store_write_failed("an in-flight marker", &e);
+            }
         }
+        Ok(())
     }
 
-    /// See [`Store::clear_inflight`]; nothing without a user store.
+    /// See [`Store::clear_inflight`]; nothing without a user store (a failed write is one
+    /// warning, see [`Cache::put`]).
     pub fn clear_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        match &self.user {
-            Some(s) => s.clear_inflight(key, config),
-            None => Ok(()),
+        if let Some(s) = &self.user {
+            if let Err(e) = s.clear_inflight(key, config) {
+                self.store_write_failed("an in-flight marker", &e);
+            }
         }
+        Ok(())
     }
 
-    /// See [`Store::take_stale_inflight`]; empty without a user store.
+    /// See [`Store::take_stale_inflight`]; empty without a user store, or when the store
+    /// cannot be written (one warning, see [`Cache::put`]).
     pub fn take_stale_inflight(&self, key: &TuningKey) -> Result<Vec<String>> {
         match &self.user {
-            Some(s) => s.take_stale_inflight(key),
+            Some(s) => Ok(s.take_stale_inflight(key).unwrap_or_else(|e| {
+                self.store_write_failed("stale in-flight markers", &e);
+                Vec::new()
+            })),
             None => Ok(Vec::new()),
         }
     }
