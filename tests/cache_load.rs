@@ -81,9 +81,16 @@ fn child(env: ChildEnv) {
                     };
                     cache.put_binary(&bk, &[k; 2048]).expect("binary");
                     let winner = entry(k, &dims, &d, &format!("c=1,p={}", env.seed), 0.5);
+                    let failed_before = cache.store_write_failures();
                     cache.put(winner).expect("put");
-                    // The write returned: from here on the winner must never be lost.
-                    env.log.line(&format!("key {text}"));
+                    if cache.store_write_failures() > failed_before {
+                        // The store gave up on the write (it is kept in memory, one warning):
+                        // counted apart, and a failure of its own.
+                        env.log.line(&format!("unpersisted {text}"));
+                    } else {
+                        // The write returned: from here on the winner must never be lost.
+                        env.log.line(&format!("key {text}"));
+                    }
                     *tuned.lock().unwrap().entry(text.clone()).or_default() += 1;
                     claims.lock().unwrap().remove(&text);
                 }

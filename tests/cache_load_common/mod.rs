@@ -94,6 +94,8 @@ pub struct LoadReport {
     pub spawned: usize,
     pub launches: u64,
     pub logged: usize,
+    /// Keys whose write the store gave up on (kept in the child's memory only).
+    pub unpersisted: Vec<String>,
     pub rows: usize,
     pub lost: Vec<String>,
     pub dups: Vec<String>,
@@ -197,6 +199,8 @@ pub fn run(load: &Load, dir: &Path) -> LoadReport {
         for line in complete.lines() {
             if let Some(k) = line.strip_prefix("key ") {
                 logged.insert(k.to_string());
+            } else if let Some(k) = line.strip_prefix("unpersisted ") {
+                report.unpersisted.push(k.to_string());
             } else if let Some(k) = line.strip_prefix("dup ") {
                 report.dups.push(k.to_string());
             } else if let Some(m) = line.strip_prefix("tunefail ") {
@@ -248,6 +252,11 @@ impl LoadReport {
     pub fn check(&self) {
         assert_eq!(self.integrity, "ok");
         assert!(self.lost.is_empty(), "rows lost: {:?}", self.lost);
+        assert!(
+            self.unpersisted.is_empty(),
+            "writes the store gave up on: {:?}",
+            self.unpersisted
+        );
         assert!(
             self.dups.is_empty(),
             "tuned twice within a process: {:?}",
