@@ -351,7 +351,11 @@ fn run() -> Result<()> {
     // Memory-only: nothing from earlier runs is reused.
     let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
-    let timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    let timer = Timer::new(
+        &ctx,
+        stream.clone(),
+        tuner.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )?;
     let blas = match Blas::load(stream.clone()) {
         Ok(b) => Some(b),
         Err(why) => {
@@ -361,10 +365,14 @@ fn run() -> Result<()> {
     };
     println!(
         "device {}; tuning budget {tune_s} s per shape (memory-only cache); parts {parts}",
-        tuner.gpu().fingerprint.to_text()
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text()
     );
-    let f16_default = common::hgemm_spec_for(tuner.gpu(), "f16");
-    let bf16_default = common::hgemm_spec_for(tuner.gpu(), "bf16");
+    let f16_default = common::hgemm_spec_for(tuner.gpu().expect("a GPU tuner has a GPU"), "f16");
+    let bf16_default = common::hgemm_spec_for(tuner.gpu().expect("a GPU tuner has a GPU"), "bf16");
     let mut b = Bench {
         ctx,
         tuner,

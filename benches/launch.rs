@@ -100,12 +100,14 @@ fn run() -> jitune::Result<()> {
         .plan(&kernel, &shape)
         .ok_or_else(|| jitune::Error::Search("no plan".into()))?;
     // The raw baseline launches the same compiled config through cudarc's launch builder.
-    let space = kernel.spec.space_for(&shape, &tuner.gpu().limits)?;
+    let space = kernel
+        .spec
+        .space_for(&shape, &tuner.gpu().expect("a GPU tuner has a GPU").limits)?;
     let cfg = space.parse_config_text(&plan.config)?;
     let img = jitune::internals::compile_in_process(&jitune::internals::CompileRequest::new(
         &kernel.spec,
         &cfg,
-        &tuner.gpu().arch,
+        &tuner.gpu().expect("a GPU tuner has a GPU").arch,
     ))?
     .map_err(jitune::Error::compile)?;
     let module = ctx
@@ -210,7 +212,11 @@ fn run() -> jitune::Result<()> {
     let jit = median(&mut jit_ns);
     println!(
         "device                 {}",
-        tuner.gpu().fingerprint.to_text()
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text()
     );
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
     println!("cudarc launch builder   {builder:8.1} ns/launch");

@@ -59,7 +59,11 @@ impl SpecBuffers {
         let mut rng = Rng::new(1);
         let (mut bufs, mut scalars, mut bytes) = (Vec::new(), Vec::new(), 0.0);
         for a in &spec.args {
-            let v = spec.arg_value(a, shape, &tuner.gpu().limits)?;
+            let v = spec.arg_value(
+                a,
+                shape,
+                &tuner.gpu().expect("a GPU tuner has a GPU").limits,
+            )?;
             if a.role == Role::Scalar {
                 bufs.push(None);
                 scalars.push(v);
@@ -129,10 +133,18 @@ fn run() -> Result<()> {
         ..Default::default()
     });
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
-    let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    let mut timer = Timer::new(
+        &ctx,
+        stream.clone(),
+        tuner.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )?;
     println!(
         "device {}; tuning budget {tune_s} s per shape (memory-only cache)",
-        tuner.gpu().fingerprint.to_text()
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text()
     );
     println!(
         "\n{:<10} {:>12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  config",

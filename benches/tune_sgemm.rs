@@ -87,10 +87,17 @@ fn run() -> jitune::Result<()> {
 
     // Separate memory-only caches: neither run may reuse the other's CUBINs.
     let lfbo_tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
-    let space = kernel.spec.space_for(&shape, &lfbo_tuner.gpu().limits)?;
+    let space = kernel.spec.space_for(
+        &shape,
+        &lfbo_tuner.gpu().expect("a GPU tuner has a GPU").limits,
+    )?;
     println!(
         "device {}; sgemm {:?}: {} valid configs",
-        lfbo_tuner.gpu().fingerprint.to_text(),
+        lfbo_tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text(),
         shape,
         space.count()
     );

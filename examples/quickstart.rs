@@ -60,7 +60,14 @@ fn run() -> jitune::Result<()> {
     let cache_path = opts.resolve_user_path();
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
     let tuner = Tuner::with_context(ctx.clone(), Cache::open(opts)?, Mode::Blocking)?;
-    println!("device: {}", tuner.gpu().fingerprint.to_text());
+    println!(
+        "device: {}",
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text()
+    );
     println!(
         "cache:  {}",
         cache_path
@@ -70,9 +77,16 @@ fn run() -> jitune::Result<()> {
     if let Some(why) = tuner.cache().degraded() {
         println!("        (not persisted: {why})");
     }
-    let hgemm = common::optional_kernel(&common::hgemm_spec_for(tuner.gpu(), "f16"))?;
+    let hgemm = common::optional_kernel(&common::hgemm_spec_for(
+        tuner.gpu().expect("a GPU tuner has a GPU"),
+        "f16",
+    ))?;
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
-    let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    let mut timer = Timer::new(
+        &ctx,
+        stream.clone(),
+        tuner.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )?;
     let blas = match Blas::load(stream.clone()) {
         Ok(b) => Some(b),
         Err(why) => {

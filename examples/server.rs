@@ -314,7 +314,10 @@ fn run() -> Result<()> {
             shapes: vec![vec![16384, 1024], vec![16384, 1000], vec![12000, 1024]],
         },
     ];
-    if let Some(h) = common::optional_kernel(&common::hgemm_spec_for(tuner.gpu(), "f16"))? {
+    if let Some(h) = common::optional_kernel(&common::hgemm_spec_for(
+        tuner.gpu().expect("a GPU tuner has a GPU"),
+        "f16",
+    ))? {
         families.push(Family {
             kernel: h.clone(),
             gemm: true,
@@ -344,7 +347,11 @@ fn run() -> Result<()> {
     }
     println!(
         "device {}; {threads} threads, {} shape buckets, background tuning {tune_s} s per bucket",
-        tuner.gpu().fingerprint.to_text(),
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text(),
         families.len()
     );
     if preload {
@@ -461,7 +468,11 @@ fn run() -> Result<()> {
     let untuned = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::CacheOnly)?;
     untuned.set_mode(Mode::CacheOnly);
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
-    let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    let mut timer = Timer::new(
+        &ctx,
+        stream.clone(),
+        tuner.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )?;
     println!(
         "{:<26} {:>10} {:>10} {:>8}  {:<44} tuned config",
         "bucket", "default ms", "tuned ms", "speedup", "default config"

@@ -75,7 +75,11 @@ fn run() -> Result<()> {
     });
     println!(
         "device {}; tuning {} shapes, {tune_s} s each",
-        tuner.gpu().fingerprint.to_text(),
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text(),
         list.iter().map(|(_, s)| s.len()).sum::<usize>()
     );
     for (kernel, shapes) in &list {

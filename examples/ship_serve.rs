@@ -70,12 +70,20 @@ fn run() -> Result<bool> {
     tuner.set_mode(Mode::CacheOnly);
     println!(
         "device {}; shipped cache {} ({} winners), tuning disabled (cache-only)",
-        tuner.gpu().fingerprint.to_text(),
+        tuner
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .fingerprint
+            .to_text(),
         shipped.display(),
         expected.len()
     );
     let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
-    let mut timer = Timer::new(&ctx, stream.clone(), tuner.gpu().limits.l2_bytes)?;
+    let mut timer = Timer::new(
+        &ctx,
+        stream.clone(),
+        tuner.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )?;
     timer.budget_ms = 50.0;
     let mut ok = true;
     let mut launches = 0usize;

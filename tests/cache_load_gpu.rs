@@ -152,7 +152,7 @@ fn child(env: ChildEnv) {
                     let si = rng.below(shapes.len() as u64) as usize;
                     let shape = &shapes[si];
                     let b = mine.entry((ki, si)).or_insert_with(|| {
-                        let limits = &tuner.gpu().limits;
+                        let limits = &tuner.gpu().expect("a GPU tuner has a GPU").limits;
                         let mut bufs = Vec::new();
                         let mut scalars = Vec::new();
                         for a in &kernel.spec.args {

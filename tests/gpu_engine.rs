@@ -31,7 +31,11 @@ fn temp_cache(name: &str) -> std::path::PathBuf {
 
 /// Runs sgemm through `tuner` at a shape and checks it against the CPU.
 fn sgemm_matches_cpu(tuner: &Tuner, kernel: &Kernel, m: usize, n: usize, k: usize) {
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let mut g = Gemm::random(&stream, m, n, k, 1);
     g.launch(tuner, kernel, &stream).unwrap();
     let err = g.error(&stream);
@@ -55,7 +59,11 @@ fn gpu_compile_launch_and_check_against_cpu() {
         println!("{m}x{n}x{k}: winner {}", plan.config);
     }
     // Bad calls are errors, not crashes.
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let small = stream.alloc_zeros::<f32>(4).unwrap();
     let mut out = stream.alloc_zeros::<f32>(4).unwrap();
     let e = tuner
@@ -90,7 +98,11 @@ fn gpu_child_warm_start() {
     let cache = Cache::open(CacheOptions::at(&path)).unwrap();
     let tuner = Tuner::with_context(ctx, cache, Mode::CacheOnly).unwrap();
     let kernel = sgemm();
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let mut g = Gemm::random(&stream, 512, 512, 512, 1);
     stream.synchronize().unwrap();
     let t = Instant::now();
@@ -114,12 +126,12 @@ fn gpu_child_warm_start() {
     let t = Instant::now();
     let entry = other.lookup(&key).unwrap().unwrap();
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
-    let fp = &tuner.gpu().fingerprint;
+    let fp = &tuner.gpu().expect("a GPU tuner has a GPU").fingerprint;
     let nvrtc = format!("{}.{}", fp.nvrtc_version.0, fp.nvrtc_version.1);
     let bkey = jitune::cache::store::BinaryKey {
         kernel: kernel.spec.id(),
         config: &entry.config,
-        arch: &tuner.gpu().arch,
+        arch: &tuner.gpu().expect("a GPU tuner has a GPU").arch,
         nvrtc: &nvrtc,
     };
     let t = Instant::now();
@@ -128,6 +140,7 @@ fn gpu_child_warm_start() {
     let t = Instant::now();
     let module = tuner
         .gpu()
+        .expect("a GPU tuner has a GPU")
         .ctx
         .load_module(jitune::internals::Image::from_bytes(bin.clone()).to_ptx())
         .unwrap();
@@ -192,7 +205,12 @@ fn gpu_background_mode_swaps_in_the_winner_while_launching() {
     let launcher = {
         let (tuner, kernel, stop) = (tuner.clone(), kernel.clone(), stop.clone());
         std::thread::spawn(move || {
-            let stream = tuner.gpu().ctx.new_stream().unwrap();
+            let stream = tuner
+                .gpu()
+                .expect("a GPU tuner has a GPU")
+                .ctx
+                .new_stream()
+                .unwrap();
             let mut g = Gemm::random(&stream, 1024, 1024, 1024, 3);
             assert_eq!(g.shape(), shape);
             let mut launches = 0usize;

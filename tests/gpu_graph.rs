@@ -392,7 +392,12 @@ fn gpu_in_process_tuning_pauses_while_another_thread_captures() {
     let mut warm = Softmax::new(&stream, 64, 1024, 6);
     warm.launch(&tuner, &k, &stream).unwrap();
     // Cold keys whose in-process background runs go on while the other thread captures.
-    let tune_stream = tuner.gpu().ctx.new_stream().unwrap();
+    let tune_stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .new_stream()
+        .unwrap();
     let mut g = gpu_common::Gemm::random(&tune_stream, 512, 512, 512, 9);
     g.launch(&tuner, &sgemm, &tune_stream).unwrap();
     let mut big = Softmax::new(&tune_stream, 4096, 1024, 10);

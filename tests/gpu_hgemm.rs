@@ -57,7 +57,11 @@ fn random_half(ty: ElemType, n: usize, seed: u64) -> (Vec<u16>, Vec<f64>) {
 /// Runs one GEMM through `tuner.launch` on fresh random inputs; returns the relative error
 /// against the CPU.
 fn check(tuner: &Tuner, kernel: &Kernel, ty: ElemType, (m, n, k): (usize, usize, usize)) -> f64 {
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let seed = (m * 1_000_003 + n * 1009 + k) as u64;
     let (a_bits, a) = random_half(ty, m * k, seed);
     let (b_bits, b) = random_half(ty, k * n, seed + 1);
@@ -113,7 +117,7 @@ fn gpu_hgemm_many_configs_agree_with_the_checked_default() {
         }
     }
     // Many configs against that default, through the tuner's correctness gate (tolerance 1e-3).
-    let gpu = Arc::new(cache_only.gpu().clone());
+    let gpu = Arc::new(cache_only.gpu().expect("a GPU tuner has a GPU").clone());
     let cover = ["LAYOUT", "SPLITK", "STAGES"];
     agree(&gpu, "hgemm_f16", [96, 200, 264], &cover);
     agree(&gpu, "hgemm_f16", [257, 129, 200], &cover);
@@ -171,7 +175,7 @@ fn gpu_hgemm_sm90_matches_cpu() {
         return;
     }
     let cache_only = tuner(Mode::CacheOnly, 1, 1.0);
-    let limits = cache_only.gpu().limits;
+    let limits = cache_only.gpu().expect("a GPU tuner has a GPU").limits;
     if (limits.cc_major, limits.cc_minor) != (9, 0) {
         println!("skipping gpu_hgemm_sm90_matches_cpu: the device is not compute capability 9.0");
         return;
@@ -194,7 +198,7 @@ fn gpu_hgemm_sm90_matches_cpu() {
             check(&cache_only, &k, ty, shape);
         }
     }
-    let gpu = Arc::new(cache_only.gpu().clone());
+    let gpu = Arc::new(cache_only.gpu().expect("a GPU tuner has a GPU").clone());
     let cover = ["BM", "BN", "WGM", "STAGES", "INFLIGHT", "WS"];
     agree(&gpu, "hgemm_sm90_f16", [96, 200, 264], &cover);
     agree(&gpu, "hgemm_sm90_f16", [257, 129, 200], &cover);
@@ -287,7 +291,7 @@ fn tune_and_spread(name: &str) {
     }
     assert!(report.wall_s <= 45.0);
     // The spread of the space: 32 uniformly drawn configs.
-    let gpu = Arc::new(tuner.gpu().clone());
+    let gpu = Arc::new(tuner.gpu().expect("a GPU tuner has a GPU").clone());
     let pool = Arc::new(CompilePool::default_sized());
     let mut eval = sweep_evaluator(&gpu, &pool, k.spec.clone(), &shape);
     let space = eval.space().clone();

@@ -101,7 +101,11 @@ fn softmax_error(
     rows: usize,
     cols: usize,
 ) -> ([i64; 2], f64) {
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let reference = cpu_softmax(x, rows, cols);
     let dx = upload(&stream, x);
     let mut dy = poisoned(&stream, rows * cols);
@@ -159,7 +163,11 @@ fn gpu_layernorm_matches_cpu() {
     }
     let tuner = tuner();
     let kernel = kernel("layernorm");
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     for (i, &(rows, cols)) in ROW_SHAPES.iter().enumerate() {
         let seed = 100 + 3 * i as u64;
         // An offset mean (0.5) exercises the centring.
@@ -215,7 +223,11 @@ fn gpu_reduction_matches_cpu() {
     }
     let tuner = tuner();
     let kernel = kernel("reduction");
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     for (i, &n) in [1usize, 1000, 1 << 20, 10_000_019].iter().enumerate() {
         let x = random(n, -1.0, 1.0, 200 + i as u64);
         let reference = cpu_partials(&x);

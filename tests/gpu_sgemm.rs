@@ -50,7 +50,11 @@ fn sgemm() -> Kernel {
 
 /// Runs one GEMM through `tuner.launch` on fresh random inputs and checks it against the CPU.
 fn check(tuner: &Tuner, kernel: &Kernel, (m, n, k): (usize, usize, usize)) {
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     let seed = (m * 1_000_003 + n * 1009 + k) as u64;
     let mut g = Gemm::random(&stream, m, n, k, seed);
     let shape = g.shape();
@@ -104,7 +108,7 @@ fn gpu_sgemm_many_configs_agree_with_the_checked_default() {
     for shape in [(257, 129, 203), (512, 512, 512)] {
         check(&cache_only, &kernel, shape);
     }
-    let gpu = Arc::new(cache_only.gpu().clone());
+    let gpu = Arc::new(cache_only.gpu().expect("a GPU tuner has a GPU").clone());
     let pool = Arc::new(CompilePool::default_sized());
     agree(&gpu, &pool, [257, 129, 203]);
     agree(&gpu, &pool, [512, 512, 512]);
@@ -164,7 +168,12 @@ fn gpu_sgemm_space_spread() {
     }
     // The median/best time ratio of 48 uniformly drawn configs: the space must hold poor and
     // good configs alike.
-    let gpu = Arc::new(tuner(Mode::CacheOnly, 1, 1.0).gpu().clone());
+    let gpu = Arc::new(
+        tuner(Mode::CacheOnly, 1, 1.0)
+            .gpu()
+            .expect("a GPU tuner has a GPU")
+            .clone(),
+    );
     let pool = Arc::new(CompilePool::default_sized());
     for s in [2048i64, 4096] {
         let shape = [s, s, s];

@@ -26,7 +26,12 @@ fn gpu_blocking_misses_of_one_key_tune_it_once() {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let stream = tuner.gpu().ctx.new_stream().unwrap();
+                    let stream = tuner
+                        .gpu()
+                        .expect("a GPU tuner has a GPU")
+                        .ctx
+                        .new_stream()
+                        .unwrap();
                     // The same inputs in every thread (same seed).
                     let mut g = Gemm::random(&stream, m, n, k, 7);
                     start.wait();

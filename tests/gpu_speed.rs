@@ -252,7 +252,10 @@ fn transpose_8192_tunes_in_seconds_and_finds_the_exhaustive_winner() {
     let k = transpose();
     let shape = [8192i64, 8192];
     let t = tuner(Mode::Blocking, 120, 60.0);
-    let space = k.spec.space_for(&shape, &t.gpu().limits).unwrap();
+    let space = k
+        .spec
+        .space_for(&shape, &t.gpu().expect("a GPU tuner has a GPU").limits)
+        .unwrap();
     assert_eq!(space.count(), 40);
     let lfbo = t.tune(&k, &shape).unwrap();
     let stats = lfbo.stats.clone().expect("in-process tuning has stats");
@@ -321,7 +324,11 @@ fn the_roofline_stops_a_memory_bound_search() {
     let k = kernel("softmax");
     let shape = [8192i64, 8192];
     let t = tuner(Mode::Blocking, 60, 60.0);
-    let bw = copy_bandwidth(&t.gpu().ctx, t.gpu().limits.l2_bytes).expect("a copy bandwidth");
+    let bw = copy_bandwidth(
+        &t.gpu().expect("a GPU tuner has a GPU").ctx,
+        t.gpu().expect("a GPU tuner has a GPU").limits.l2_bytes,
+    )
+    .expect("a copy bandwidth");
     println!("copy bandwidth {:.2} TB/s", bw / 1e12);
     // Random search spends its whole budget unless stopped (LFBO may end on convergence).
     let run = |stop: Option<f64>, evals: usize| {
@@ -372,7 +379,12 @@ fn the_roofline_stops_a_memory_bound_search() {
 
 /// Launches softmax through `t` at rows x cols and checks that each row sums to 1.
 fn launch_softmax(t: &jitune::Tuner, k: &Kernel, rows: usize, cols: usize) {
-    let stream = t.gpu().ctx.new_stream().unwrap();
+    let stream = t
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .new_stream()
+        .unwrap();
     let x = stream
         .clone_htod(&gpu_common::random(rows * cols, 5))
         .unwrap();
@@ -404,7 +416,13 @@ fn preloading_compiles_before_the_first_launch() {
     let k = kernel("softmax");
     let t = tuner(Mode::CacheOnly, 1, 1.0);
     // A winner known for another bucket is preloaded with the default.
-    let space = k.spec.space_for(&[1024, 1024], &t.gpu().limits).unwrap();
+    let space = k
+        .spec
+        .space_for(
+            &[1024, 1024],
+            &t.gpu().expect("a GPU tuner has a GPU").limits,
+        )
+        .unwrap();
     let other = space
         .iter()
         .find(|c| *c != k.spec.default)
@@ -412,7 +430,7 @@ fn preloading_compiles_before_the_first_launch() {
     let entry = Entry::new(
         k.spec.id(),
         ShapeBucket::new(&[1024, 1024]).unwrap(),
-        t.gpu().fingerprint.clone(),
+        t.gpu().expect("a GPU tuner has a GPU").fingerprint.clone(),
         "softmax",
         &space.config_text(&other),
         0.1,

@@ -132,7 +132,7 @@ fn gpu_tensor_map_reaches_the_kernel_by_value_without_allocating() {
         return;
     }
     let tuner = tuner(Mode::CacheOnly, 1, 1.0);
-    if tuner.gpu().limits.cc_major < 9 {
+    if tuner.gpu().expect("a GPU tuner has a GPU").limits.cc_major < 9 {
         println!("skipping: tensor maps need compute capability 9.0");
         return;
     }
@@ -151,7 +151,11 @@ fn gpu_tensor_map_reaches_the_kernel_by_value_without_allocating() {
         .build()
         .unwrap();
     let kernel = Kernel::new(spec);
-    let stream = tuner.gpu().ctx.default_stream();
+    let stream = tuner
+        .gpu()
+        .expect("a GPU tuner has a GPU")
+        .ctx
+        .default_stream();
     for (m, k, encodable) in [(64usize, 4096usize, true), (64, 4100, false)] {
         let a: CudaSlice<u16> = stream.alloc_zeros(m * k).unwrap();
         let mut out: CudaSlice<i64> = stream.clone_htod(&[-1i64; 16]).unwrap();

@@ -232,7 +232,7 @@ impl GpuEvaluator {
         cache: Arc<Cache>,
         pool: Arc<CompilePool>,
     ) -> Result<GpuEvaluator> {
-        let job = TuningJob::new(spec, shape, &gpu)?;
+        let job = TuningJob::new(spec, shape, gpu.fingerprint_hash, &gpu.limits)?;
         GpuEvaluator::for_job(gpu, &job, cache, pool)
     }
 

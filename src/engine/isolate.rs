@@ -266,7 +266,7 @@ impl IsolatedEvaluator {
         pool: Arc<CompilePool>,
         opts: IsolationOptions,
     ) -> Result<IsolatedEvaluator> {
-        let job = TuningJob::new(spec, shape, &gpu)?;
+        let job = TuningJob::new(spec, shape, gpu.fingerprint_hash, &gpu.limits)?;
         IsolatedEvaluator::for_job(gpu, &job, cache, pool, opts)
     }
 

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::gpu::device::Gpu;
 use crate::key::TuningKey;
 use crate::space::{Config, SearchSpace};
-use crate::spec::KernelSpec;
+use crate::spec::{DeviceLimits, KernelSpec};
 use crate::{Error, Result};
 
 /// One kernel at one shape on one GPU.
@@ -22,10 +21,26 @@ pub struct TuningJob {
 }
 
 impl TuningJob {
-    /// The job of `spec` at `shape` on `gpu`.
-    pub fn new(spec: Arc<KernelSpec>, shape: &[i64], gpu: &Gpu) -> Result<TuningJob> {
-        let key = key_of(&spec, shape, gpu.fingerprint_hash)?;
-        let space = Arc::new(spec.space_for(shape, &gpu.limits)?);
+    /// The job of `spec` at `shape` on the device with fingerprint hash `device` and `limits`.
+    pub fn new(
+        spec: Arc<KernelSpec>,
+        shape: &[i64],
+        device: u64,
+        limits: &DeviceLimits,
+    ) -> Result<TuningJob> {
+        let space = Arc::new(spec.space_for(shape, limits)?);
+        TuningJob::with_space(spec, shape, device, space)
+    }
+
+    /// A job whose space is given rather than derived from the spec (a simulated device's
+    /// space is the recorded one).
+    pub fn with_space(
+        spec: Arc<KernelSpec>,
+        shape: &[i64],
+        device: u64,
+        space: Arc<SearchSpace>,
+    ) -> Result<TuningJob> {
+        let key = key_of(&spec, shape, device)?;
         Ok(TuningJob {
             spec,
             shape: shape.to_vec(),

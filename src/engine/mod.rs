@@ -22,6 +22,7 @@ pub(crate) mod failures;
 pub(crate) mod isolate;
 pub(crate) mod job;
 pub(crate) mod protocol;
+pub(crate) mod sim;
 pub(crate) mod worker;
 
 pub use evaluator::{CandidateCost, EvalStats, GpuEvaluator, MeasureOptions, WorkGate};

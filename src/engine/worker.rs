@@ -61,7 +61,12 @@ impl WorkerState {
         let init = Init::from_frame(f)?;
         let spec = wire::read(&init.spec_toml, &init.source)?;
         let gpu = Arc::new(Gpu::new(init.ordinal)?);
-        let job = TuningJob::new(Arc::new(spec), &init.shape, &gpu)?;
+        let job = TuningJob::new(
+            Arc::new(spec),
+            &init.shape,
+            gpu.fingerprint_hash,
+            &gpu.limits,
+        )?;
         let default = job.space.parse_config_text(&init.default)?;
         wire::check_same(&job.spec, &init.id_hex, &default)?;
         // A cache of its own with no file: the host keeps the store, and images come from it.

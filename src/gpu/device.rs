@@ -19,6 +19,19 @@ pub struct Gpu {
     pub fingerprint_hash: u64,
     /// The NVRTC target, e.g. `sm_90`.
     pub arch: String,
+    /// The GPU's UUID (`GPU-xxxxxxxx-...`, as `nvidia-smi -L` prints it), `None` if the driver
+    /// will not say: the one name of this physical GPU across processes.
+    pub uuid: Option<String>,
+}
+
+impl Gpu {
+    /// The name of this physical GPU for locks shared by processes: its UUID, else its ordinal
+    /// (which only names it among the processes that see the same devices).
+    pub fn lock_id(&self) -> String {
+        self.uuid
+            .clone()
+            .unwrap_or_else(|| format!("ordinal-{}", self.ctx.ordinal()))
+    }
 }
 
 impl Gpu {
@@ -67,7 +80,9 @@ impl Gpu {
                 nvrtc_version,
                 driver_version,
             };
+            let uuid = ctx.uuid().ok().map(|u| uuid_text(&u.bytes));
             Ok(Gpu {
+                uuid,
                 arch: format!("sm_{}{}", limits.cc_major, limits.cc_minor),
                 fingerprint_hash: fingerprint.hash64(),
                 ctx,
@@ -83,4 +98,17 @@ fn driver_version() -> Option<(i32, i32)> {
     let mut v: std::ffi::c_int = 0;
     let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
     (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v > 0).then_some((v / 1000, v % 1000 / 10))
+}
+
+/// `GPU-01234567-89ab-cdef-0123-456789abcdef`, as NVIDIA's tools print a GPU's UUID.
+fn uuid_text(b: &[std::ffi::c_char; 16]) -> String {
+    let h: Vec<String> = b.iter().map(|x| format!("{:02x}", *x as u8)).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        h[..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..].concat()
+    )
 }

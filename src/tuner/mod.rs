@@ -28,6 +28,7 @@
 //! re-capture; [`Tuner::on_event`] and [`Tuner::stats`] show what the tuner does.
 
 pub mod capture;
+pub mod device;
 pub mod events;
 mod plan;
 mod preload;
@@ -46,6 +47,7 @@ use once_cell::sync::OnceCell;
 
 pub use crate::gpu::launch::{Arg, BufferArg, DeviceElem};
 pub use capture::{Capture, TuningPause};
+pub use device::SimDevice;
 pub use events::{Event, MissDecision, Stats};
 pub use plan::Plan;
 pub use preload::{Preload, PreloadReport};
@@ -65,6 +67,7 @@ use crate::space::Config;
 use crate::spec::{KernelSpec, MAX_VARS};
 use crate::{Error, Result};
 use capture::gate;
+use device::Device;
 use events::{Events, Seconds, StripedCounter};
 use state::{Claim, KeyStates};
 use swap::{Finished, Swaps};
@@ -134,7 +137,8 @@ impl Kernel {
 }
 
 struct Inner {
-    gpu: Arc<Gpu>,
+    /// The GPU, or a simulated one (see [`device`]).
+    device: Device,
     cache: Arc<Cache>,
     pool: Arc<CompilePool>,
     mode: AtomicU8,
@@ -178,7 +182,7 @@ struct Inner {
 /// # fn main() -> jitune::Result<()> {
 /// let tuner = Tuner::new(0, Mode::Blocking)?;
 /// let kernel = Kernel::from_toml_file("kernels/sgemm.toml")?;
-/// let stream = tuner.gpu().ctx.default_stream();
+/// let stream = tuner.gpu().expect("a GPU tuner has a GPU").ctx.default_stream();
 /// let (m, n, k) = (1024usize, 1024usize, 1024usize);
 /// let a = stream.clone_htod(&vec![1.0f32; m * k]).unwrap();
 /// let b = stream.clone_htod(&vec![1.0f32; k * n]).unwrap();
@@ -215,19 +219,30 @@ impl Tuner {
     /// layers `JITUNE_SHIPPED` names ([`CacheOptions::from_env`]).
     pub fn new(ordinal: usize, mode: Mode) -> Result<Tuner> {
         let gpu = Gpu::new(ordinal)?;
-        Tuner::with_parts(gpu, Cache::open(CacheOptions::from_env())?, mode)
+        Tuner::with_parts(
+            Device::Gpu(Arc::new(gpu)),
+            Cache::open(CacheOptions::from_env())?,
+            mode,
+        )
     }
 
     /// A tuner over the caller's context and a given cache.
     pub fn with_context(ctx: Arc<CudaContext>, cache: Cache, mode: Mode) -> Result<Tuner> {
-        Tuner::with_parts(Gpu::from_context(ctx)?, cache, mode)
+        Tuner::with_parts(Device::Gpu(Arc::new(Gpu::from_context(ctx)?)), cache, mode)
     }
 
-    fn with_parts(gpu: Gpu, cache: Cache, mode: Mode) -> Result<Tuner> {
+    /// A tuner of a simulated device (see [`device`]): the real miss path, cache, leases and
+    /// searches, over recorded measurements. Its plans cannot launch; drive it with
+    /// [`Tuner::resolve`]. Needs no GPU.
+    pub fn simulated(device: SimDevice, cache: Cache, mode: Mode) -> Result<Tuner> {
+        Tuner::with_parts(Device::Sim(Arc::new(device)), cache, mode)
+    }
+
+    fn with_parts(device: Device, cache: Cache, mode: Mode) -> Result<Tuner> {
         let mode = Mode::from_env().unwrap_or(mode);
         Ok(Tuner {
             inner: Arc::new(Inner {
-                gpu: Arc::new(gpu),
+                device,
                 cache: Arc::new(cache),
                 pool: Arc::new(CompilePool::default_sized()),
                 mode: AtomicU8::new(mode.to_u8()),
@@ -257,8 +272,13 @@ impl Tuner {
     }
 
     /// The GPU.
-    pub fn gpu(&self) -> &Gpu {
-        &self.inner.gpu
+    pub fn gpu(&self) -> Option<&Gpu> {
+        self.inner.device.gpu().map(|g| &**g)
+    }
+
+    /// The fingerprint of the device this tuner tunes for.
+    pub fn fingerprint(&self) -> &crate::key::DeviceFingerprint {
+        self.inner.device.fingerprint()
     }
 
     /// The cache.
@@ -427,7 +447,7 @@ impl Tuner {
 
     /// The tuning key of a launch.
     pub fn key(&self, kernel: &Kernel, shape: &[i64]) -> Result<TuningKey> {
-        key_of(&kernel.spec, shape, self.inner.gpu.fingerprint_hash)
+        key_of(&kernel.spec, shape, self.inner.device.fingerprint_hash())
     }
 
     /// The plan launches of this shape use now, if any.
@@ -463,9 +483,24 @@ impl Tuner {
                 }
                 p
             }
-            None => self.miss(kernel, key, stream, shape)?,
+            None => self.miss(kernel, key, Some(stream), shape)?,
         };
         plan.launch(&kernel.spec, stream, shape, args)
+    }
+
+    /// What a launch of `kernel` at `shape` does short of launching: the plan it would launch
+    /// now, resolving a miss as the mode says (looking the key up, tuning, or waiting for the
+    /// process tuning it). Warms a key ahead of its first launch, and drives a simulated
+    /// device's tuner, whose plans cannot launch.
+    pub fn resolve(&self, kernel: &Kernel, shape: &[i64]) -> Result<Arc<Plan>> {
+        let key = self.key(kernel, shape)?;
+        match self.inner.states.plan(&key) {
+            Some(p) => {
+                self.inner.hits.add(1);
+                Ok(p)
+            }
+            None => self.miss(kernel, key, None, shape),
+        }
     }
 
     /// A launch that found no plan. Inside a capture (the stream captures, or this thread holds
@@ -476,13 +511,13 @@ impl Tuner {
         &self,
         kernel: &Kernel,
         key: TuningKey,
-        stream: &CudaStream,
+        stream: Option<&CudaStream>,
         shape: &[i64],
     ) -> Result<Arc<Plan>> {
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
         self.remember_name(&kernel.spec);
         let held = capture::held_here();
-        if held || capture::stream_capturing(stream) {
+        if held || stream.is_some_and(capture::stream_capturing) {
             if !held {
                 gate().note_capture(self.pause_limit());
             }
@@ -586,7 +621,7 @@ impl Tuner {
         if near.is_empty() {
             return None;
         }
-        let space = kernel.spec.space_for(shape, &self.inner.gpu.limits).ok()?;
+        let space = self.inner.device.space(&kernel.spec, shape).ok()?;
         near.into_iter().find(|(_, p)| {
             space
                 .parse_config_text(&p.config)
@@ -653,7 +688,7 @@ impl Tuner {
         shape: &[i64],
         announce: bool,
     ) -> Result<(Arc<Plan>, Option<MissDecision>)> {
-        let job = TuningJob::new(kernel.spec.clone(), shape, &self.inner.gpu)?;
+        let job = self.job(kernel, shape)?;
         if let Some(entry) = self.inner.cache.lookup(&key)? {
             match self.plan_for_text(&job, &entry.config, true) {
                 Ok(plan) => {
@@ -824,6 +859,17 @@ impl Tuner {
         });
     }
 
+    /// The job of `kernel` at `shape` on this tuner's device.
+    pub(super) fn job(&self, kernel: &Kernel, shape: &[i64]) -> Result<TuningJob> {
+        let d = &self.inner.device;
+        TuningJob::with_space(
+            kernel.spec.clone(),
+            shape,
+            d.fingerprint_hash(),
+            d.space(&kernel.spec, shape)?,
+        )
+    }
+
     /// The nearest shape's tuned winner when it is valid here (a warm start for the search and
     /// the provisional config of a background miss).
     fn nearest_config(&self, job: &TuningJob) -> Option<Config> {
@@ -841,14 +887,16 @@ impl Tuner {
     /// loaded, or its image), else from its image in the binary table, else compiled in this
     /// process (a single compilation: a pool worker would pay NVRTC's start-up first).
     fn plan_for(&self, job: &TuningJob, config: &Config, tuned: bool, have: Have) -> Result<Plan> {
-        let gpu = &self.inner.gpu;
         let spec = &job.spec;
         let values: Vec<i64> = (0..spec.params.len())
             .map(|d| job.space.int_value(config, d))
             .collect();
         let mut env = [0i64; MAX_VARS];
-        spec.fill_env(&values, &job.shape, &gpu.limits, &mut env);
+        spec.fill_env(&values, &job.shape, self.inner.device.limits(), &mut env);
         let text = job.text(config);
+        let Some(gpu) = self.inner.device.gpu() else {
+            return Ok(Plan::simulated(env, text, tuned));
+        };
         let image = match have {
             Have::Func(f) => return Ok(Plan::new(f, env, text, tuned)),
             Have::Image(img) => img,

@@ -109,7 +109,8 @@ impl LaunchMemo {
 
 /// Everything a launch needs for one key, resolved ahead of time.
 pub struct Plan {
-    func: CudaFunction,
+    /// The loaded function (`None` for a simulated device's plan, which cannot launch).
+    func: Option<CudaFunction>,
     /// The variable table with the config's values and the device limits filled in; a launch
     /// copies it and writes the shape into its slots.
     env: [i64; MAX_VARS],
@@ -130,7 +131,18 @@ impl Plan {
         tuned: bool,
     ) -> Plan {
         Plan {
-            func,
+            func: Some(func),
+            env,
+            memo: LaunchMemo::new(),
+            config,
+            tuned,
+        }
+    }
+
+    /// A simulated device's plan: the config, nothing loaded (it cannot launch).
+    pub(crate) fn simulated(env: [i64; MAX_VARS], config: String, tuned: bool) -> Plan {
+        Plan {
+            func: None,
             env,
             memo: LaunchMemo::new(),
             config,
@@ -176,7 +188,13 @@ impl Plan {
             need: &need[..spec.args.len()],
             zero,
         };
-        launch(&self.func, spec, &r, stream, args).map_err(|e| e.into_error(spec, &self.config))
+        let Some(func) = &self.func else {
+            return Err(crate::Error::InvalidArgument(format!(
+                "kernel `{}`: a simulated device's plan cannot launch",
+                spec.name
+            )));
+        };
+        launch(func, spec, &r, stream, args).map_err(|e| e.into_error(spec, &self.config))
     }
 }
 

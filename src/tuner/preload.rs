@@ -123,7 +123,10 @@ impl Tuner {
     pub fn preload(&self, kernel: &Kernel) -> Preload {
         let start = Instant::now();
         let spec = kernel.spec.clone();
-        let gpu = self.inner.gpu.clone();
+        // A simulated device compiles nothing.
+        let Some(gpu) = self.inner.device.gpu().cloned() else {
+            return Preload { thread: None };
+        };
         let mut configs: Vec<(Config, String)> = Vec::new();
         let mut add = |c: Config, text: String| {
             if configs.len() < MAX_CONFIGS && !configs.iter().any(|(_, t)| *t == text) {
@@ -172,7 +175,7 @@ impl Tuner {
                 };
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut bin = Binaries::new(
-                        this.inner.gpu.clone(),
+                        gpu.clone(),
                         spec.clone(),
                         this.inner.cache.clone(),
                         this.inner.pool.clone(),

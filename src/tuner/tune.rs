@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::capture::{gate, GatedDrop};
+use super::device::Device;
 use super::{Have, Plan, Tuner};
 use crate::cache::Entry;
+use crate::engine::sim::SimEvaluator;
 use crate::engine::{EvalStats, GpuEvaluator, IsolatedEvaluator, Isolation, TuningJob};
 use crate::gpu::measure::iqr;
 use crate::gpu::roofline::{copy_bandwidth, fp32_peak, Roofline};
@@ -86,6 +88,8 @@ pub(super) struct Tuned {
 enum TuningEvaluator {
     InProcess(Box<GpuEvaluator>),
     Isolated(Box<IsolatedEvaluator>),
+    /// A simulated device's (recorded measurements).
+    Sim(Box<SimEvaluator>),
 }
 
 impl TuningEvaluator {
@@ -93,6 +97,7 @@ impl TuningEvaluator {
         match self {
             TuningEvaluator::InProcess(e) => &mut **e,
             TuningEvaluator::Isolated(e) => &mut **e,
+            TuningEvaluator::Sim(e) => &mut **e,
         }
     }
 
@@ -100,13 +105,14 @@ impl TuningEvaluator {
         match self {
             TuningEvaluator::InProcess(e) => e.compiled(),
             TuningEvaluator::Isolated(e) => e.compiled(),
+            TuningEvaluator::Sim(_) => 0,
         }
     }
 
     fn stats(&self) -> Option<EvalStats> {
         match self {
             TuningEvaluator::InProcess(e) => Some(e.stats().clone()),
-            TuningEvaluator::Isolated(_) => None,
+            TuningEvaluator::Isolated(_) | TuningEvaluator::Sim(_) => None,
         }
     }
 
@@ -116,6 +122,7 @@ impl TuningEvaluator {
         let have = match self {
             TuningEvaluator::InProcess(e) => e.loaded_function(config).map(Have::Func),
             TuningEvaluator::Isolated(e) => e.image(config).cloned().map(Have::Image),
+            TuningEvaluator::Sim(_) => None,
         };
         have.unwrap_or(Have::Nothing)
     }
@@ -149,7 +156,7 @@ impl Tuner {
         opts: &TuneOptions,
         hooks: Hooks,
     ) -> Result<TuneReport> {
-        let job = TuningJob::new(kernel.spec.clone(), shape, &self.inner.gpu)?;
+        let job = self.job(kernel, shape)?;
         let nearest = self.nearest_config(&job);
         Ok(self.tune_job(&job, nearest, opts, hooks)?.report)
     }
@@ -236,7 +243,7 @@ impl Tuner {
         let mut entry = Entry::new(
             spec.id(),
             job.key.shape,
-            self.inner.gpu.fingerprint.clone(),
+            self.inner.device.fingerprint().clone(),
             &spec.name,
             &job.text(&best),
             best_ms,
@@ -292,7 +299,7 @@ impl Tuner {
     /// The roofline of `job` (ms), when its spec declares its work and the device's figures for
     /// it are known (the copy bandwidth is measured at the first call of the process).
     fn roofline_ms(&self, job: &TuningJob) -> Option<f64> {
-        let gpu = &self.inner.gpu;
+        let gpu = self.inner.device.gpu()?;
         let (bytes, flops) = match job.spec.work(&job.shape, &gpu.limits) {
             Ok(w) => w,
             Err(e) => {
@@ -312,18 +319,26 @@ impl Tuner {
     /// process (with a warning); when it was asked for explicitly, that is an error.
     fn evaluator(&self, job: &TuningJob) -> Result<TuningEvaluator> {
         let i = &self.inner;
+        let gpu = match &i.device {
+            Device::Gpu(g) => g.clone(),
+            Device::Sim(s) => {
+                let seed = self.inner.tune.read().seed ^ job.key.device;
+                return Ok(TuningEvaluator::Sim(Box::new(SimEvaluator::new(
+                    job,
+                    s.data.clone(),
+                    i.cache.clone(),
+                    s.time_scale,
+                    seed,
+                ))));
+            }
+        };
         let (explicit, opts) = {
             let g = i.isolation.read();
             (g.0.is_some(), g.1.clone())
         };
         if self.isolation() == Isolation::Process {
-            let isolated = IsolatedEvaluator::for_job(
-                i.gpu.clone(),
-                job,
-                i.cache.clone(),
-                i.pool.clone(),
-                opts,
-            );
+            let isolated =
+                IsolatedEvaluator::for_job(gpu.clone(), job, i.cache.clone(), i.pool.clone(), opts);
             match isolated {
                 Ok(e) => return Ok(TuningEvaluator::Isolated(Box::new(e))),
                 Err(e) if explicit => return Err(e),
@@ -342,7 +357,7 @@ impl Tuner {
         // for captures to end (the capture gate).
         let mut e = {
             let _permit = gate().permit()?;
-            GpuEvaluator::for_job(i.gpu.clone(), job, i.cache.clone(), i.pool.clone())?
+            GpuEvaluator::for_job(gpu, job, i.cache.clone(), i.pool.clone())?
         };
         e.set_work_gate(gate());
         Ok(TuningEvaluator::InProcess(Box::new(e)))
@@ -359,7 +374,7 @@ impl Tuner {
         let mut reports = Vec::new();
         let opts = self.inner.tune.read().clone();
         for (i, shape) in shapes.iter().enumerate() {
-            let job = TuningJob::new(kernel.spec.clone(), shape, &self.inner.gpu)?;
+            let job = self.job(kernel, shape)?;
             if self.inner.cache.lookup(&job.key)?.is_some() {
                 log::info!("jitune: warmup {} {:?}: cached", kernel.spec.name, shape);
                 progress(i + 1, shapes.len(), None);
