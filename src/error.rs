@@ -63,6 +63,9 @@ pub enum Error {
     Search(String),
     /// An argument passed by the caller is invalid.
     InvalidArgument(String),
+    /// Strict mode (`JITUNE_REQUIRE_HIT=1`): a cache-only miss with no tuned winner; the key
+    /// and the cache's explanation.
+    NotTuned(String),
     /// A launch or call inside a CUDA graph capture needed what a capture forbids (loading or
     /// compiling a kernel, tuning), or a capture could not be started or ended.
     Capture(String),
@@ -101,6 +104,7 @@ impl fmt::Display for Error {
             Error::Compile { log } => write!(f, "NVRTC compilation failed:\n{}", log.0),
             Error::Search(m) => write!(f, "search: {m}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::NotTuned(m) => write!(f, "not tuned: {m}"),
             Error::Capture(m) => write!(f, "CUDA graph capture: {m}"),
         }
     }

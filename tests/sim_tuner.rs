@@ -78,3 +78,69 @@ fn a_simulated_tuner_tunes_stores_and_hits() {
     assert!(!p.tuned);
     assert_eq!(co.searches(), 0);
 }
+
+/// Issue 16 through the tuner: a winner of this GPU model under another NVRTC is inherited (it
+/// serves at once, counted as such), and strict mode refuses a cache-only miss with nothing
+/// tuned, naming the key and why; a Blocking miss seeded by the inherited winner needs no search.
+#[test]
+fn inherited_winners_serve_and_strict_mode_refuses_the_rest() {
+    use jitune::cache::{Decision, Entry};
+    use jitune::tuner::{Event, MissDecision};
+    let dev = device();
+    let kernel = dev.kernel().unwrap();
+    let data = dev.data().clone();
+    // A winner tuned on this GPU model under NVRTC 12.9 (a shipped cache from an older toolkit).
+    let old_toolchain = DeviceFingerprint {
+        nvrtc_version: (12, 9),
+        driver_version: Some((12, 9)),
+        ..dev.fingerprint.clone()
+    };
+    let (best, best_ms) = data.optimum().map(|(c, t)| (c.clone(), t)).unwrap();
+    let key_here = {
+        let t = Tuner::simulated(dev.clone(), Cache::memory_only(), Mode::CacheOnly).unwrap();
+        t.key(&kernel, &[1]).unwrap()
+    };
+    let shipped = Entry::new(
+        key_here.kernel,
+        key_here.shape,
+        old_toolchain,
+        &kernel.spec.name,
+        &data.space.config_text(&best),
+        best_ms,
+    );
+    let cache = Cache::memory_only();
+    cache.put(shipped.clone()).unwrap();
+    let tuner = Tuner::simulated(dev.clone(), cache, Mode::CacheOnly).unwrap();
+    tuner.set_require_hit(true);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tuner.on_event(move |e| {
+        if let Event::Miss { decision, .. } = e {
+            s2.lock().unwrap().push(decision.clone());
+        }
+    });
+    let plan = tuner
+        .resolve(&kernel, &[1])
+        .expect("an inherited winner serves, even strict");
+    assert_eq!(plan.config, shipped.config);
+    let stats = tuner.stats();
+    assert_eq!(stats.misses_by_decision.inherited, 1, "{stats:?}");
+    assert!(matches!(
+        seen.lock().unwrap().first(),
+        Some(MissDecision::Inherited { from, .. }) if *from == shipped.key
+    ));
+    // Shape 2 has nothing for this model: strict mode refuses, naming the key and the reason.
+    let err = tuner.resolve(&kernel, &[2]).unwrap_err().to_string();
+    let key2 = tuner.key(&kernel, &[2]).unwrap();
+    assert!(err.contains(&key2.display()), "{err}");
+    assert!(err.contains("nearest") || err.contains("default"), "{err}");
+    // Without strict mode it serves the nearest tuned bucket... of this fingerprint: none here
+    // (the only entry is another toolchain's, at shape 1), so the default.
+    tuner.set_require_hit(false);
+    let p = tuner.resolve(&kernel, &[2]).unwrap();
+    assert!(!p.tuned);
+    // Both misses of shape 2 came to the default (the first was refused in strict mode).
+    assert_eq!(tuner.stats().misses_by_decision.default, 2);
+    let ex = tuner.cache().explain(&key2, tuner.fingerprint()).unwrap();
+    assert_eq!(ex.decision, Decision::Default);
+}

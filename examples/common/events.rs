@@ -34,6 +34,7 @@ fn decision(d: &MissDecision) -> &'static str {
         MissDecision::Default { .. } => "default",
         MissDecision::TunedNow { .. } => "tuned now",
         MissDecision::Provisional { .. } => "provisional",
+        MissDecision::Inherited { .. } => "inherited",
         MissDecision::Joined => "joined",
         MissDecision::Captured { .. } => "captured (loaded plan of another bucket)",
         MissDecision::CaptureRefused => "capture refused",

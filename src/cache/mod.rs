@@ -19,6 +19,7 @@
 mod coord;
 pub mod decide;
 pub mod export;
+pub mod fleet;
 pub mod gpu_lock;
 pub mod remote;
 pub mod store;
@@ -303,6 +304,13 @@ pub struct Cache {
     read_failures: Failures,
     /// Lease and GPU-lock operations that failed (each degraded to "go ahead and tune").
     coord_failures: Failures,
+    /// The fleet-wide tier (see [`fleet`]).
+    remote: Option<remote::Remote>,
+    /// Device fingerprints by hash (failure records travel to the remote tier with theirs).
+    devices: DashMap<u64, DeviceFingerprint>,
+    /// The last winner published to the remote tier (the sync thread's canary).
+    canary: parking_lot::Mutex<Option<TuningKey>>,
+    sync_started: std::sync::atomic::AtomicBool,
 }
 
 /// Failures of one kind: counted; the first is logged as a warning, the rest at debug level, so
@@ -384,6 +392,19 @@ impl Cache {
                 Err(e) => log::warn!("jitune: skipping shipped cache {} ({e})", p.display()),
             }
         }
+        match opts.remote.resolve() {
+            None => {}
+            Some(Ok(url)) => match remote::Remote::open(&url, remote::RemoteSettings::from_env()) {
+                Ok(r) => cache.remote = Some(r),
+                Err(e) => log::warn!(
+                    "jitune: no remote tier at {} ({e}); tuning results stay on this host",
+                    url.secret_url()
+                ),
+            },
+            Some(Err(e)) => {
+                log::warn!("jitune: no remote tier ({e}); tuning results stay on this host")
+            }
+        }
         Ok(cache)
     }
 
@@ -403,6 +424,10 @@ impl Cache {
             write_failures: Failures::default(),
             read_failures: Failures::default(),
             coord_failures: Failures::default(),
+            remote: None,
+            devices: DashMap::new(),
+            canary: parking_lot::Mutex::new(None),
+            sync_started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -453,10 +478,37 @@ impl Cache {
     /// [`Cache::explain_miss`]). A file that cannot be read is skipped as a miss, with one
     /// warning per cache: a launch never fails because a cache file misbehaves.
     pub fn lookup(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
+        if let Some(e) = self.lookup_local(key)? {
+            return Ok(Some(e));
+        }
+        self.lookup_shipped(key)
+    }
+
+    /// Memory, then the user store (a hit from the file is remembered in memory).
+    fn lookup_local(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
         if let Some(e) = self.get_memory(key) {
             return Ok(Some(e));
         }
-        for store in self.layers() {
+        Ok(self.lookup_in(key, self.user.iter().chain(self.user_read_only.iter())))
+    }
+
+    /// The shipped layers (a hit is remembered in memory); a miss is explained at debug level.
+    fn lookup_shipped(&self, key: &TuningKey) -> Result<Option<Arc<Entry>>> {
+        if let Some(e) = self.lookup_in(key, self.shipped.iter()) {
+            return Ok(Some(e));
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("jitune cache miss: {}", self.explain_miss(key));
+        }
+        Ok(None)
+    }
+
+    fn lookup_in<'a>(
+        &self,
+        key: &TuningKey,
+        stores: impl Iterator<Item = &'a Store>,
+    ) -> Option<Arc<Entry>> {
+        for store in stores {
             let found = match store.get(key) {
                 Ok(found) => found,
                 Err(e) => {
@@ -471,13 +523,10 @@ impl Cache {
                     .entry(*key)
                     .or_insert_with(|| Arc::new(e))
                     .clone();
-                return Ok(Some(e));
+                return Some(e);
             }
         }
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!("jitune cache miss: {}", self.explain_miss(key));
-        }
-        Ok(None)
+        None
     }
 
     /// Every entry of `kernel` known to any tier (memory first, then user, then shipped; the
@@ -634,6 +683,7 @@ impl Cache {
                 self.store_write_failed("a tuned winner", &e);
             }
         }
+        self.publish_entry(&entry);
         self.memory.insert(entry.key, Arc::new(entry));
         Ok(())
     }
@@ -717,6 +767,7 @@ impl Cache {
                 self.store_write_failed("a failure record", &e);
             }
         }
+        self.publish_failure(key, config, class, message);
         Ok(())
     }
 
@@ -732,6 +783,10 @@ impl Cache {
             for f in store.failures_for(key)? {
                 out.entry(f.0.clone()).or_insert(f);
             }
+        }
+        for f in self.remote_failures(key) {
+            out.entry(f.config.clone())
+                .or_insert((f.config, f.class, f.message));
         }
         Ok(out.into_values().collect())
     }

@@ -29,9 +29,16 @@ pub enum MissDecision {
     Default { config: String },
     /// Blocking mode: tuned before launching; the winner serves.
     TunedNow { config: String },
-    /// Background mode: this config serves while a background run tunes the key;
-    /// `from_nearest` says whether it is the nearest tuned bucket's winner (else the default).
-    Provisional { config: String, from_nearest: bool },
+    /// Serving without a winner of its own (Background: while a background run tunes the key;
+    /// cache-only: for good): `from` is the fallback step and the entry it comes from (another
+    /// GPU model of the same compute capability, or the nearest tuned bucket here).
+    Provisional {
+        config: String,
+        from: Option<(crate::cache::Decision, TuningKey)>,
+    },
+    /// The same GPU model's winner under another toolchain (`from`) serves, compiled here; in
+    /// Background mode a short search seeded by it re-checks it.
+    Inherited { config: String, from: TuningKey },
     /// Another launch was resolving the key: its plan served, or this launch waited for it.
     Joined,
     /// Inside a CUDA graph capture: an already-loaded plan of the nearest bucket (`from`) of
@@ -235,10 +242,32 @@ pub struct Stats {
     pub tuning_s: f64,
     /// Errors (see [`Event::Error`]).
     pub errors: u64,
+    /// Winners another process or host tuned, adopted instead of searching.
+    pub adopted: u64,
+    /// Misses resolved by this tuner, by what they served first (see
+    /// [`crate::cache::Decision`]).
+    pub misses_by_decision: DecisionCounts,
+    /// Tuning leases taken over from a holder that died or let them go stale.
+    pub lease_takeovers: u64,
     /// Captures noticed on launches without `begin_capture`/`pause_tuning` (process-wide).
     pub captures_detected: u64,
     /// Times jitune's GPU work waited for a capture to end (process-wide).
     pub waits_for_captures: u64,
+}
+
+/// Misses counted by the step of the fallback chain that served them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecisionCounts {
+    /// The exact key was cached (this host, the fleet, or a shipped layer).
+    pub hit: u64,
+    /// The same GPU model's winner under another toolchain.
+    pub inherited: u64,
+    /// Another GPU model's winner of the same compute capability.
+    pub provisional: u64,
+    /// The nearest tuned shape bucket on this fingerprint.
+    pub nearest: u64,
+    /// The spec's default.
+    pub default: u64,
 }
 
 /// A duration summed as nanoseconds in an atomic.

@@ -30,9 +30,11 @@
 pub mod capture;
 pub mod device;
 pub mod events;
+mod miss;
 mod plan;
 mod preload;
 mod runs;
+mod shared;
 pub(crate) mod state;
 pub mod swap;
 mod tune;
@@ -163,6 +165,15 @@ struct Inner {
     pause_limit_ms: AtomicU64,
     /// Searches this tuner has run (`tune` and its variants, every mode).
     searches: AtomicUsize,
+    /// Winners of other processes (or hosts) this tuner adopted instead of searching.
+    adopted: AtomicU64,
+    /// Leases this tuner took over from a holder that died or let them go stale.
+    takeovers: AtomicU64,
+    /// Misses by what they served (indexed by [`crate::cache::Decision`]).
+    decisions: [AtomicU64; 5],
+    /// Strict mode: a cache-only miss serving anything but a hit or an inherited winner is an
+    /// error (see [`miss`]).
+    require_hit: std::sync::atomic::AtomicBool,
     /// NVRTC compilations this tuner caused (tuning and plans); 0 for a warm process.
     compiles: AtomicUsize,
     /// Where candidates run; `None`: by mode (isolated in `Background`, in process otherwise).
@@ -240,10 +251,13 @@ impl Tuner {
 
     fn with_parts(device: Device, cache: Cache, mode: Mode) -> Result<Tuner> {
         let mode = Mode::from_env().unwrap_or(mode);
+        let cache = Arc::new(cache);
+        cache.note_device(device.fingerprint());
+        cache.start_remote_sync();
         Ok(Tuner {
             inner: Arc::new(Inner {
                 device,
-                cache: Arc::new(cache),
+                cache,
                 pool: Arc::new(CompilePool::default_sized()),
                 mode: AtomicU8::new(mode.to_u8()),
                 states: KeyStates::default(),
@@ -260,6 +274,12 @@ impl Tuner {
                 names: dashmap::DashMap::new(),
                 pause_limit_ms: AtomicU64::new(10_000),
                 searches: AtomicUsize::new(0),
+                adopted: AtomicU64::new(0),
+                takeovers: AtomicU64::new(0),
+                decisions: Default::default(),
+                require_hit: std::sync::atomic::AtomicBool::new(
+                    std::env::var(miss::REQUIRE_HIT_ENV).is_ok_and(|v| v.trim() == "1"),
+                ),
                 compiles: AtomicUsize::new(0),
                 isolation: parking_lot::RwLock::new((
                     Isolation::from_env(),
@@ -391,6 +411,15 @@ impl Tuner {
             compile_s: i.compile_time.get(),
             tuning_s: i.tuning_time.get(),
             errors: i.errors.load(Ordering::Relaxed),
+            adopted: i.adopted.load(Ordering::Relaxed),
+            misses_by_decision: events::DecisionCounts {
+                hit: i.decisions[0].load(Ordering::Relaxed),
+                inherited: i.decisions[1].load(Ordering::Relaxed),
+                provisional: i.decisions[2].load(Ordering::Relaxed),
+                nearest: i.decisions[3].load(Ordering::Relaxed),
+                default: i.decisions[4].load(Ordering::Relaxed),
+            },
+            lease_takeovers: i.takeovers.load(Ordering::Relaxed),
             captures_detected,
             waits_for_captures,
         }
@@ -659,101 +688,6 @@ impl Tuner {
             // The provisional plan serves for good.
             if let Some(p) = self.inner.states.plan(&key) {
                 self.inner.states.install(key, p);
-            }
-        }
-    }
-
-    /// The claimer's side of a miss: build the job once, then the cache, then the mode. The
-    /// key may already serve a provisional plan (claimed inside a capture; then `announce` is
-    /// false: the launch's miss event was sent then). The miss event goes out before any
-    /// background run starts, so a listener sees a key's events in order.
-    fn resolve_claimed(
-        &self,
-        kernel: &Kernel,
-        key: TuningKey,
-        shape: &[i64],
-        announce: bool,
-    ) -> Result<Arc<Plan>> {
-        let (plan, decision) = self.resolve_claimed_inner(kernel, key, shape, announce)?;
-        if let Some(d) = decision.filter(|_| announce) {
-            self.emit_miss(kernel, key, shape, d);
-        }
-        Ok(plan)
-    }
-
-    fn resolve_claimed_inner(
-        &self,
-        kernel: &Kernel,
-        key: TuningKey,
-        shape: &[i64],
-        announce: bool,
-    ) -> Result<(Arc<Plan>, Option<MissDecision>)> {
-        let job = self.job(kernel, shape)?;
-        if let Some(entry) = self.inner.cache.lookup(&key)? {
-            match self.plan_for_text(&job, &entry.config, true) {
-                Ok(plan) => {
-                    let config = plan.config.clone();
-                    let plan = self.finish(key, Arc::new(plan));
-                    return Ok((plan, Some(MissDecision::Cached { config })));
-                }
-                Err(e) => {
-                    log::warn!(
-                        "jitune: cached config `{}` for {} is unusable ({e}); retuning",
-                        entry.config,
-                        job.spec.name
-                    );
-                    self.fallback(key, &job.spec.name, || {
-                        format!("cached config `{}` is unusable: {e}", entry.config)
-                    });
-                }
-            }
-        }
-        match self.mode() {
-            Mode::CacheOnly => {
-                let plan = self.plan_for(&job, &job.fallback_config()?, false, Have::Nothing)?;
-                let config = plan.config.clone();
-                Ok((
-                    self.finish(key, Arc::new(plan)),
-                    Some(MissDecision::Default { config }),
-                ))
-            }
-            Mode::Blocking => {
-                let start = self.nearest_config(&job);
-                let (plan, _) = self.tune_job_to_plan(&job, start)?;
-                let config = plan.config.clone();
-                Ok((
-                    self.finish(key, Arc::new(plan)),
-                    Some(MissDecision::TunedNow { config }),
-                ))
-            }
-            Mode::Background => {
-                let nearest = self.nearest_config(&job);
-                let from_nearest = nearest.is_some();
-                let serving = self.inner.states.plan(&key);
-                let plan = match serving {
-                    // Claimed inside a capture: a loaded plan serves already; under OnRequest
-                    // it stays until the winner is applied.
-                    Some(p) if self.swap_policy() == SwapPolicy::OnRequest => p,
-                    _ => {
-                        let provisional = match &nearest {
-                            Some(c) => c.clone(),
-                            None => job.fallback_config()?,
-                        };
-                        let plan =
-                            Arc::new(self.plan_for(&job, &provisional, false, Have::Nothing)?);
-                        self.provisional(key, &job.spec.name, plan)
-                    }
-                };
-                if announce {
-                    let config = plan.config.clone();
-                    let decision = MissDecision::Provisional {
-                        config,
-                        from_nearest,
-                    };
-                    self.emit_miss(kernel, key, shape, decision);
-                }
-                self.spawn_background(job, nearest, plan.clone());
-                Ok((plan, None))
             }
         }
     }

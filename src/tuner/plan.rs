@@ -121,6 +121,16 @@ pub struct Plan {
     pub tuned: bool,
 }
 
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("config", &self.config)
+            .field("tuned", &self.tuned)
+            .field("loaded", &self.func.is_some())
+            .finish()
+    }
+}
+
 impl Plan {
     /// A plan of `func` for the config whose variable table (config values and device limits)
     /// is `env`.

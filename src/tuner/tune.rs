@@ -166,8 +166,14 @@ impl Tuner {
         &self,
         job: &TuningJob,
         nearest: Option<Config>,
+        short: bool,
     ) -> Result<(Plan, TuneReport)> {
-        let opts = self.inner.tune.read().clone();
+        let mut opts = self.inner.tune.read().clone();
+        if short {
+            // A re-check of an inherited winner: a quarter of the budget.
+            opts.max_evals = (opts.max_evals / 4).max(8);
+            opts.max_time_s = opts.max_time_s.map(|t| t / 4.0);
+        }
         let t = self.tune_job(job, nearest, &opts, Hooks::default())?;
         let plan = self.plan_for(job, &t.winner, true, t.have)?;
         Ok((plan, t.report))
@@ -210,6 +216,7 @@ impl Tuner {
             .map(|(t, f)| t / f);
         sopts.start.push(spec.default.clone());
         sopts.start.extend(nearest);
+        sopts.priors = self.cache_priors(job);
         let result = strategy.search(eval.as_dyn(), &sopts);
         let compiled = eval.compiled();
         self.inner.compiles.fetch_add(compiled, Ordering::Relaxed);
@@ -400,6 +407,7 @@ impl Tuner {
         job: TuningJob,
         nearest: Option<Config>,
         provisional: Arc<Plan>,
+        short: bool,
     ) {
         let this = self.clone();
         let key = job.key;
@@ -411,16 +419,9 @@ impl Tuner {
                 // key busy forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let _active = gate().activity();
-                    let _turn = this.inner.background_gate.lock();
-                    // A winner stored since this key's miss (another process, an explicit
-                    // `tune`) is used rather than tuned again. (A stored winner that cannot be
-                    // used is tuned again, as on a miss.)
-                    if let Ok(Some(entry)) = this.inner.cache.lookup(&key) {
-                        if let Ok(plan) = this.plan_for_text(&job, &entry.config, true) {
-                            return Ok(plan);
-                        }
-                    }
-                    this.tune_job_to_plan(&job, nearest).map(|(p, _)| p)
+                    // Searched here once across processes, or adopted (see `shared`).
+                    this.tune_shared(&job, nearest, None, short)
+                        .map(super::shared::Turn::into_plan)
                 }))
                 .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
