@@ -273,3 +273,55 @@ fn ctrl_c_stores_the_best_so_far_and_prints_the_summary() {
         .unwrap();
     assert_eq!(worker_failures, 0);
 }
+
+/// A winner the cache file refuses (a trigger aborts every write of an entry, as a broken
+/// disk would, while binaries and failure records still land): the library keeps it in memory
+/// and counts the failed write, and `jitune tune` still prints its summary but exits 1 naming
+/// the shape, so a script does not take it as stored.
+#[test]
+fn a_winner_that_was_not_stored_is_exit_1() {
+    if !gpu_or_skip("a_winner_that_was_not_stored_is_exit_1") {
+        return;
+    }
+    let d = scratch("notstored");
+    let shapes = d.join("shapes.toml");
+    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
+    let db = d.join("cache.sqlite");
+    drop(jitune::cache::store::Store::open_rw(&db).unwrap());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON entries
+             BEGIN SELECT RAISE(ABORT, 'entries refused by the test'); END;",
+        )
+        .unwrap();
+    let spec = sgemm_spec();
+    let o = jitune(
+        &d,
+        &[
+            "tune",
+            &spec,
+            "--shapes",
+            s(&shapes),
+            "--budget",
+            "4",
+            "--cache",
+            s(&db),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&o), 1);
+    let rows = json(&o);
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        1,
+        "the summary still prints"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("jitune: ") && last.contains("sgemm 512x512x512"),
+        "{err}"
+    );
+    assert!(Snapshot::load(&db).unwrap().entries.is_empty());
+}
