@@ -290,8 +290,14 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             all_binaries,
             json,
             remote,
-        } => cmd_export(Source::new(cache, remote)?, &file, format, all_binaries, json)
-            .map(|_| exit::OK),
+        } => cmd_export(
+            Source::new(cache, remote)?,
+            &file,
+            format,
+            all_binaries,
+            json,
+        )
+        .map(|_| exit::OK),
         Command::Import { file, json } => cmd_import(cache, &file, json).map(|_| exit::OK),
         Command::Merge { a, b, into, json } => cmd_merge(&a, &b, &into, json).map(|_| exit::OK),
         Command::Push(args) => {

@@ -59,7 +59,10 @@ pub fn open(url: &str) -> CliResult<Remote> {
     let parsed = RemoteUrl::parse(url).map_err(|e| {
         CliError::new(
             exit::USAGE,
-            format!("--remote: {}", e.to_string().replace("remote cache configuration: ", "")),
+            format!(
+                "--remote: {}",
+                e.to_string().replace("remote cache configuration: ", "")
+            ),
         )
     })?;
     Remote::open(&parsed, RemoteSettings::from_env()).map_err(remote_err)
@@ -125,7 +128,10 @@ pub fn push(args: PushArgs) -> CliResult {
             .binaries
             .iter()
             .find(|b| {
-                b.kernel == e.key.kernel && b.config == e.config && b.arch == arch && b.nvrtc == nvrtc
+                b.kernel == e.key.kernel
+                    && b.config == e.config
+                    && b.arch == arch
+                    && b.nvrtc == nvrtc
             })
             .filter(|_| keyed)
             .map(|b| b.cubin.as_slice());
