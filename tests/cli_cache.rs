@@ -654,6 +654,24 @@ fn export_keeps_only_winners_binaries_by_default() {
         ],
     );
     assert_eq!(code(&o), 2, "the two flags conflict: {}", stderr(&o));
+    // Importing it under a binary cap of 0 keeps the winner's binary only; with the default
+    // cap (256 MiB) both stay.
+    let capped = d.join("capped.sqlite");
+    let o = jitune_env(
+        &d,
+        &["import", s(&out), "--cache", s(&capped)],
+        &[("JITUNE_BINARY_CAP", "0")],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let kept = Snapshot::load(&capped).unwrap().binaries;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].config, winner.config);
+    let uncapped = d.join("uncapped.sqlite");
+    assert_eq!(
+        code(&jitune(&d, &["import", s(&out), "--cache", s(&uncapped)])),
+        0
+    );
+    assert_eq!(Snapshot::load(&uncapped).unwrap().binaries.len(), 2);
 
     let opts = jitune::cache::CacheOptions::memory_only()
         .with_shipped_list(std::ffi::OsStr::new("/opt/a.sqlite::/opt/b.sqlite"));

@@ -28,9 +28,11 @@ pub mod explain;
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
   0    success
-  1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write)
-  2    usage error (unknown option, missing argument)
-  3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu)
+  1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write, a winner
+       tune could not store, remote tier unreachable)
+  2    usage error (unknown option, missing argument, malformed KEY or --remote URL)
+  3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu, explain without
+       --device)
   4    cache file problem: missing, unreadable, corrupt, malformed JSON, newer schema
   5    nothing matched (show KEY; verify: no cached winner of the specs for this GPU)
   6    verify flagged an entry (drift beyond --threshold, slower than the default, or failing)
@@ -379,7 +381,8 @@ pub fn load_cache(cache: Option<PathBuf>) -> CliResult<(PathBuf, Snapshot)> {
 }
 
 /// Opens a SQLite cache for writing, never degrading: a newer schema or a corrupt file is an
-/// error (exit 4) and the file is left alone.
+/// error (exit 4) and the file is left alone. Its binaries are capped as the library caps the
+/// user cache's (`JITUNE_BINARY_CAP`, default 256 MiB of non-winners' binaries).
 pub fn open_writable(path: &Path) -> CliResult<Store> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::from(Error::io(dir, e)))?;
@@ -394,7 +397,10 @@ pub fn open_writable(path: &Path) -> CliResult<Store> {
             ),
         ));
     }
-    Ok(Store::open_rw_strict(path)?)
+    let store = Store::open_rw_strict(path)?;
+    // What a command writes into a cache is capped like what the library writes there.
+    store.set_binary_cap(CacheOptions::default().resolve_binary_cap());
+    Ok(store)
 }
 
 /// Whether a cache file is a JSON export (it starts with `{`) rather than SQLite.
