@@ -68,31 +68,37 @@ fn s(p: &Path) -> &str {
 
 const SHAPE: &str = "512x512x512";
 
+/// `jitune tune` of sgemm at [`SHAPE`] with `budget` evaluations into `db`, summary as JSON. A
+/// power-of-two shape: its bucket is itself, so verify measures the shape tuned.
+fn tune_512(d: &Path, db: &Path, budget: usize) -> Output {
+    let shapes = d.join("shapes.toml");
+    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
+    let budget = budget.to_string();
+    jitune(
+        d,
+        &[
+            "tune",
+            &sgemm_spec(),
+            "--shapes",
+            s(&shapes),
+            "--budget",
+            &budget,
+            "--cache",
+            s(db),
+            "--json",
+        ],
+    )
+}
+
 #[test]
 fn tune_then_verify_sgemm() {
     if !gpu_or_skip("tune_then_verify_sgemm") {
         return;
     }
     let d = scratch("tv");
-    let shapes = d.join("shapes.toml");
-    // A power-of-two shape: its bucket is itself, so verify measures the shape tuned.
-    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
     let db = d.join("cache.sqlite");
     let spec = sgemm_spec();
-    let o = jitune(
-        &d,
-        &[
-            "tune",
-            &spec,
-            "--shapes",
-            s(&shapes),
-            "--budget",
-            "16",
-            "--cache",
-            s(&db),
-            "--json",
-        ],
-    );
+    let o = tune_512(&d, &db, 16);
     assert_eq!(code(&o), 0);
     let summary = json(&o);
     let rows = summary.as_array().unwrap();
@@ -284,8 +290,6 @@ fn a_winner_that_was_not_stored_is_exit_1() {
         return;
     }
     let d = scratch("notstored");
-    let shapes = d.join("shapes.toml");
-    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
     let db = d.join("cache.sqlite");
     drop(jitune::cache::store::Store::open_rw(&db).unwrap());
     rusqlite::Connection::open(&db)
@@ -295,21 +299,7 @@ fn a_winner_that_was_not_stored_is_exit_1() {
              BEGIN SELECT RAISE(ABORT, 'entries refused by the test'); END;",
         )
         .unwrap();
-    let spec = sgemm_spec();
-    let o = jitune(
-        &d,
-        &[
-            "tune",
-            &spec,
-            "--shapes",
-            s(&shapes),
-            "--budget",
-            "4",
-            "--cache",
-            s(&db),
-            "--json",
-        ],
-    );
+    let o = tune_512(&d, &db, 4);
     assert_eq!(code(&o), 1);
     let rows = json(&o);
     assert_eq!(
