@@ -431,7 +431,7 @@ fn a_v1_cache_is_migrated_and_keeps_its_rows() {
     assert_eq!((entries.len(), failures.len()), (7, 1));
     drop(old);
     let store = Store::open_rw(&path).unwrap();
-    assert_eq!(store.schema_version(), 2);
+    assert_eq!(store.schema_version(), SCHEMA_VERSION);
     assert_eq!(store.entries().unwrap(), entries);
     assert_eq!(store.failures().unwrap(), failures);
     let k = entries[0].key;

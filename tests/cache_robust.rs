@@ -204,7 +204,7 @@ fn newer_schema_is_read_but_never_written() {
     match Store::open_rw_strict(&path) {
         Err(Error::NewerSchema {
             found: 99,
-            supported: 2,
+            supported: 3,
             ..
         }) => {}
         other => panic!("expected NewerSchema, got {other:?}"),

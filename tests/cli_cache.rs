@@ -3,57 +3,14 @@
 //! codes scripts rely on (usage 2, no CUDA 3, cache file problems 4, nothing matched 5).
 //! Every run points `JITUNE_CACHE` at a scratch path so the user's cache is never touched.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_common;
 
+use std::path::PathBuf;
+
+use cli_common::*;
 use jitune::cache::export::Snapshot;
 use jitune::cache::store::Store;
 use serde_json::Value;
-
-const FIXTURE: &str = "tests/data/cli/fixture_cache.json";
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("jitune-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs the binary; no run may panic (a panic would exit 101 and say "panicked").
-fn jitune(dir: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_jitune"))
-        .args(args)
-        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !err.contains("panicked") && o.status.code() != Some(101),
-        "{args:?}: {err}"
-    );
-    o
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    assert_eq!(code(o), 0, "stderr: {}", stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn ls_lists_and_filters() {
@@ -697,6 +654,24 @@ fn export_keeps_only_winners_binaries_by_default() {
         ],
     );
     assert_eq!(code(&o), 2, "the two flags conflict: {}", stderr(&o));
+    // Importing it under a binary cap of 0 keeps the winner's binary only; with the default
+    // cap (256 MiB) both stay.
+    let capped = d.join("capped.sqlite");
+    let o = jitune_env(
+        &d,
+        &["import", s(&out), "--cache", s(&capped)],
+        &[("JITUNE_BINARY_CAP", "0")],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let kept = Snapshot::load(&capped).unwrap().binaries;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].config, winner.config);
+    let uncapped = d.join("uncapped.sqlite");
+    assert_eq!(
+        code(&jitune(&d, &["import", s(&out), "--cache", s(&uncapped)])),
+        0
+    );
+    assert_eq!(Snapshot::load(&uncapped).unwrap().binaries.len(), 2);
 
     let opts = jitune::cache::CacheOptions::memory_only()
         .with_shipped_list(std::ffi::OsStr::new("/opt/a.sqlite::/opt/b.sqlite"));

@@ -9,48 +9,16 @@
 #[path = "../src/bin/jitune/cli/exit.rs"]
 mod exit;
 
+mod cli_common;
+
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const FIXTURE: &str = "tests/data/cli/fixture_cache.json";
+use cli_common::*;
+
 const SGEMM: &str = "kernels/sgemm.toml";
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("jitune-cli-tv-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs the binary with a scratch user cache; no run may panic.
-fn jitune(dir: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_jitune"))
-        .args(args)
-        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !err.contains("panicked") && o.status.code() != Some(101),
-        "{args:?}: {err}"
-    );
-    o
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn verify_bad_arguments_and_inputs_give_documented_codes() {

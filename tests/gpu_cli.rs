@@ -68,31 +68,37 @@ fn s(p: &Path) -> &str {
 
 const SHAPE: &str = "512x512x512";
 
+/// `jitune tune` of sgemm at [`SHAPE`] with `budget` evaluations into `db`, summary as JSON. A
+/// power-of-two shape: its bucket is itself, so verify measures the shape tuned.
+fn tune_512(d: &Path, db: &Path, budget: usize) -> Output {
+    let shapes = d.join("shapes.toml");
+    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
+    let budget = budget.to_string();
+    jitune(
+        d,
+        &[
+            "tune",
+            &sgemm_spec(),
+            "--shapes",
+            s(&shapes),
+            "--budget",
+            &budget,
+            "--cache",
+            s(db),
+            "--json",
+        ],
+    )
+}
+
 #[test]
 fn tune_then_verify_sgemm() {
     if !gpu_or_skip("tune_then_verify_sgemm") {
         return;
     }
     let d = scratch("tv");
-    let shapes = d.join("shapes.toml");
-    // A power-of-two shape: its bucket is itself, so verify measures the shape tuned.
-    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
     let db = d.join("cache.sqlite");
     let spec = sgemm_spec();
-    let o = jitune(
-        &d,
-        &[
-            "tune",
-            &spec,
-            "--shapes",
-            s(&shapes),
-            "--budget",
-            "16",
-            "--cache",
-            s(&db),
-            "--json",
-        ],
-    );
+    let o = tune_512(&d, &db, 16);
     assert_eq!(code(&o), 0);
     let summary = json(&o);
     let rows = summary.as_array().unwrap();
@@ -272,4 +278,40 @@ fn ctrl_c_stores_the_best_so_far_and_prints_the_summary() {
         )
         .unwrap();
     assert_eq!(worker_failures, 0);
+}
+
+/// A winner the cache file refuses (a trigger aborts every write of an entry, as a broken
+/// disk would, while binaries and failure records still land): the library keeps it in memory
+/// and counts the failed write, and `jitune tune` still prints its summary but exits 1 naming
+/// the shape, so a script does not take it as stored.
+#[test]
+fn a_winner_that_was_not_stored_is_exit_1() {
+    if !gpu_or_skip("a_winner_that_was_not_stored_is_exit_1") {
+        return;
+    }
+    let d = scratch("notstored");
+    let db = d.join("cache.sqlite");
+    drop(jitune::cache::store::Store::open_rw(&db).unwrap());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON entries
+             BEGIN SELECT RAISE(ABORT, 'entries refused by the test'); END;",
+        )
+        .unwrap();
+    let o = tune_512(&d, &db, 4);
+    assert_eq!(code(&o), 1);
+    let rows = json(&o);
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        1,
+        "the summary still prints"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("jitune: ") && last.contains("sgemm 512x512x512"),
+        "{err}"
+    );
+    assert!(Snapshot::load(&db).unwrap().entries.is_empty());
 }

@@ -45,6 +45,10 @@ pub const CACHE_ENV: &str = "JITUNE_CACHE";
 /// Environment variable naming read-only shipped cache files for the default tuner (`:`-separated).
 pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
 
+/// Environment variable capping the user cache's binaries that are not winners' (bytes, or
+/// with a `K`/`M`/`G` suffix; `off` for no cap). Default [`store::DEFAULT_BINARY_CAP`].
+pub const BINARY_CAP_ENV: &str = "JITUNE_BINARY_CAP";
+
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {
     unix_ms() / 1000
@@ -179,6 +183,10 @@ pub struct CacheOptions {
     pub shipped: Vec<PathBuf>,
     /// The fleet-wide remote tier (Redis): `$JITUNE_REMOTE` by default. See [`remote`].
     pub remote: remote::RemoteChoice,
+    /// Bytes of the user store's binaries that are not winners' kept, least recently used
+    /// dropped first (`Some(u64::MAX)`: no cap); `None`: `$JITUNE_BINARY_CAP`, else
+    /// [`store::DEFAULT_BINARY_CAP`] (256 MiB). Winners' binaries are always kept.
+    pub binary_cap: Option<u64>,
 }
 
 impl CacheOptions {
@@ -188,6 +196,7 @@ impl CacheOptions {
             user: UserCache::At(path.into()),
             shipped: Vec::new(),
             remote: remote::RemoteChoice::Default,
+            binary_cap: None,
         }
     }
 
@@ -197,6 +206,7 @@ impl CacheOptions {
             user: UserCache::MemoryOnly,
             shipped: Vec::new(),
             remote: remote::RemoteChoice::Default,
+            binary_cap: None,
         }
     }
 
@@ -235,6 +245,36 @@ impl CacheOptions {
     pub fn without_remote(mut self) -> CacheOptions {
         self.remote = remote::RemoteChoice::Off;
         self
+    }
+
+    /// Keeps at most `bytes` of binaries that are not winners' in the user store (instead of
+    /// `$JITUNE_BINARY_CAP` or the 256 MiB default); `u64::MAX` for no cap.
+    pub fn with_binary_cap(mut self, bytes: u64) -> CacheOptions {
+        self.binary_cap = Some(bytes);
+        self
+    }
+
+    /// The binary cap these options resolve to (`None`: no cap): the one given, else
+    /// `$JITUNE_BINARY_CAP` (a malformed value is ignored with a warning), else
+    /// [`store::DEFAULT_BINARY_CAP`].
+    pub fn resolve_binary_cap(&self) -> Option<u64> {
+        let cap = match self.binary_cap {
+            Some(c) => c,
+            None => match std::env::var(BINARY_CAP_ENV) {
+                Ok(v) if v.trim().is_empty() => store::DEFAULT_BINARY_CAP,
+                Ok(v) if ["off", "none", "unlimited"].contains(&v.trim().to_ascii_lowercase().as_str()) => u64::MAX,
+                Ok(v) => store::parse_byte_size(&v).unwrap_or_else(|| {
+                    log::warn!(
+                        "jitune: {BINARY_CAP_ENV}=`{v}` is not a size (bytes, or with a K/M/G suffix, or `off`); \
+                         capping binaries at the default {} MiB",
+                        store::DEFAULT_BINARY_CAP >> 20
+                    );
+                    store::DEFAULT_BINARY_CAP
+                }),
+                Err(_) => store::DEFAULT_BINARY_CAP,
+            },
+        };
+        (cap != u64::MAX).then_some(cap)
     }
 
     /// The user cache path these options resolve to (`None`: memory only), from the
@@ -363,7 +403,10 @@ impl Cache {
                     .to_path_buf(),
             );
             match open_user(&path) {
-                Ok(store) if store.is_writable() => cache.user = Some(store),
+                Ok(store) if store.is_writable() => {
+                    store.set_binary_cap(opts.resolve_binary_cap());
+                    cache.user = Some(store);
+                }
                 Ok(store) => {
                     cache.degraded = Some(format!(
                         "{} is read-only ({:?})",
@@ -733,7 +776,8 @@ impl Cache {
     }
 
     /// Stores a compiled binary in the user store (nothing without one; a failed write is one
-    /// warning, see [`Cache::put`]).
+    /// warning, see [`Cache::put`]). The store then drops the least recently used binaries that
+    /// are not winners' beyond its cap ([`CacheOptions::with_binary_cap`]).
     pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
         if let Some(s) = &self.user {
             if let Err(e) = s.put_binary(key, cubin) {
@@ -743,7 +787,8 @@ impl Cache {
         Ok(())
     }
 
-    /// The compiled binary for `key`, from the user store or a shipped one.
+    /// The compiled binary for `key`, from the user store or a shipped one. A miss-path read:
+    /// the user store records the use for its least-recently-used order.
     pub fn get_binary(&self, key: &BinaryKey<'_>) -> Result<Option<Vec<u8>>> {
         for store in self.layers() {
             if let Some(b) = store.get_binary(key)? {

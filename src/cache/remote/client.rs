@@ -368,21 +368,25 @@ impl Remote {
     pub fn failures(&self, key: &TuningKey) -> Vec<FailureRecord> {
         let inner = &*self.inner;
         let name = inner.keys.failures(key);
-        let Some(fields) = self.call(inner.settings.io_timeout, |t, d| t.fields(&name, d)) else {
-            return Vec::new();
-        };
-        fields
-            .into_iter()
-            .filter_map(|(config, bytes)| {
-                match record::decode_failure(&bytes, key, &config, inner.fleet.as_ref()) {
-                    Ok(f) => Some(f),
-                    Err(why) => {
-                        inner.reject(&format!("{name} [{config}]"), why);
-                        None
-                    }
-                }
-            })
-            .collect()
+        match self.call(inner.settings.io_timeout, |t, d| t.fields(&name, d)) {
+            Some(fields) => inner.decode_failures(&name, key, fields).0,
+            None => Vec::new(),
+        }
+    }
+
+    /// Failed configs of `key`, verified as [`Remote::failures`] verifies them, with the
+    /// records that failed their checks (name and reason), without the back-off: for one-shot
+    /// commands (`jitune pull`, `jitune export --remote`) that want the error.
+    #[allow(clippy::type_complexity)]
+    pub fn fetch_failures(
+        &self,
+        key: &TuningKey,
+        timeout: Duration,
+    ) -> Result<(Vec<FailureRecord>, Vec<(String, Rejection)>), RemoteError> {
+        let inner = &*self.inner;
+        let name = inner.keys.failures(key);
+        let fields = inner.tier.fields(&name, Instant::now() + timeout)?;
+        Ok(inner.decode_failures(&name, key, fields))
     }
 
     /// Tries to take the tuning lease of `key` for `ttl`, waiting at most
@@ -433,13 +437,20 @@ impl Remote {
 
     /// Writes a failure record through (measured on `device`, whose hash is the key's).
     pub fn publish_failure(&self, rec: &FailureRecord, device: &DeviceFingerprint) -> Published {
-        let inner = &self.inner;
-        let bytes = record::encode_failure(rec, device, inner.fleet.as_ref());
-        inner.write(vec![Write::Field {
-            key: inner.keys.failures(&rec.key),
-            field: rec.config.clone(),
-            value: bytes,
-        }])
+        self.inner
+            .write(vec![self.inner.failure_write(rec, device)])
+    }
+
+    /// Writes a failure record now, without the back-off or the queue (for `jitune push`): the
+    /// error says why it did not land.
+    pub fn push_failure(
+        &self,
+        rec: &FailureRecord,
+        device: &DeviceFingerprint,
+        timeout: Duration,
+    ) -> Result<(), RemoteError> {
+        let w = self.inner.failure_write(rec, device);
+        send(&*self.inner.tier, &w, Instant::now() + timeout)
     }
 
     /// Writes a winner now, without the back-off or the queue (for `jitune push`): the error
@@ -621,6 +632,39 @@ impl Inner {
             self.tier.describe()
         );
         why
+    }
+
+    /// The write that publishes a failure record (measured on `device`).
+    fn failure_write(&self, rec: &FailureRecord, device: &DeviceFingerprint) -> Write {
+        Write::Field {
+            key: self.keys.failures(&rec.key),
+            field: rec.config.clone(),
+            value: record::encode_failure(rec, device, self.fleet.as_ref()),
+        }
+    }
+
+    /// The failure records of the map `name` (of `key`) that pass their checks, and those that
+    /// did not (each logged), with why.
+    #[allow(clippy::type_complexity)]
+    fn decode_failures(
+        &self,
+        name: &str,
+        key: &TuningKey,
+        fields: Vec<(String, Vec<u8>)>,
+    ) -> (Vec<FailureRecord>, Vec<(String, Rejection)>) {
+        let mut ok = Vec::new();
+        let mut rejected = Vec::new();
+        for (config, bytes) in fields {
+            match record::decode_failure(&bytes, key, &config, self.fleet.as_ref()) {
+                Ok(f) => ok.push(f),
+                Err(why) => {
+                    let what = format!("{name} [{config}]");
+                    let why = self.reject(&what, why);
+                    rejected.push((what, why));
+                }
+            }
+        }
+        (ok, rejected)
     }
 
     /// The writes that publish `entry` (and its binary, with a fleet key), binary first.

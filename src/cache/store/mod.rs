@@ -13,6 +13,10 @@
 //! must never stop a program from running, and must never destroy data that someone else may
 //! still want.
 //!
+//! Binaries (`binaries.rs`, schema v3) carry their size and last use, so a user store keeps
+//! its winners' CUBINs and at most a capped number of bytes of the rest, least recently used
+//! dropped first.
+//!
 //! Tuning leases ([`Store::try_lease`], schema v2) let processes sharing the file tune each key
 //! once: a row per key names its owner (pid, start time and pid scope: boot id + pid
 //! namespace), its heartbeat and its expiry. A lease binds the others until released, unless it
@@ -22,6 +26,7 @@
 //! waits for the holder's winner by polling `PRAGMA data_version`, which changes when another
 //! connection commits and reads no database page.
 
+mod binaries;
 mod lease;
 mod open;
 mod process;
@@ -41,6 +46,7 @@ use crate::{Error, Result};
 use super::{unix_now, Entry};
 
 pub use super::unix_ms;
+pub use binaries::{parse_byte_size, Evicted, DEFAULT_BINARY_CAP, TOUCH_EVERY, TOUCH_WAIT};
 pub use lease::{Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK, MAX_LEASE_TTL};
 pub use open::SCHEMA_VERSION;
 pub use process::Liveness;
@@ -69,6 +75,8 @@ pub struct Store {
     path: PathBuf,
     access: Access,
     version: i64,
+    /// Bytes of non-winners' binaries kept (see [`Store::set_binary_cap`]); `None`: no cap.
+    binary_cap: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -279,88 +287,6 @@ impl Store {
             .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
             .map_err(|e| store_err(&self.path, e))?;
         Ok(n.max(0) as u64)
-    }
-
-    /// Stores a compiled binary (replacing an older one for the same key).
-    pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO binaries (kernel_id, config, arch, nvrtc, cubin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key.kernel.to_hex(), key.config, key.arch, key.nvrtc, cubin, unix_now()],
-            )
-            .map_err(|e| store_err(&self.path, e))?;
-            Ok(())
-        })
-    }
-
-    /// The compiled binary for `key`, if stored.
-    pub fn get_binary(&self, key: &BinaryKey<'_>) -> Result<Option<Vec<u8>>> {
-        let conn = self.conn.lock();
-        let mut st = conn
-            .prepare_cached("SELECT cubin FROM binaries WHERE kernel_id = ?1 AND config = ?2 AND arch = ?3 AND nvrtc = ?4")
-            .map_err(|e| store_err(&self.path, e))?;
-        st.query_row(
-            params![key.kernel.to_hex(), key.config, key.arch, key.nvrtc],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| store_err(&self.path, e))
-    }
-
-    /// Every binary (for export).
-    pub fn binaries(&self) -> Result<Vec<BinaryRecord>> {
-        let conn = self.conn.lock();
-        let mut st = conn
-            .prepare("SELECT kernel_id, config, arch, nvrtc, cubin, created_at FROM binaries ORDER BY kernel_id, config, arch, nvrtc")
-            .map_err(|e| store_err(&self.path, e))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .map_err(|e| store_err(&self.path, e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (k, config, arch, nvrtc, cubin, created_at) =
-                r.map_err(|e| store_err(&self.path, e))?;
-            match KernelId::from_hex(&k) {
-                Some(kernel) => out.push(BinaryRecord {
-                    kernel,
-                    config,
-                    arch,
-                    nvrtc,
-                    cubin,
-                    created_at,
-                }),
-                None => log::warn!(
-                    "{}: skipping binary with bad kernel id {k:?}",
-                    self.path.display()
-                ),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Stores binaries in one transaction (for import).
-    pub fn put_binaries(&self, binaries: &[BinaryRecord]) -> Result<()> {
-        self.write(|tx| {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO binaries (kernel_id, config, arch, nvrtc, cubin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(|e| store_err(&self.path, e))?;
-            for b in binaries {
-                st.execute(params![b.kernel.to_hex(), b.config, b.arch, b.nvrtc, b.cubin, b.created_at])
-                    .map_err(|e| store_err(&self.path, e))?;
-            }
-            Ok(())
-        })
     }
 
     /// Records that `config` failed for `key` (the latest failure of a config replaces older ones).

@@ -12,7 +12,7 @@ use crate::cache::unix_now;
 use crate::{Error, Result};
 
 /// The schema version this build writes; files with a higher version are only read.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of jitune cache files ("jitn"), so `file(1)`-like tools and our own
 /// open can tell a jitune cache from some other SQLite database.
@@ -86,6 +86,14 @@ const MIGRATIONS: &[&str] = &[
         expires_at_ms INTEGER NOT NULL,
         PRIMARY KEY (kernel_id, shape, device_hash)
     );",
+    // v3: what the binary cap (store/binaries.rs) needs without reading a blob: each binary's
+    // size and last use (unix ms; rows written before count as used when they were created),
+    // an index to drop the least recently used first, and one to tell winners' binaries.
+    "ALTER TABLE binaries ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE binaries ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE binaries SET used_at = created_at * 1000, bytes = length(cubin);
+    CREATE INDEX IF NOT EXISTS binaries_by_use ON binaries (used_at);
+    CREATE INDEX IF NOT EXISTS entries_by_config ON entries (kernel_id, config);",
 ];
 
 /// Why opening read-write did not work out.
@@ -247,6 +255,7 @@ impl Store {
             path: path.to_path_buf(),
             access,
             version,
+            binary_cap: Mutex::new(None),
         })
     }
 
@@ -277,6 +286,7 @@ impl Store {
             path: path.to_path_buf(),
             access: Access::ReadWrite,
             version,
+            binary_cap: Mutex::new(None),
         })
     }
 
@@ -299,6 +309,7 @@ impl Store {
             path: path.to_path_buf(),
             access: Access::ReadWrite,
             version,
+            binary_cap: Mutex::new(None),
         })
     }
 }

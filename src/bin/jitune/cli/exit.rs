@@ -3,9 +3,10 @@
 
 /// Success.
 pub const OK: i32 = 0;
-/// A runtime error (a bad spec or shapes file, a CUDA failure, a failed write, ...).
+/// A runtime error (a bad spec or shapes file, a CUDA failure, a failed write, a tuned winner
+/// the cache file did not take, an unreachable remote tier, ...).
 pub const RUNTIME: i32 = 1;
-/// A usage error: unknown option, missing argument (clap's code).
+/// A usage error: unknown option, missing argument (clap's code), a malformed key or URL.
 pub const USAGE: i32 = 2;
 /// No GPU, or the CUDA driver or NVRTC library is missing.
 pub const NO_CUDA: i32 = 3;

@@ -7,6 +7,7 @@
 //! message; nothing a user or a file can get wrong panics.
 
 pub mod prune;
+pub mod remote;
 pub mod report;
 pub mod tune;
 pub mod verify;
@@ -27,9 +28,11 @@ pub mod explain;
 /// The exit-code table printed by `jitune --help` (kept in sync with README.md).
 pub const EXIT_CODES: &str = "Exit codes:
   0    success
-  1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write)
-  2    usage error (unknown option, missing argument)
-  3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu)
+  1    runtime error (bad spec, shapes or trace file, CUDA failure, failed write, a winner
+       tune could not store, remote tier unreachable)
+  2    usage error (unknown option, missing argument, malformed KEY or --remote URL)
+  3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu, explain without
+       --device)
   4    cache file problem: missing, unreadable, corrupt, malformed JSON, newer schema
   5    nothing matched (show KEY; verify: no cached winner of the specs for this GPU)
   6    verify flagged an entry (drift beyond --threshold, slower than the default, or failing)
@@ -136,9 +139,13 @@ pub enum Command {
         /// starts with it.
         #[arg(long)]
         device: Option<String>,
-        /// JSON output (the export's entry objects, each with its `key`).
+        /// JSON output (the export's entry objects, each with its `key`; with `--remote`,
+        /// also its `remote_key` in Redis).
         #[arg(long)]
         json: bool,
+        /// List the winners in the remote tier (Redis) instead of a cache file.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// What a launch of KERNEL/SHAPE on this GPU (or on `--device FINGERPRINT`) would use from
     /// this cache, and why: hit, inherited (same GPU model, other toolchain), provisional (same
@@ -152,6 +159,9 @@ pub enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Read the remote tier (Redis) instead of a cache file.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// Export the cache to FILE: JSON when FILE ends in .json (reviewable), else a
     /// self-contained SQLite file (shippable as a read-only layer) carrying the winners' binaries
@@ -171,6 +181,10 @@ pub enum Command {
         /// Print what was written as JSON.
         #[arg(long)]
         json: bool,
+        /// Export the remote tier (Redis) instead of a cache file: its verified winners and
+        /// failure records, and the winners' binaries when JITUNE_REMOTE_KEY is set.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// Import a JSON export or SQLite cache into the cache (its entries replace same keys).
     Import {
@@ -193,6 +207,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Seed a fleet's remote tier (Redis) from a shipped cache: its entries, failure records,
+    /// and (only with JITUNE_REMOTE_KEY set) its winners' binaries, each signed.
+    Push(remote::PushArgs),
+    /// Fill the cache (`--cache DB`) from the remote tier (Redis): its verified winners and
+    /// their failure records, and (only with JITUNE_REMOTE_KEY set) binaries whose MAC verifies.
+    Pull(remote::PullArgs),
     /// Remove entries whose kernel is gone or changed (not among the given specs), or whose
     /// device fingerprint is stale on this GPU.
     Prune(prune::PruneArgs),
@@ -256,8 +276,14 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             kernel,
             device,
             json,
-        } => cmd_ls(cache, kernel.as_deref(), device.as_deref(), json).map(|_| exit::OK),
-        Command::Show { key, json } => cmd_show(cache, &key, json).map(|_| exit::OK),
+            remote,
+        } => {
+            let source = Source::new(cache, remote)?;
+            cmd_ls(source, kernel.as_deref(), device.as_deref(), json).map(|_| exit::OK)
+        }
+        Command::Show { key, json, remote } => {
+            cmd_show(Source::new(cache, remote)?, &key, json).map(|_| exit::OK)
+        }
         Command::Explain(args) => explain::run(cache, args).map(|_| exit::OK),
         Command::Export {
             file,
@@ -265,11 +291,66 @@ pub fn run(cli: Cli) -> CliResult<i32> {
             winners_only: _,
             all_binaries,
             json,
-        } => cmd_export(cache, &file, format, all_binaries, json).map(|_| exit::OK),
+            remote,
+        } => cmd_export(
+            Source::new(cache, remote)?,
+            &file,
+            format,
+            all_binaries,
+            json,
+        )
+        .map(|_| exit::OK),
         Command::Import { file, json } => cmd_import(cache, &file, json).map(|_| exit::OK),
         Command::Merge { a, b, into, json } => cmd_merge(&a, &b, &into, json).map(|_| exit::OK),
+        Command::Push(args) => {
+            if cache.is_some() {
+                return Err(CliError::new(
+                    exit::USAGE,
+                    "push takes the cache to push as its argument, not --cache",
+                ));
+            }
+            remote::push(args).map(|_| exit::OK)
+        }
+        Command::Pull(args) => remote::pull(&cache_path(cache)?, args).map(|_| exit::OK),
         Command::Prune(args) => prune::run(cache, args).map(|_| exit::OK),
         Command::Report(args) => report::run(cache, args).map(|_| exit::OK),
+    }
+}
+
+/// Where `ls`, `show` and `export` read: a cache file, or the remote tier.
+pub enum Source {
+    /// `--cache FILE`, else the user cache.
+    File(Option<PathBuf>),
+    /// `--remote URL`.
+    Remote(String),
+}
+
+impl Source {
+    /// The source the options name; both at once is a usage error.
+    pub fn new(cache: Option<PathBuf>, remote: Option<String>) -> CliResult<Source> {
+        match (cache, remote) {
+            (Some(_), Some(_)) => Err(CliError::new(
+                exit::USAGE,
+                "--cache and --remote name two sources; give one",
+            )),
+            (_, Some(url)) => Ok(Source::Remote(url)),
+            (cache, None) => Ok(Source::File(cache)),
+        }
+    }
+
+    /// Everything the source holds (`binaries`: the remote winners' binaries too, with the
+    /// fleet key), and its name for messages.
+    fn load(&self, failures: bool, binaries: bool) -> CliResult<(String, Snapshot)> {
+        match self {
+            Source::File(cache) => {
+                let (path, snap) = load_cache(cache.clone())?;
+                Ok((path.display().to_string(), snap))
+            }
+            Source::Remote(url) => {
+                let r = remote::open(url)?;
+                Ok((r.describe(), remote::snapshot(&r, failures, binaries)?))
+            }
+        }
     }
 }
 
@@ -300,7 +381,8 @@ pub fn load_cache(cache: Option<PathBuf>) -> CliResult<(PathBuf, Snapshot)> {
 }
 
 /// Opens a SQLite cache for writing, never degrading: a newer schema or a corrupt file is an
-/// error (exit 4) and the file is left alone.
+/// error (exit 4) and the file is left alone. Its binaries are capped as the library caps the
+/// user cache's (`JITUNE_BINARY_CAP`, default 256 MiB of non-winners' binaries).
 pub fn open_writable(path: &Path) -> CliResult<Store> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CliError::from(Error::io(dir, e)))?;
@@ -315,7 +397,10 @@ pub fn open_writable(path: &Path) -> CliResult<Store> {
             ),
         ));
     }
-    Ok(Store::open_rw_strict(path)?)
+    let store = Store::open_rw_strict(path)?;
+    // What a command writes into a cache is capped like what the library writes there.
+    store.set_binary_cap(CacheOptions::default().resolve_binary_cap());
+    Ok(store)
 }
 
 /// Whether a cache file is a JSON export (it starts with `{`) rather than SQLite.
@@ -361,13 +446,8 @@ fn print_json(v: &Value) -> CliResult {
     Ok(())
 }
 
-fn cmd_ls(
-    cache: Option<PathBuf>,
-    kernel: Option<&str>,
-    device: Option<&str>,
-    json: bool,
-) -> CliResult {
-    let (_, snap) = load_cache(cache)?;
+fn cmd_ls(source: Source, kernel: Option<&str>, device: Option<&str>, json: bool) -> CliResult {
+    let (_, snap) = source.load(false, false)?;
     let entries: Vec<&Entry> = snap
         .entries
         .iter()
@@ -375,8 +455,22 @@ fn cmd_ls(
         .filter(|e| device.is_none_or(|d| device_matches(e, d)))
         .collect();
     if json {
+        // With --remote, each entry's key in Redis too (the tier's own key names).
+        let keys = match &source {
+            Source::Remote(url) => Some(remote::open(url)?.keys().clone()),
+            Source::File(_) => None,
+        };
         return print_json(&Value::Array(
-            entries.iter().map(|e| entry_json(e)).collect(),
+            entries
+                .iter()
+                .map(|e| {
+                    let mut v = entry_json(e);
+                    if let (Some(keys), Some(o)) = (&keys, v.as_object_mut()) {
+                        o.insert("remote_key".into(), keys.entry(&e.key).into());
+                    }
+                    v
+                })
+                .collect(),
         ));
     }
     let rows: Vec<[String; 6]> = entries
@@ -448,13 +542,15 @@ pub fn match_key<'a>(entries: &'a [Entry], key: &str) -> CliResult<Vec<&'a Entry
         .collect())
 }
 
-fn cmd_show(cache: Option<PathBuf>, key: &str, json: bool) -> CliResult {
-    let (path, snap) = load_cache(cache)?;
+fn cmd_show(source: Source, key: &str, json: bool) -> CliResult {
+    // A malformed key is a usage error before anything is read.
+    match_key(&[], key)?;
+    let (name, snap) = source.load(false, false)?;
     let found = match_key(&snap.entries, key)?;
     if found.is_empty() {
         return Err(CliError::new(
             exit::NOT_FOUND,
-            format!("no entry matches `{key}` in {}", path.display()),
+            format!("no entry matches `{key}` in {name}"),
         ));
     }
     if json {
@@ -525,13 +621,12 @@ fn counts_json(r: &export::ImportReport) -> Value {
 }
 
 fn cmd_export(
-    cache: Option<PathBuf>,
+    source: Source,
     file: &Path,
     format: Option<Format>,
     all_binaries: bool,
     json: bool,
 ) -> CliResult {
-    let (_, mut snap) = load_cache(cache)?;
     let format = format.unwrap_or_else(|| {
         if file
             .extension()
@@ -542,6 +637,7 @@ fn cmd_export(
             Format::Sqlite
         }
     });
+    let (_, mut snap) = source.load(true, format == Format::Sqlite)?;
     let mut dropped = 0;
     match format {
         Format::Json => snap.write_json(file)?,

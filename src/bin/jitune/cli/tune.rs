@@ -167,6 +167,9 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
     let multi = indicatif::MultiProgress::new();
     let style = bar_style(args.time_limit)?;
     let mut results: Vec<(String, Vec<i64>, TuneReport)> = Vec::new();
+    // Shapes whose winner the cache file did not take (the cache keeps it in memory and counts
+    // the failed write instead of failing): the run must not end with 0 as if it were stored.
+    let mut not_stored: Vec<String> = Vec::new();
     let mut interrupted = false;
     'kernels: for (k, list) in kernels.iter().zip(&shapes) {
         for s in list {
@@ -184,6 +187,7 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                 cancel: Some(stop.clone()),
                 progress: Some(progress_hook(bar.clone(), curve.clone())),
             };
+            let failed_writes = tuner.cache().store_write_failures();
             let report = tuner.tune_with_hooks(k, s, &opts, hooks);
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;
@@ -231,6 +235,11 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
                 writeln!(f, "{line}")
                     .map_err(|e| input_err(Error::io(args.trace.clone().unwrap_or_default(), e)))?;
             }
+            if tuner.cache().store_write_failures() > failed_writes
+                && !winner_persisted(tuner.cache(), &report.entry)
+            {
+                not_stored.push(format!("{} {}", k.spec.name, dims_text(s)));
+            }
             results.push((k.spec.name.clone(), s.clone(), report));
             if interrupted {
                 break 'kernels;
@@ -240,11 +249,30 @@ pub fn run(cache: Option<PathBuf>, args: TuneArgs) -> CliResult<i32> {
     // Every bar is finished or abandoned and stays on stderr with its final message; the
     // summary goes to stdout below them.
     summary(&results, args.json)?;
+    if !not_stored.is_empty() {
+        return Err(CliError::new(
+            exit::RUNTIME,
+            format!(
+                "{}: the winner of {} was tuned but not stored: the cache file refused the write (full or read-only disk, a lock held too long, a damaged file)",
+                path.display(),
+                not_stored.join(", ")
+            ),
+        ));
+    }
     Ok(if interrupted {
         exit::INTERRUPTED
     } else {
         exit::OK
     })
+}
+
+/// Whether the user store holds `winner` (its key with its config): after a failed write, the
+/// store may still hold it (the failure was another write: a binary, a failure record).
+fn winner_persisted(cache: &Cache, winner: &jitune::cache::Entry) -> bool {
+    cache
+        .user_store()
+        .and_then(|s| s.get(&winner.key).ok().flatten())
+        .is_some_and(|e| e.config == winner.config && e.median_ms == winner.median_ms)
 }
 
 /// The bar of one shape: `sgemm 1024x1024x1024 [=====>    ] 40/120 evals best 0.1523 ms ETA 12s`.
