@@ -813,7 +813,14 @@ impl Tuner {
     }
 
     fn plan_for_text(&self, job: &TuningJob, text: &str, tuned: bool) -> Result<Plan> {
+        // A stored config is checked like any from outside: it must be a valid config here.
         let config = job.space.parse_config_text(text)?;
+        if !job.space.is_valid(&config) {
+            return Err(Error::Space(format!(
+                "config `{text}` of `{}` is not valid at shape {:?} on this device",
+                job.spec.name, job.shape
+            )));
+        }
         self.plan_for(job, &config, tuned, Have::Nothing)
     }
 

@@ -148,14 +148,22 @@ impl Tuner {
     /// too: two searches on one GPU would time each other).
     fn search_here(&self, job: &TuningJob, nearest: Option<Config>, short: bool) -> Result<Turn> {
         let _turn = self.inner.background_gate.lock();
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
-        let _gpu = self.inner.cache.gpu_lock(&self.inner.device.lock_id(), far);
+        let _gpu = self.gpu_turn();
         // Waiting for the GPU may have let another process's winner land.
         if let Some(p) = self.landed(job)? {
             return Ok(self.adopted(p));
         }
         let (plan, _) = self.tune_job_to_plan(job, nearest, short)?;
         Ok(Turn::Tuned(plan))
+    }
+
+    /// This GPU's tuning lock, shared by every jitune process on it: waited for (a day at
+    /// most), held while a search measures. `None` only when it could not be had by then.
+    pub(super) fn gpu_turn(&self) -> Option<crate::cache::GpuLockGuard> {
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        self.inner
+            .cache
+            .gpu_lock(&self.inner.device.lock_id(), far)
     }
 
     fn adopted(&self, p: Plan) -> Turn {

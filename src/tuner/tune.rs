@@ -158,6 +158,8 @@ impl Tuner {
     ) -> Result<TuneReport> {
         let job = self.job(kernel, shape)?;
         let nearest = self.nearest_config(&job);
+        // No other jitune search measures on this GPU meanwhile (see `shared`).
+        let _gpu = self.gpu_turn();
         Ok(self.tune_job(&job, nearest, opts, hooks)?.report)
     }
 
@@ -388,9 +390,10 @@ impl Tuner {
                 continue;
             }
             let nearest = self.nearest_config(&job);
-            let r = self
-                .tune_job(&job, nearest, &opts, Hooks::default())?
-                .report;
+            let r = {
+                let _gpu = self.gpu_turn();
+                self.tune_job(&job, nearest, &opts, Hooks::default())?.report
+            };
             // The next launch of the key picks the stored winner up (as a swap, when the key
             // has a plan launches used).
             self.offer_stored(&job);
