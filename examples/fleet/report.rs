@@ -100,6 +100,9 @@ impl Line {
         let ms: u64 = it.next()?.parse().ok()?;
         let rest = it.next().unwrap_or("");
         let (first, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        if first.is_empty() && kind != "alltuned" {
+            return None;
+        }
         Some(match kind {
             "ready" => Line::Ready {
                 ms,
@@ -153,6 +156,14 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// A log already read (tests).
+    pub fn from_lines(lines: Vec<Line>) -> LogReader {
+        LogReader {
+            lines,
+            ..LogReader::default()
+        }
+    }
+
     /// Reads what was appended since the last call; returns how many lines were new.
     pub fn poll(&mut self, path: &Path) -> usize {
         use std::io::{Read, Seek, SeekFrom};
