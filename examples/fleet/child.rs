@@ -15,7 +15,7 @@ use jitune::cache::{Cache, CacheOptions};
 use jitune::tuner::{Event, Mode, Plan, TuneOptions, Tuner};
 use serde_json::{json, Value};
 
-use super::report::{ChildReport, Line};
+use super::report::{unix_ms, ChildReport, Line};
 use super::sim;
 
 /// Pause between rounds of launches.
@@ -94,13 +94,6 @@ impl ChildSpec {
             hard_deadline_ms: u("hard_deadline_ms")?,
         })
     }
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// An append-only event log: each line is one `write` on an `O_APPEND` file.

@@ -14,8 +14,8 @@ use jitune::key::{KernelId, TuningKey};
 use jitune::replay::Cachefile;
 
 use super::args::Options;
-use super::child::{unix_ms, ChildSpec};
-use super::report::{ChildReport, Figures, Inputs, Kill, LogReader, ProcRecord};
+use super::child::ChildSpec;
+use super::report::{unix_ms, ChildReport, Figures, Inputs, Kill, LogReader, ProcRecord};
 use super::{probe, sim, CHILD_ENV};
 
 /// How often the parent looks at the logs.
@@ -508,7 +508,9 @@ impl Run {
             .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
         let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
         eprintln!(
-            "fleet: {} searches, {:.2} s each on average (min {:.2}, max {:.2}) at time scale {:.6}",
+            "fleet: {} searches started, {} finished, {:.2} s each on average (min {:.2}, max {:.2}) \
+             at time scale {:.6}",
+            self.figures.searches_per_key.values().sum::<u64>(),
             s.len(),
             mean,
             if s.is_empty() { 0.0 } else { min },

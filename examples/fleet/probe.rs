@@ -32,7 +32,7 @@ pub fn check(url: &str, data: &Arc<Cachefile>, dir: &Path) -> Result<(), String>
 
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let stamp = format!("{}.{}", std::process::id(), super::child::unix_ms());
+    let stamp = format!("{}.{}", std::process::id(), super::report::unix_ms());
     let fp = super::sim::fingerprint(&format!("jitune fleet probe {stamp}"));
     let dev = SimDevice::new(data.clone(), fp, format!("probe-{stamp}"), 0.0);
     let kernel = dev.kernel().map_err(|e| e.to_string())?;
@@ -70,9 +70,10 @@ pub fn check(url: &str, data: &Arc<Cachefile>, dir: &Path) -> Result<(), String>
             let _ = std::fs::remove_dir_all(dir);
             return Err(format!(
                 "--remote {parsed}: this jitune build does not share winners through the remote \
-                 tier (a winner tuned against {parsed} from one cache file did not reach another \
-                 cache file within {PROPAGATION:?}; the remote tier of issue 15 is not wired into \
-                 the cache yet); refusing to run hosts that would share nothing"
+                 tier: a winner tuned against {parsed} from one cache file did not reach a tuner \
+                 on another cache file within {PROPAGATION:?} (a build without the remote tier of \
+                 issue 15 wired into its cache does this); refusing to run hosts that would \
+                 share nothing"
             ));
         }
         std::thread::sleep(Duration::from_millis(200));

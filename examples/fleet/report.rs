@@ -32,6 +32,14 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+/// The time as the logs keep it: unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// One line of a child's event log. Times are unix milliseconds; keys are key text.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Line {
