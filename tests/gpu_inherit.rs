@@ -110,7 +110,10 @@ fn gpu_a_cache_from_another_toolchain_is_inherited_and_compiled_here() {
             .unwrap();
         stream.synchronize().unwrap();
         let plan = fresh.plan(&k, s).expect("a plan serves");
-        assert_eq!(plan.config, t.config, "the first launch uses the inherited config");
+        assert_eq!(
+            plan.config, t.config,
+            "the first launch uses the inherited config"
+        );
     }
     let stats = fresh.stats();
     println!("inherit: {stats:?}");
@@ -132,7 +135,11 @@ fn gpu_a_cache_from_another_toolchain_is_inherited_and_compiled_here() {
         .unwrap();
         let c = eval.space().parse_config_text(&t.config).unwrap();
         eval.evaluate(std::slice::from_ref(&c)).unwrap();
-        let now = match eval.remeasure(std::slice::from_ref(&c), 30).unwrap().remove(0) {
+        let now = match eval
+            .remeasure(std::slice::from_ref(&c), 30)
+            .unwrap()
+            .remove(0)
+        {
             Outcome::Measured(m) => m.time_ms,
             Outcome::Failed(f) => panic!("the inherited config failed: {}", f.detail),
         };
@@ -144,7 +151,11 @@ fn gpu_a_cache_from_another_toolchain_is_inherited_and_compiled_here() {
             now,
             100.0 * (ratio - 1.0)
         );
-        assert!(ratio <= 1.03, "inherited config {:.1}% slower", 100.0 * (ratio - 1.0));
+        assert!(
+            ratio <= 1.03,
+            "inherited config {:.1}% slower",
+            100.0 * (ratio - 1.0)
+        );
     }
 
     // 5. Strict mode: an untuned key is an error that explains itself.

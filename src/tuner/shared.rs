@@ -161,9 +161,7 @@ impl Tuner {
     /// most), held while a search measures. `None` only when it could not be had by then.
     pub(super) fn gpu_turn(&self) -> Option<crate::cache::GpuLockGuard> {
         let far = Instant::now() + Duration::from_secs(24 * 3600);
-        self.inner
-            .cache
-            .gpu_lock(&self.inner.device.lock_id(), far)
+        self.inner.cache.gpu_lock(&self.inner.device.lock_id(), far)
     }
 
     fn adopted(&self, p: Plan) -> Turn {

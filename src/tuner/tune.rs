@@ -392,7 +392,8 @@ impl Tuner {
             let nearest = self.nearest_config(&job);
             let r = {
                 let _gpu = self.gpu_turn();
-                self.tune_job(&job, nearest, &opts, Hooks::default())?.report
+                self.tune_job(&job, nearest, &opts, Hooks::default())?
+                    .report
             };
             // The next launch of the key picks the stored winner up (as a swap, when the key
             // has a plan launches used).
