@@ -19,6 +19,9 @@
 mod cache_common;
 #[path = "../examples/fleet/mod.rs"]
 mod fleet;
+#[allow(dead_code)]
+#[path = "remote_common/mod.rs"]
+mod remote_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -316,6 +319,86 @@ fn check_definitions() {
     assert_eq!(g.lease_takeovers, 0);
 }
 
+/// Issue 15 through the fleet: 2 hosts x 4 processes sharing one Redis. Each key is searched
+/// once in the whole fleet and every process ends with its winner; then the same with Redis
+/// killed mid-run and restarted 2 s later: no launch fails, and at the end every key's winner
+/// is in Redis again (the hosts publish what it lost).
+fn remote_runs() {
+    let Some(redis) = remote_common::RedisServer::start("fleet") else {
+        return;
+    };
+    let url = redis.url();
+    let dir = TempDir::new("fleet-remote");
+    let mut o = options(&dir, 2, false);
+    o.procs = 8;
+    o.remote = Some(url.clone());
+    let run = fleet::run(&o).expect("the fleet runs");
+    run.print_summary();
+    let f = &run.figures;
+    println!("one Redis: searches_per_key {:?}", f.searches_per_key);
+    assert!(run.problems.is_empty(), "{:?}", run.problems);
+    assert_eq!(run.end, fleet::parent::End::AllTuned);
+    assert_eq!((f.failed_launches, f.rows_lost), (0, 0));
+    for (k, n) in &f.searches_per_key {
+        assert_eq!(*n, 1, "key {k} searched {n} times in the fleet (one Redis)");
+    }
+    for (k, w) in &f.winners {
+        let first = w.first().cloned().flatten();
+        assert!(first.is_some(), "key {k} untuned");
+        assert!(
+            w.iter().all(|x| *x == first),
+            "key {k}: processes differ: {w:?}"
+        );
+    }
+    println!("test fleet one Redis ... ok");
+
+    // Redis killed mid-run, back 2 s later (empty: it keeps nothing on disk).
+    let dir = TempDir::new("fleet-outage");
+    let mut o = options(&dir, 2, false);
+    o.remote = Some(url.clone());
+    // Long enough after the last search for the hosts to notice and publish again.
+    o.grace_s = 8.0;
+    let outage = std::thread::spawn(move || {
+        let mut redis = redis;
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        redis.kill();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        redis.restart();
+        redis
+    });
+    let run = fleet::run(&o).expect("the fleet runs");
+    let redis = outage.join().expect("the outage thread");
+    run.print_summary();
+    let f = &run.figures;
+    println!(
+        "Redis outage: searches_per_key {:?}, failed launches {}",
+        f.searches_per_key, f.failed_launches
+    );
+    assert!(run.problems.is_empty(), "{:?}", run.problems);
+    assert_eq!((f.failed_launches, f.rows_lost), (0, 0));
+    let remote = jitune::cache::remote::Remote::open(
+        &jitune::cache::remote::RemoteUrl::parse(&redis.url()).unwrap(),
+        jitune::cache::remote::RemoteSettings::from_env(),
+    )
+    .unwrap();
+    let listing = remote
+        .list(std::time::Duration::from_secs(5), false)
+        .expect("Redis lists");
+    let shapes: BTreeSet<String> = listing
+        .hits
+        .iter()
+        // This run's simulated device (the probe's record has a device of its own).
+        .filter(|h| h.entry.device.name.contains("(fleet run "))
+        .map(|h| h.entry.key.shape.to_text())
+        .collect();
+    assert_eq!(
+        shapes.len(),
+        KEYS,
+        "every key's winner is in Redis after the outage: {shapes:?}"
+    );
+    println!("test fleet Redis outage ... ok");
+}
+
 fn main() -> ExitCode {
     jitune::run_if_worker();
     if let Some(code) = fleet::child_role() {
@@ -335,5 +418,6 @@ fn main() -> ExitCode {
         check(name, &run);
         println!("test fleet {name} ... ok");
     }
+    remote_runs();
     ExitCode::SUCCESS
 }
