@@ -167,4 +167,9 @@ pub fn print_stats(s: &Stats) {
         s.captures_detected,
         s.waits_for_captures
     );
+    let d = &s.misses_by_decision;
+    println!(
+        "       adopted {} lease takeovers {}; misses by decision: hit {} inherited {} provisional {} nearest {} default {}",
+        s.adopted, s.lease_takeovers, d.hit, d.inherited, d.provisional, d.nearest, d.default
+    );
 }
