@@ -8,6 +8,8 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 mkdir -p /work && { [ -e /work/main ] || ln -sfn "$root" /work/main; }
+# The CLI tests run the `jitune` binary from where cargo built it (CARGO_BIN_EXE_jitune).
+mkdir -p target/release && cp -f .gpu/jitune target/release/jitune 2>/dev/null
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export JITUNE_GPU_TESTS=1 RUST_BACKTRACE=1
 TOTAL_S=${TOTAL_S:-560}

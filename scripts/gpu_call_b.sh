@@ -9,6 +9,8 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 mkdir -p /work && { [ -e /work/main ] || ln -sfn "$root" /work/main; }
+# The CLI tests run the `jitune` binary from where cargo built it (CARGO_BIN_EXE_jitune).
+mkdir -p target/release && cp -f .gpu/jitune target/release/jitune 2>/dev/null
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export JITUNE_GPU_TESTS=1 RUST_BACKTRACE=1 JITUNE_LOAD_SECS=30
 TOTAL_S=${TOTAL_S:-500}
@@ -54,13 +56,13 @@ $G/jitune ls --remote redis://127.0.0.1:16399/0 > "$OUT/redis_ls.txt" 2>&1
 # Issue 18: first-pass latency with preloading; launch overhead; per-candidate breakdown.
 step server_preload 60 $G/examples/server --preload --threads 4 --seconds 30 --tune-s 4
 step launch 60 $G/benches/launch --bench
-step tune_breakdown 150 $G/benches/tune_breakdown --bench
-# Issue 17: the graph server, shortened.
-step graph_server 130 $G/examples/graph_server --replays 1000 --tune-s 3 --max-evals 24 --wait-s 60 --concurrent-s 30
-# Issue 13: the remaining suites.
-for s in gpu_tma gpu_sgemm gpu_kernels gpu_cli cache_load_gpu gpu_hgemm; do
-  step "$s" 150 $G/tests/$s --test-threads=1 --nocapture
+# Issue 13: the remaining suites; then the breakdown, the graph server.
+for s in gpu_tma gpu_sgemm gpu_kernels gpu_cli cache_load_gpu; do
+  step "$s" 120 $G/tests/$s --test-threads=1 --nocapture
 done
+step tune_breakdown 120 $G/benches/tune_breakdown --bench
+step gpu_hgemm 150 $G/tests/gpu_hgemm --test-threads=1 --nocapture
+step graph_server 130 $G/examples/graph_server --replays 1000 --tune-s 3 --max-evals 24 --wait-s 60 --concurrent-s 30
 # Issue 18: LFBO against exhaustive on SGEMM 4096^3 with what is left.
 ex=$(( $(left) - 80 )); [ "$ex" -ge 30 ] || ex=30
 step tune_sgemm $((ex + 75)) $G/benches/tune_sgemm --bench --exhaustive-limit-s "$ex"

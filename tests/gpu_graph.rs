@@ -263,7 +263,10 @@ fn gpu_hits_are_captured_and_a_cold_key_uses_a_loaded_plan_without_loading() {
     assert_eq!(tuner.generation(), 1, "the cold key was not resolved");
     let s = tuner.stats();
     println!("stats after: {s:?}");
-    assert_eq!((s.swaps, s.fallbacks), (1, 1));
+    // Fallbacks: the warm key's first miss and the cold key's resolution served the default
+    // (cache-only mode, nothing cached: issue 16 counts that), and the capture borrowed the
+    // warm key's plan for the cold one.
+    assert_eq!((s.swaps, s.fallbacks), (1, 3));
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn iota() -> Kernel {
         .source(
             "extern \"C\" __global__ void iota(float* y, int n) {\n\
              int i = blockIdx.x * B + threadIdx.x;\n\
-             if (i < n && !(SKIP && i == n - 1)) y[i] = 0.5f * i + (WRONG ? 1e-3f : 0.0f);\n}",
+             if (i < n && !(SKIP && i == n - 1)) y[i] = (WRONG ? 1.001f : 1.0f) * 0.5f * i;\n}",
         )
         .entry("iota")
         .param(Param::ints("B", &[64, 128]))
