@@ -27,7 +27,9 @@
 //! for [`Tuner::apply_swaps`] ([`SwapPolicy::OnRequest`]) and [`Tuner::generation`] says when to
 //! re-capture; [`Tuner::on_event`] and [`Tuner::stats`] show what the tuner does.
 
+mod build;
 pub mod capture;
+mod captured;
 pub mod device;
 pub mod events;
 mod miss;
@@ -41,13 +43,14 @@ mod tune;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cudarc::driver::sys::CUstreamCaptureMode;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::{CudaContext, CudaStream};
 use once_cell::sync::OnceCell;
 
 pub use crate::gpu::launch::{Arg, BufferArg, DeviceElem};
+use build::Have;
 pub use capture::{Capture, TuningPause};
 pub use device::SimDevice;
 pub use events::{Event, MissDecision, Stats};
@@ -57,16 +60,13 @@ pub use swap::SwapPolicy;
 pub use tune::{TuneOptions, TuneReport};
 
 use crate::cache::{Cache, CacheOptions};
-use crate::engine::binaries::Binaries;
 use crate::engine::job::key_of;
 use crate::engine::{Isolation, IsolationOptions, TuningJob};
 use crate::gpu::device::Gpu;
-use crate::gpu::launch::load_function;
-use crate::gpu::measure::Prepared;
 use crate::gpu::pool::CompilePool;
 use crate::key::TuningKey;
 use crate::space::Config;
-use crate::spec::{KernelSpec, MAX_VARS};
+use crate::spec::KernelSpec;
 use crate::{Error, Result};
 use capture::gate;
 use device::Device;
@@ -578,120 +578,6 @@ impl Tuner {
         }
     }
 
-    /// A miss inside a CUDA graph capture: never a load, a compilation or a search, and never
-    /// a wait for another thread (which may be waiting for the capture to end). The key's own
-    /// serving plan if it has one, else the nearest loaded bucket's plan of the kernel (when
-    /// its config is valid at this shape), which becomes the key's provisional plan while the
-    /// key is resolved in the background after the capture; else an error.
-    fn resolve_in_capture(
-        &self,
-        kernel: &Kernel,
-        key: TuningKey,
-        shape: &[i64],
-    ) -> Result<Arc<Plan>> {
-        let states = &self.inner.states;
-        let claim = states.claim(key);
-        let mine = matches!(claim, Claim::Mine);
-        match claim {
-            Claim::Ready(p) | Claim::Provisional(p) => {
-                self.emit_miss(kernel, key, shape, MissDecision::Joined);
-                return Ok(p);
-            }
-            Claim::Mine | Claim::Wait(_) => {}
-        }
-        let near = self.loaded_near(kernel, key, shape);
-        let Some((from, plan)) = near else {
-            if mine {
-                self.release(&key);
-            }
-            self.emit_miss(kernel, key, shape, MissDecision::CaptureRefused);
-            let e = Error::Capture(format!(
-                "kernel `{}` at shape {shape:?} ({}) has no loaded plan to launch inside a CUDA \
-                 graph capture, and jitune does not load, compile or tune during one; launch \
-                 this kernel once before capturing (any shape of it whose config also fits \
-                 this one will do)",
-                kernel.spec.name,
-                key.display()
-            ));
-            self.emit_error(Some(key), &kernel.spec.name, &e);
-            return Err(e);
-        };
-        if mine {
-            states.set_provisional(&key, plan.clone());
-            self.defer_resolution(kernel.clone(), key, shape.to_vec());
-        }
-        self.emit_miss(
-            kernel,
-            key,
-            shape,
-            MissDecision::Captured {
-                config: plan.config.clone(),
-                from,
-            },
-        );
-        self.fallback(key, &kernel.spec.name, || {
-            format!(
-                "inside a CUDA graph capture: launched {}'s loaded plan {}",
-                from.display(),
-                plan.config
-            )
-        });
-        Ok(plan)
-    }
-
-    /// The nearest other bucket's loaded plan of `kernel` whose config is valid at `shape`.
-    fn loaded_near(
-        &self,
-        kernel: &Kernel,
-        key: TuningKey,
-        shape: &[i64],
-    ) -> Option<(TuningKey, Arc<Plan>)> {
-        let near = self.inner.states.loaded_near(&key);
-        if near.is_empty() {
-            return None;
-        }
-        let space = self.inner.device.space(&kernel.spec, shape).ok()?;
-        near.into_iter().find(|(_, p)| {
-            space
-                .parse_config_text(&p.config)
-                .is_ok_and(|c| space.is_valid(&c))
-        })
-    }
-
-    /// Resolves a key claimed inside a capture, in a thread of its own, once the capture lets
-    /// jitune's GPU work run (every load and search there takes a permit).
-    fn defer_resolution(&self, kernel: Kernel, key: TuningKey, shape: Vec<i64>) {
-        let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("jitune-resolve".into())
-            .spawn(move || {
-                // Nothing of the resolution (not even a compilation in the pool) starts before
-                // the capture has ended.
-                drop(gate().permit());
-                let _active = gate().activity();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    this.resolve_claimed(&kernel, key, &shape, false)
-                }))
-                .unwrap_or_else(|_| Err(Error::Search("resolving a key panicked".into())));
-                if let Err(e) = r {
-                    log::warn!(
-                        "jitune: resolving {} {:?} after a capture failed: {e}",
-                        kernel.spec.name,
-                        shape
-                    );
-                    this.release(&key);
-                    this.emit_error(Some(key), &kernel.spec.name, &e);
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("jitune: cannot start a thread to resolve a key after a capture: {e}");
-            // The provisional plan serves for good.
-            if let Some(p) = self.inner.states.plan(&key) {
-                self.inner.states.install(key, p);
-            }
-        }
-    }
-
     /// A key's resolution ends with `plan`: installed, swapped in, or queued as the swap policy
     /// says (see [`Swaps::finish`]). Returns the plan launches use now.
     pub(super) fn finish(&self, key: TuningKey, plan: Arc<Plan>) -> Arc<Plan> {
@@ -811,66 +697,6 @@ impl Tuner {
         let c = job.space.parse_config_text(&near.config).ok()?;
         job.space.is_valid(&c).then_some(c)
     }
-
-    fn plan_for_text(&self, job: &TuningJob, text: &str, tuned: bool) -> Result<Plan> {
-        // A stored config is checked like any from outside: it must be a valid config here.
-        let config = job.space.parse_config_text(text)?;
-        if !job.space.is_valid(&config) {
-            return Err(Error::Space(format!(
-                "config `{text}` of `{}` is not valid at shape {:?} on this device",
-                job.spec.name, job.shape
-            )));
-        }
-        self.plan_for(job, &config, tuned, Have::Nothing)
-    }
-
-    /// A plan of `config`, from what the caller has of it already (a winner the evaluator
-    /// loaded, or its image), else from its image in the binary table, else compiled in this
-    /// process (a single compilation: a pool worker would pay NVRTC's start-up first).
-    fn plan_for(&self, job: &TuningJob, config: &Config, tuned: bool, have: Have) -> Result<Plan> {
-        let spec = &job.spec;
-        let values: Vec<i64> = (0..spec.params.len())
-            .map(|d| job.space.int_value(config, d))
-            .collect();
-        let mut env = [0i64; MAX_VARS];
-        spec.fill_env(&values, &job.shape, self.inner.device.limits(), &mut env);
-        let text = job.text(config);
-        let Some(gpu) = self.inner.device.gpu() else {
-            return Ok(Plan::simulated(env, text, tuned));
-        };
-        let image = match have {
-            Have::Func(f) => return Ok(Plan::new(f, env, text, tuned)),
-            Have::Image(img) => img,
-            // A preload has it (or is compiling it: wait rather than compile it twice).
-            Have::Nothing => match self.preloaded(spec.id(), &text) {
-                Some(img) => img,
-                None => {
-                    let mut bin = Binaries::new(
-                        gpu.clone(),
-                        spec.clone(),
-                        self.inner.cache.clone(),
-                        self.inner.pool.clone(),
-                    );
-                    let t = Instant::now();
-                    let img = bin.one(config, &text)?;
-                    if bin.compiled > 0 {
-                        self.inner.compile_time.add(t.elapsed());
-                    }
-                    self.inner
-                        .compiles
-                        .fetch_add(bin.compiled, Ordering::Relaxed);
-                    img
-                }
-            },
-        };
-        let geometry = Prepared::resolve(spec, &env, &job.shape)?.geometry;
-        // Loading a module: never inside a capture (waits for one to end).
-        let func = {
-            let _permit = gate().permit()?;
-            load_function(&gpu.ctx, &image, &spec.entry, &geometry)?
-        };
-        Ok(Plan::new(func, env, text, tuned))
-    }
 }
 
 /// Asks the driver whether a hit's stream captures (only while jitune may do GPU work); a capture
@@ -881,14 +707,4 @@ fn watch_capture(stream: &CudaStream) {
     if !capture::held_here() && capture::stream_capturing(stream) {
         gate().note_capture(Duration::from_secs(10));
     }
-}
-
-/// What a plan is built from.
-enum Have {
-    /// Nothing yet: the binary table, else a compilation.
-    Nothing,
-    /// The config's image (an isolated search's winner).
-    Image(crate::gpu::compile::Image),
-    /// The config loaded in this context (an in-process search's winner).
-    Func(CudaFunction),
 }
