@@ -32,8 +32,8 @@ use super::queue::{Write, WriteQueue};
 use super::record::{self, Rejection};
 use super::secret::FleetKey;
 use super::tier::{LeaseToken, RemoteError, RemoteTier};
+use crate::cache::entry::Entry;
 use crate::cache::store::{arch_of, nvrtc_of, BinaryKey, FailureRecord};
-use crate::cache::Entry;
 use crate::key::{DeviceFingerprint, TuningKey};
 
 /// A remote winner that passed every check of its record.
