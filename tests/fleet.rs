@@ -19,7 +19,6 @@
 mod cache_common;
 #[path = "../examples/fleet/mod.rs"]
 mod fleet;
-#[allow(dead_code)]
 #[path = "remote_common/mod.rs"]
 mod remote_common;
 
