@@ -20,19 +20,6 @@ pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
 /// with a `K`/`M`/`G` suffix; `off` for no cap). Default [`store::DEFAULT_BINARY_CAP`].
 pub const BINARY_CAP_ENV: &str = "JITUNE_BINARY_CAP";
 
-/// Where the user cache lives.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum UserCache {
-    /// `$JITUNE_CACHE` (a path, or `memory`), else `$XDG_CACHE_HOME/jitune/cache.sqlite`, else
-    /// `$HOME/.cache/jitune/cache.sqlite`.
-    #[default]
-    Default,
-    /// No file: results live in memory only.
-    MemoryOnly,
-    /// This file.
-    At(PathBuf),
-}
-
 /// How to open a [`Cache`](super::Cache).
 ///
 /// ```no_run
@@ -151,6 +138,19 @@ impl CacheOptions {
             UserCache::Default => default_user_path(),
         }
     }
+}
+
+/// Where the user cache lives.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum UserCache {
+    /// `$JITUNE_CACHE` (a path, or `memory`), else `$XDG_CACHE_HOME/jitune/cache.sqlite`, else
+    /// `$HOME/.cache/jitune/cache.sqlite`.
+    #[default]
+    Default,
+    /// No file: results live in memory only.
+    MemoryOnly,
+    /// This file.
+    At(PathBuf),
 }
 
 fn default_user_path() -> Option<PathBuf> {
