@@ -52,9 +52,9 @@ pub mod internals {
     };
     pub use crate::gpu::compile::{compile_in_process, nvrtc_version, CompileRequest, Image};
     pub use crate::gpu::convert::{f16_to_f32, f32_to_bf16, f32_to_f16, to_f64};
-    pub use crate::gpu::measure::{decide, iqr, median, median_ci, Decision, Sampling, Stop};
     pub use crate::gpu::pool::{worker_command, CompilePool, PoolMode};
     pub use crate::gpu::roofline::{copy_bandwidth, fp32_lanes_per_sm, Roofline};
+    pub use crate::gpu::sampling::{decide, iqr, median, median_ci, Decision, Sampling, Stop};
     pub use crate::gpu::tensor_map::{encode_tiled, MapDims, TensorMapSlot};
     pub use crate::rng::Rng;
     pub use crate::tuner::state::KeyStates;

@@ -15,12 +15,19 @@
 //! so one process tunes a key and the others adopt its winner ([`Cache::acquire_lease`],
 //! [`Cache::wait_for_winner`]), and a lock per physical GPU ([`Cache::gpu_lock`],
 //! [`gpu_lock`]), so no two tuners time kernels on one GPU at once.
+//!
+//! This file is [`Cache`] itself. Beside it: the entry every tier keeps ([`Entry`], `entry`),
+//! how a cache is opened ([`CacheOptions`], [`UserCache`] and the environment, `options`), and
+//! the clock of entries and leases (`clock`); all are re-exported here.
 
+mod clock;
 mod coord;
 pub mod decide;
+mod entry;
 pub mod export;
 pub mod fleet;
 pub mod gpu_lock;
+mod options;
 pub mod remote;
 pub mod store;
 
@@ -34,286 +41,13 @@ use dashmap::DashMap;
 use crate::key::{DeviceFingerprint, KernelId, KeyHashBuilder, TuningKey};
 use crate::{Error, Result};
 
+pub use clock::{unix_ms, unix_now};
 pub use coord::{LeaseAttempt, LeaseGuard, WinnerWait, LEASE_TTL, WAIT_POLL};
 pub use decide::{Decision, Explanation};
+pub use entry::Entry;
 pub use gpu_lock::{GpuLock, GpuLockGuard};
+pub use options::{CacheOptions, UserCache, BINARY_CAP_ENV, CACHE_ENV, SHIPPED_ENV};
 pub use store::{Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict, Store};
-
-/// Environment variable naming the user cache file (or `memory` for no file).
-pub const CACHE_ENV: &str = "JITUNE_CACHE";
-
-/// Environment variable naming read-only shipped cache files for the default tuner (`:`-separated).
-pub const SHIPPED_ENV: &str = "JITUNE_SHIPPED";
-
-/// Environment variable capping the user cache's binaries that are not winners' (bytes, or
-/// with a `K`/`M`/`G` suffix; `off` for no cap). Default [`store::DEFAULT_BINARY_CAP`].
-pub const BINARY_CAP_ENV: &str = "JITUNE_BINARY_CAP";
-
-/// The current time in unix seconds (0 if the clock is before 1970).
-pub fn unix_now() -> i64 {
-    unix_ms() / 1000
-}
-
-/// The current time in unix milliseconds (0 if the clock is before 1970); leases keep time so.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// One tuned winner: which config to launch for a kernel, shape bucket and device, and how it
-/// measured.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    /// What the entry is for; `key.device` is `device.hash64()`.
-    pub key: TuningKey,
-    /// Human-readable kernel name (the id is what counts).
-    pub kernel_name: String,
-    /// The device the winner was measured on.
-    pub device: DeviceFingerprint,
-    /// The winner config, canonical text `name=value,name=value` in parameter order.
-    pub config: String,
-    /// Median time of the winner in milliseconds.
-    pub median_ms: f64,
-    /// Interquartile range of the winner's samples, milliseconds.
-    pub spread_ms: f64,
-    /// Number of timing samples of the winner.
-    pub samples: u32,
-    /// Configs evaluated during the search.
-    pub evaluated: u32,
-    /// The search strategy that found it.
-    pub strategy: String,
-    /// First tuned (unix seconds).
-    pub created_at: i64,
-    /// Last updated (unix seconds).
-    pub updated_at: i64,
-    /// The jitune version that wrote it.
-    pub jitune_version: String,
-}
-
-impl Entry {
-    /// An entry measured now by this jitune version; `key.device` is taken from `device`.
-    ///
-    /// ```
-    /// use jitune::cache::Entry;
-    /// use jitune::key::{DeviceFingerprint, KernelId, ShapeBucket};
-    /// let dev = DeviceFingerprint { name: "NVIDIA H200".into(), compute_capability: (9, 0), sm_count: 132, nvrtc_version: (13, 0), driver_version: None };
-    /// let e = Entry::new(KernelId([7; 32]), ShapeBucket::new(&[4096, 4096]).unwrap(), dev, "gemm", "BM=128,BN=64", 0.42);
-    /// assert_eq!(e.key.device, e.device.hash64());
-    /// ```
-    pub fn new(
-        kernel: KernelId,
-        shape: crate::key::ShapeBucket,
-        device: DeviceFingerprint,
-        kernel_name: &str,
-        config: &str,
-        median_ms: f64,
-    ) -> Entry {
-        let now = unix_now();
-        Entry {
-            key: TuningKey {
-                kernel,
-                shape,
-                device: device.hash64(),
-            },
-            kernel_name: kernel_name.into(),
-            device,
-            config: config.into(),
-            median_ms,
-            spread_ms: 0.0,
-            samples: 0,
-            evaluated: 0,
-            strategy: String::new(),
-            created_at: now,
-            updated_at: now,
-            jitune_version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
-
-    /// Checks what the store and merging rely on: the key's device hash matches the fingerprint
-    /// and the timings are finite and non-negative.
-    pub fn validate(&self) -> Result<()> {
-        if self.key.device != self.device.hash64() {
-            return Err(Error::InvalidArgument(format!(
-                "entry {}: key device hash {:016x} is not the hash of `{}` ({:016x})",
-                self.key.display(),
-                self.key.device,
-                self.device.to_text(),
-                self.device.hash64()
-            )));
-        }
-        for (what, v) in [("median_ms", self.median_ms), ("spread_ms", self.spread_ms)] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(Error::InvalidArgument(format!(
-                    "entry {}: {what} = {v} is not a finite time",
-                    self.key.display()
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where the user cache lives.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum UserCache {
-    /// `$JITUNE_CACHE` (a path, or `memory`), else `$XDG_CACHE_HOME/jitune/cache.sqlite`, else
-    /// `$HOME/.cache/jitune/cache.sqlite`.
-    #[default]
-    Default,
-    /// No file: results live in memory only.
-    MemoryOnly,
-    /// This file.
-    At(PathBuf),
-}
-
-/// How to open a [`Cache`].
-///
-/// ```no_run
-/// use jitune::cache::{Cache, CacheOptions};
-/// let cache = Cache::open(CacheOptions::at("/tmp/my-cache.sqlite").with_shipped("/opt/app/tuned.sqlite"))?;
-/// # Ok::<(), jitune::Error>(())
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct CacheOptions {
-    /// The writable user cache.
-    pub user: UserCache,
-    /// Read-only shipped caches, searched in order after the user cache.
-    pub shipped: Vec<PathBuf>,
-    /// The fleet-wide remote tier (Redis): `$JITUNE_REMOTE` by default. See [`remote`].
-    pub remote: remote::RemoteChoice,
-    /// Bytes of the user store's binaries that are not winners' kept, least recently used
-    /// dropped first (`Some(u64::MAX)`: no cap); `None`: `$JITUNE_BINARY_CAP`, else
-    /// [`store::DEFAULT_BINARY_CAP`] (256 MiB). Winners' binaries are always kept.
-    pub binary_cap: Option<u64>,
-}
-
-impl CacheOptions {
-    /// Options with the user cache at `path`.
-    pub fn at(path: impl Into<PathBuf>) -> CacheOptions {
-        CacheOptions {
-            user: UserCache::At(path.into()),
-            shipped: Vec::new(),
-            remote: remote::RemoteChoice::Default,
-            binary_cap: None,
-        }
-    }
-
-    /// Options without a user file.
-    pub fn memory_only() -> CacheOptions {
-        CacheOptions {
-            user: UserCache::MemoryOnly,
-            shipped: Vec::new(),
-            remote: remote::RemoteChoice::Default,
-            binary_cap: None,
-        }
-    }
-
-    /// Adds a shipped (read-only) cache layer.
-    pub fn with_shipped(mut self, path: impl Into<PathBuf>) -> CacheOptions {
-        self.shipped.push(path.into());
-        self
-    }
-
-    /// The options of the default tuner: the default user cache, and read-only shipped layers
-    /// from `JITUNE_SHIPPED` (paths separated by `:`; a missing or unreadable one is skipped
-    /// with a warning when the cache opens).
-    pub fn from_env() -> CacheOptions {
-        let mut opts = CacheOptions::default();
-        if let Some(v) = std::env::var_os(SHIPPED_ENV) {
-            opts = opts.with_shipped_list(&v);
-        }
-        opts
-    }
-
-    /// Adds the shipped layers of a `:`-separated list (the form of `JITUNE_SHIPPED`).
-    pub fn with_shipped_list(mut self, list: &std::ffi::OsStr) -> CacheOptions {
-        self.shipped
-            .extend(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()));
-        self
-    }
-
-    /// Uses the remote tier at `url` (`redis://[:password@]host:port/db`) instead of
-    /// `$JITUNE_REMOTE`. The URL is checked when the cache opens.
-    pub fn with_remote(mut self, url: impl Into<String>) -> CacheOptions {
-        self.remote = remote::RemoteChoice::Url(url.into());
-        self
-    }
-
-    /// No remote tier, whatever `$JITUNE_REMOTE` says.
-    pub fn without_remote(mut self) -> CacheOptions {
-        self.remote = remote::RemoteChoice::Off;
-        self
-    }
-
-    /// Keeps at most `bytes` of binaries that are not winners' in the user store (instead of
-    /// `$JITUNE_BINARY_CAP` or the 256 MiB default); `u64::MAX` for no cap.
-    pub fn with_binary_cap(mut self, bytes: u64) -> CacheOptions {
-        self.binary_cap = Some(bytes);
-        self
-    }
-
-    /// The binary cap these options resolve to (`None`: no cap): the one given, else
-    /// `$JITUNE_BINARY_CAP` (a malformed value is ignored with a warning), else
-    /// [`store::DEFAULT_BINARY_CAP`].
-    pub fn resolve_binary_cap(&self) -> Option<u64> {
-        let cap = match self.binary_cap {
-            Some(c) => c,
-            None => match std::env::var(BINARY_CAP_ENV) {
-                Ok(v) if v.trim().is_empty() => store::DEFAULT_BINARY_CAP,
-                Ok(v) if ["off", "none", "unlimited"].contains(&v.trim().to_ascii_lowercase().as_str()) => u64::MAX,
-                Ok(v) => store::parse_byte_size(&v).unwrap_or_else(|| {
-                    log::warn!(
-                        "jitune: {BINARY_CAP_ENV}=`{v}` is not a size (bytes, or with a K/M/G suffix, or `off`); \
-                         capping binaries at the default {} MiB",
-                        store::DEFAULT_BINARY_CAP >> 20
-                    );
-                    store::DEFAULT_BINARY_CAP
-                }),
-                Err(_) => store::DEFAULT_BINARY_CAP,
-            },
-        };
-        (cap != u64::MAX).then_some(cap)
-    }
-
-    /// The user cache path these options resolve to (`None`: memory only), from the
-    /// environment for [`UserCache::Default`].
-    pub fn resolve_user_path(&self) -> Option<PathBuf> {
-        match &self.user {
-            UserCache::MemoryOnly => None,
-            UserCache::At(p) => Some(p.clone()),
-            UserCache::Default => default_user_path(),
-        }
-    }
-}
-
-fn default_user_path() -> Option<PathBuf> {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(v) = non_empty(CACHE_ENV) {
-        if v == "memory" {
-            return None;
-        }
-        return Some(PathBuf::from(v));
-    }
-    // XDG says relative values are invalid and must be ignored.
-    if let Some(x) = non_empty("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
-        return Some(x.join("jitune").join("cache.sqlite"));
-    }
-    if let Some(h) = non_empty("HOME") {
-        return Some(
-            PathBuf::from(h)
-                .join(".cache")
-                .join("jitune")
-                .join("cache.sqlite"),
-        );
-    }
-    log::warn!("jitune: neither {CACHE_ENV}, XDG_CACHE_HOME nor HOME is set; tuning results will not persist");
-    None
-}
 
 /// The tuning cache: memory tier over a user store over shipped stores.
 ///

@@ -7,7 +7,7 @@
 //! timed: a wrong config is a failure, never a winner. The reference output stays on the device
 //! and the comparison runs there (`gpu::compare`); only a reference the caller hands in as host
 //! values ([`GpuEvaluator::set_reference`]) is compared on the host. Timing is adaptive
-//! (`gpu::measure::decide`): a few runs for a stable kernel, more for a noisy one, and a
+//! (`gpu::sampling::decide`): a few runs for a stable kernel, more for a noisy one, and a
 //! candidate clearly slower than the best so far stops after its first runs (racing).
 //!
 //! Where the time goes is counted per candidate ([`EvalStats`]): waiting for images, module
@@ -32,16 +32,19 @@ use crate::failure::FailureClass;
 use crate::gpu::compare::Comparison;
 use crate::gpu::compile::Image;
 use crate::gpu::device::Gpu;
+use crate::gpu::fault::LaunchFailure;
 use crate::gpu::launch::load_function;
-use crate::gpu::measure::{median, median_ci, Bench, LaunchFailure, Prepared, Sampling, Stop};
+use crate::gpu::measure::Bench;
 use crate::gpu::pool::CompilePool;
+use crate::gpu::prepared::Prepared;
+use crate::gpu::sampling::{median, median_ci, Sampling, Stop};
 use crate::key::TuningKey;
 use crate::search::evaluator::{Evaluator, Failure, Measurement, Outcome};
 use crate::space::{Config, SearchSpace};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
 
-/// Knobs of the measurement (see `gpu::measure::decide` for how they combine).
+/// Knobs of the measurement (see `gpu::sampling::decide` for how they combine).
 #[derive(Clone, Debug)]
 pub struct MeasureOptions {
     /// Kernel time (ms) a first measurement may spend; once spent, 3 samples are enough.

@@ -535,7 +535,7 @@ mod tests {
         let values: Vec<i64> = (0..spec.params.len())
             .map(|d| space.int_value(&spec.default, d))
             .collect();
-        let p = crate::gpu::measure::Prepared::for_config(spec, &values, shape, &limits).unwrap();
+        let p = crate::gpu::prepared::Prepared::for_config(spec, &values, shape, &limits).unwrap();
         match marshal(spec, &p.resolved(spec), None, args) {
             Ok(m) => Ok(m.raw),
             Err(LaunchError::Args(e)) => Err(e.to_string()),

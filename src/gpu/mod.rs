@@ -10,8 +10,13 @@
 //! - [`launch`]: the one launch path (arguments checked and marshalled, zero-fill, tensor maps,
 //!   `cuLaunchKernel`) and loading an image into a function;
 //! - [`compare`]: the correctness gate on the device (jitune's own comparison kernel);
-//! - [`measure`]: synthetic inputs, L2 flushing, adaptive CUDA-event timing and the correctness
-//!   run, all through [`launch`];
+//! - [`prepared`]: a config resolved for a shape (variables, geometry, argument lengths, zero
+//!   mask), what [`launch`] takes; [`fault`]: a failed launch sorted as an invalid config or a
+//!   broken context;
+//! - [`inputs`]: the tuner's own synthetic buffers for a spec and shape; [`sampling`]: the
+//!   adaptive sampling rule and its statistics (no CUDA);
+//! - [`measure`]: the bench: L2 flushing, CUDA-event timing in rounds of [`sampling`] and the
+//!   correctness run on [`inputs`], all through [`launch`];
 //! - [`roofline`]: the device's copy bandwidth (measured once) and FP32 peak, for stopping a
 //!   search near the roofline.
 //!
@@ -23,10 +28,14 @@ pub mod compare;
 pub mod compile;
 pub mod convert;
 pub mod device;
+pub mod fault;
+mod inputs;
 pub mod launch;
 pub mod measure;
 pub mod pool;
+pub mod prepared;
 pub mod roofline;
+pub mod sampling;
 pub mod tensor_map;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

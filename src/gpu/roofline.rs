@@ -130,7 +130,7 @@ fn measure_copy(ctx: &Arc<CudaContext>, l2_bytes: i64) -> std::result::Result<f6
             ms.push(start.elapsed_ms(&end)? as f64);
         }
     }
-    let t = super::measure::median(&ms);
+    let t = super::sampling::median(&ms);
     Ok(2.0 * size as f64 / (t / 1e3))
 }
 

@@ -16,7 +16,9 @@
 //! | [`config`] | the URL (`JITUNE_REMOTE`) and the outage settings |
 //! | `health` | back-off after failures, one warning per outage |
 //! | `queue` | the bounded queue of writes made while the server is away |
-//! | [`client`] | [`Remote`]: all of the above as the cache and the tuner use it |
+//! | `link` | what every clone of a [`Remote`] shares, and the back-off gate of every call |
+//! | [`client`] | [`Remote`]: all of the above as the cache and the tuner use it; its reads and leases |
+//! | `writer` | [`Remote`]'s writes: sent through, queued in an outage, pushed by a flusher thread |
 //!
 //! How the tuner is meant to use it (see [`Remote`]): on a miss in memory and the user store,
 //! [`Remote::lookup`]; on [`Lookup::Hit`], [`check_config`] against the spec's space, store
@@ -30,6 +32,7 @@ pub mod client;
 pub mod config;
 mod health;
 pub mod keys;
+mod link;
 pub mod memory;
 mod queue;
 pub mod record;
@@ -37,11 +40,12 @@ pub mod record;
 mod redis_tier;
 pub mod secret;
 pub mod tier;
+mod writer;
 
 use std::sync::Arc;
 
 pub use check::check_config;
-pub use client::{Lease, LeaseOutcome, Listing, Lookup, Published, Remote, RemoteHit, RemoteStats};
+pub use client::{Lease, LeaseOutcome, Listing, Lookup, Remote, RemoteHit, RemoteStats};
 pub use config::{RemoteChoice, RemoteSettings, RemoteUrl, REMOTE_ENV, REMOTE_WAIT_ENV};
 pub use keys::Keys;
 pub use memory::MemoryTier;
@@ -50,6 +54,7 @@ pub use record::{Rejection, RECORD_SCHEMA};
 pub use redis_tier::RedisTier;
 pub use secret::{FleetKey, REMOTE_KEY_ENV};
 pub use tier::{LeaseToken, RemoteError, RemoteTier};
+pub use writer::Published;
 
 /// The transport for `url`: Redis when built with the `redis` feature, otherwise an error
 /// saying so. Makes no connection.

@@ -34,8 +34,8 @@
 use std::fmt;
 
 use super::secret::FleetKey;
+use crate::cache::entry::Entry;
 use crate::cache::store::{BinaryKey, FailureRecord};
-use crate::cache::Entry;
 use crate::failure::FailureClass;
 use crate::key::{DeviceFingerprint, KernelId, ShapeBucket, TuningKey, MAX_DIMS};
 

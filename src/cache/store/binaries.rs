@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{store_err, Access, BinaryKey, BinaryRecord, Store, BUSY_TIMEOUT};
-use crate::cache::unix_ms;
+use crate::cache::clock::unix_ms;
 use crate::key::KernelId;
 use crate::Result;
 

@@ -34,7 +34,8 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::process::{hostname, pid_scope, Liveness, ProcessId};
 use super::records::decode_key;
 use super::{store_err, Store};
-use crate::cache::{unix_ms, Entry};
+use crate::cache::clock::unix_ms;
+use crate::cache::entry::Entry;
 use crate::key::TuningKey;
 use crate::{Error, Result};
 

@@ -43,9 +43,10 @@ use crate::failure::FailureClass;
 use crate::key::{KernelId, TuningKey};
 use crate::{Error, Result};
 
-use super::{unix_now, Entry};
+use super::clock::unix_now;
+use super::entry::Entry;
 
-pub use super::unix_ms;
+pub use super::clock::unix_ms;
 pub use binaries::{parse_byte_size, Evicted, DEFAULT_BINARY_CAP, TOUCH_EVERY, TOUCH_WAIT};
 pub use lease::{Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK, MAX_LEASE_TTL};
 pub use open::SCHEMA_VERSION;

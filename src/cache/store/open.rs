@@ -8,7 +8,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 
 use super::retry::{is_busy, Backoff};
 use super::{store_err, store_msg, Access, Store, BUSY_TIMEOUT};
-use crate::cache::unix_now;
+use crate::cache::clock::unix_now;
 use crate::{Error, Result};
 
 /// The schema version this build writes; files with a higher version are only read.

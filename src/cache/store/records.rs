@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::Row;
 
 use super::store_msg;
-use crate::cache::Entry;
+use crate::cache::entry::Entry;
 use crate::failure::FailureClass;
 use crate::key::{DeviceFingerprint, KernelId, ShapeBucket, TuningKey};
 use crate::Result;
