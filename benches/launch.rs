@@ -1,8 +1,11 @@
 //! Launch hit overhead: jitune's `launch` on a cached key against two baselines launching the
 //! same CUBIN with the same arguments, measured in the same run (host-side time per launch,
-//! median of batches, the three sides interleaved): a raw `cuLaunchKernel` with its parameter
+//! median of batches, the sides interleaved): a raw `cuLaunchKernel` with its parameter
 //! array packed once (the floor: nothing but the driver call), and cudarc's launch builder
-//! (which allocates on every launch, so it is the softer baseline).
+//! (which allocates on every launch, so it is the softer baseline). jitune is timed twice:
+//! with raw device pointers (`Arg::from_raw`, the like-for-like comparison with the raw
+//! launch: neither side touches cudarc's stream-ordering events) and with cudarc slices (what
+//! most Rust callers pass; each slice records cudarc's events, as the builder's do).
 //!
 //!     cargo bench --bench launch        (needs a GPU; prints a reason and exits 0 without one)
 
@@ -30,7 +33,7 @@ use cudarc::driver::{
 };
 use jitune::cache::Cache;
 use jitune::space::Param;
-use jitune::spec::SpecBuilder;
+use jitune::spec::{ElemType, SpecBuilder};
 use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 
 const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, int n) {
@@ -47,6 +50,19 @@ fn main() {
     if let Err(e) = run() {
         eprintln!("launch bench: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The bench's buffers as raw-pointer arguments (what a caller holding `data_ptr`s passes).
+fn raw_args(x: u64, y: u64, n: usize, ni: i32) -> [Arg<'static>; 3] {
+    // SAFETY: x and y are live allocations of n f32 each on the launch's context; the bench
+    // orders everything on one stream.
+    unsafe {
+        [
+            Arg::from_raw(x, n, ElemType::F32),
+            Arg::from_raw_mut(y, n, ElemType::F32),
+            Arg::from(ni),
+        ]
     }
 }
 
@@ -139,13 +155,15 @@ fn run() -> jitune::Result<()> {
 
     const BATCH: usize = 500;
     const ROUNDS: usize = 40;
-    // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune.
-    let mut ns: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
+    // with raw pointers.
+    const SIDES: usize = 4;
+    let mut ns: [Vec<f64>; SIDES] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let ni = n as i32;
     for round in 0..ROUNDS {
         // Rotate the order so no side always runs on a fuller queue.
-        for k in 0..3 {
-            let side = (k + round) % 3;
+        for k in 0..SIDES {
+            let side = (k + round) % SIDES;
             stream
                 .synchronize()
                 .map_err(|e| jitune::Error::driver("CUDA", e))?;
@@ -161,12 +179,13 @@ fn run() -> jitune::Result<()> {
                         l.arg(&x).arg(&mut y).arg(&ni);
                         unsafe { l.launch(lc) }.map_err(|e| jitune::Error::driver("CUDA", e))?;
                     }
-                    _ => tuner.launch(
+                    2 => tuner.launch(
                         &kernel,
                         &stream,
                         &shape,
                         &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
                     )?,
+                    _ => tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?,
                 }
             }
             let per = t.elapsed().as_nanos() as f64 / BATCH as f64;
@@ -191,6 +210,11 @@ fn run() -> jitune::Result<()> {
     let jit_allocs = ALLOCS.load(Ordering::Relaxed) - before;
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..1000 {
+        tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?;
+    }
+    let jit_raw_allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
         let mut l = stream.launch_builder(&func);
         l.arg(&x).arg(&mut y).arg(&ni);
         unsafe { l.launch(lc) }.map_err(|e| jitune::Error::driver("CUDA", e))?;
@@ -206,10 +230,11 @@ fn run() -> jitune::Result<()> {
         .synchronize()
         .map_err(|e| jitune::Error::driver("CUDA", e))?;
     let batches = ns[0].len();
-    let [mut raw_ns, mut builder_ns, mut jit_ns] = ns;
+    let [mut raw_ns, mut builder_ns, mut jit_ns, mut jit_raw_ns] = ns;
     let raw = median(&mut raw_ns);
     let builder = median(&mut builder_ns);
     let jit = median(&mut jit_ns);
+    let jit_raw = median(&mut jit_raw_ns);
     println!(
         "device                 {}",
         tuner
@@ -220,15 +245,20 @@ fn run() -> jitune::Result<()> {
     );
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
     println!("cudarc launch builder   {builder:8.1} ns/launch");
-    println!("jitune launch (hit)     {jit:8.1} ns/launch");
+    println!("jitune launch, pointers {jit_raw:8.1} ns/launch (Arg::from_raw)");
+    println!("jitune launch, slices   {jit:8.1} ns/launch (&CudaSlice: cudarc's events)");
     println!(
-        "hit overhead vs raw     {:8.1} ns/launch  (target <= 100)",
-        jit - raw
+        "hit overhead vs raw     {:8.1} ns/launch  (pointers against raw; target <= 100)",
+        jit_raw - raw
     );
-    println!("hit overhead vs builder {:8.1} ns/launch", jit - builder);
     println!(
-        "allocations per launch  jitune {:.3}, builder {:.3}, raw {:.3}",
+        "hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
+        jit - builder
+    );
+    println!(
+        "allocations per launch  jitune {:.3} (pointers {:.3}), builder {:.3}, raw {:.3}",
         jit_allocs as f64 / 1000.0,
+        jit_raw_allocs as f64 / 1000.0,
         builder_allocs as f64 / 1000.0,
         raw_allocs as f64 / 1000.0
     );

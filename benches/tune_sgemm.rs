@@ -46,7 +46,7 @@ fn arg(name: &str) -> Option<String> {
 fn recorded_optimum(
     path: &str,
     space: &jitune::space::SearchSpace,
-) -> jitune::Result<(String, f64, Option<f64>)> {
+) -> jitune::Result<(String, f64, Option<f64>, bool)> {
     let data = jitune::replay::Cachefile::load(std::path::Path::new(path))?;
     let (c, t) = data
         .optimum()
@@ -54,7 +54,7 @@ fn recorded_optimum(
     // record_space names the parameters as the spec does: the text parses in the spec's space.
     let spec_text = data.space.config_text(c);
     space.parse_config_text(&spec_text)?;
-    let wall = std::fs::File::open(path)
+    let recorded_by = std::fs::File::open(path)
         .ok()
         .and_then(|f| {
             let mut s = String::new();
@@ -66,8 +66,14 @@ fn recorded_optimum(
             r.read_to_string(&mut s).ok()?;
             serde_json::from_str::<serde_json::Value>(&s).ok()
         })
-        .and_then(|v| v["recorded_by"]["wall_s"].as_f64());
-    Ok((spec_text, t, wall))
+        .map(|v| v["recorded_by"].clone());
+    let wall = recorded_by.as_ref().and_then(|r| r["wall_s"].as_f64());
+    // Files from before `--max-s` have no flag: they were complete.
+    let complete = recorded_by
+        .as_ref()
+        .and_then(|r| r["complete"].as_bool())
+        .unwrap_or(true);
+    Ok((spec_text, t, wall, complete))
 }
 
 fn run() -> jitune::Result<()> {
@@ -132,13 +138,18 @@ fn run() -> jitune::Result<()> {
     }
     let (optimum_text, ex_wall, complete) = match &against {
         Some(path) => {
-            let (text, t, wall) = recorded_optimum(path, &space)?;
+            let (text, t, wall, complete) = recorded_optimum(path, &space)?;
             println!(
                 "recorded    {path}: optimum {text} {t:.4} ms; recorded in {} (no racing: not \
-                 the tuner's exhaustive time)",
-                wall.map_or("?".to_string(), |w| format!("{w:.0} s"))
+                 the tuner's exhaustive time){}",
+                wall.map_or("?".to_string(), |w| format!("{w:.0} s")),
+                if complete {
+                    ""
+                } else {
+                    "; INCOMPLETE recording (stopped at --max-s): its optimum is a partial one"
+                }
             );
-            (text, wall, true)
+            (text, wall, complete)
         }
         None => {
             let ex_tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;

@@ -12,7 +12,10 @@
 //! less its `benchmark_time`), which keeps replay's simulated time close to the real run's.
 //!
 //!     cargo run --release --example record_space -- --kernel sgemm --shape 2048x2048x2048 \
-//!         [--out sgemm_2048_H100.json.gz] [--limit N] [--budget-ms 10]
+//!         [--out sgemm_2048_H100.json.gz] [--limit N] [--budget-ms 10] [--max-s S]
+//!
+//! `--max-s S` stops after the batch that crosses S seconds and writes what was measured,
+//! marked `"complete": false` (so a device command with a hard limit still leaves a file).
 //!
 //! `--kernel` is a name under `kernels/` or a path to a spec file. The file is written at the
 //! end (gzip when the name ends in `.gz`) and read back through `jitune::replay::Cachefile` as a
@@ -80,6 +83,7 @@ fn run() -> Result<()> {
     )?;
     let limit: usize = common::num_option("--limit", "RECORD_LIMIT", usize::MAX)?;
     let budget_ms: f64 = common::num_option("--budget-ms", "RECORD_BUDGET_MS", 10.0)?;
+    let max_s: f64 = common::num_option("--max-s", "RECORD_MAX_S", f64::INFINITY)?;
     jitune::require_cuda()?;
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
     let gpu = Arc::new(Gpu::from_context(ctx)?);
@@ -176,7 +180,16 @@ fn run() -> Result<()> {
                     .unwrap_or_else(|| "-".into())
             );
         }
+        if start.elapsed().as_secs_f64() > max_s && cache.len() < configs.len() {
+            println!(
+                "  stopped at --max-s {max_s} s after {} of {} configs: the file says \"complete\": false",
+                cache.len(),
+                configs.len()
+            );
+            break;
+        }
     }
+    let complete = cache.len() == configs.len();
     let params = space.params();
     let doc = json!({
         "device_name": device,
@@ -196,6 +209,7 @@ fn run() -> Result<()> {
             "arch": gpu.arch,
             "first_budget_ms": budget_ms,
             "wall_s": start.elapsed().as_secs_f64(),
+            "complete": complete,
         },
         "cache": Json::Object(cache),
     });
