@@ -692,6 +692,12 @@ fn concurrent(
     if let Err(e) = load_result {
         println!("  the tuning load failed: {e}");
     }
+    // Background searches end (and store what they measured) before the process does.
+    for t in [tuner, &load_tuner] {
+        if !t.shutdown(std::time::Duration::from_secs(30)) {
+            println!("  background tuning still running after 30 s; exiting anyway");
+        }
+    }
     let ok = failed == 0 && wrong == 0;
     if !ok && guard == Guard::Explicit {
         println!("  FAILED: captures must survive in-process tuning");

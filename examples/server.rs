@@ -503,5 +503,9 @@ fn run() -> Result<()> {
             cfg(&tuner)
         );
     }
+    // Background searches end (and store what they measured) before the process does.
+    if !tuner.shutdown(Duration::from_secs(30)) {
+        eprintln!("server: background tuning still running after 30 s; exiting anyway");
+    }
     Ok(())
 }

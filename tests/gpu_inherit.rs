@@ -184,4 +184,13 @@ fn gpu_a_cache_from_another_toolchain_is_inherited_and_compiled_here() {
         .expect_err("strict mode refuses an untuned key");
     println!("inherit: strict mode: {err}");
     assert!(err.to_string().contains("not tuned"), "{err}");
+
+    // 6. The Background tuner's re-check searches end before the process does (a test binary
+    // that returned while one was inside the driver aborted at exit on the H200).
+    let t0 = std::time::Instant::now();
+    assert!(
+        fresh.shutdown(std::time::Duration::from_secs(60)),
+        "background searches still running after shutdown's 60 s"
+    );
+    println!("inherit: shutdown in {:.2} s", t0.elapsed().as_secs_f64());
 }

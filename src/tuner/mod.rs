@@ -30,6 +30,7 @@
 mod build;
 pub mod capture;
 mod captured;
+mod closing;
 pub mod device;
 pub mod events;
 mod miss;
@@ -184,6 +185,9 @@ struct Inner {
     background_gate: parking_lot::Mutex<()>,
     /// Images compiled ahead of the launches that need them ([`Tuner::preload`]).
     preloads: preload::Preloads,
+    /// The background threads running, and the flag that cancels every search at shutdown
+    /// ([`Tuner::shutdown`]).
+    closing: closing::Closing,
 }
 
 /// Tunes, caches and launches kernels on one GPU. Cheap to clone (shared inside).
@@ -287,6 +291,7 @@ impl Tuner {
                 )),
                 background_gate: parking_lot::Mutex::new(()),
                 preloads: preload::Preloads::default(),
+                closing: closing::Closing::default(),
             }),
         })
     }
@@ -392,6 +397,18 @@ impl Tuner {
     /// what they must not do). Callbacks add up; they are never called on a hit.
     pub fn on_event(&self, f: impl Fn(&Event) + Send + Sync + 'static) {
         self.inner.events.add(Arc::new(f));
+    }
+
+    /// Stops the tuner's background work before the process ends: every search in flight is
+    /// cancelled (it ends after its batch in flight and stores the best it measured, which then
+    /// serves), no new background search starts (a miss serves its provisional plan for good; a
+    /// Blocking miss measures only its start configs),
+    /// and the call waits up to `timeout` for the background threads to finish. Returns whether
+    /// none is left. Launches keep working. Call it before returning from `main` in a program
+    /// that tunes in the background: a process that exits while a search is inside the driver
+    /// or NVRTC can abort in their exit handlers.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        self.inner.closing.close(timeout)
     }
 
     /// The tuner's counters now.

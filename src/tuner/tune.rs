@@ -176,7 +176,12 @@ impl Tuner {
             opts.max_evals = (opts.max_evals / 4).max(8);
             opts.max_time_s = opts.max_time_s.map(|t| t / 4.0);
         }
-        let t = self.tune_job(job, nearest, &opts, Hooks::default())?;
+        // Cancelled by `shutdown` (then the best measured so far is stored and served).
+        let hooks = Hooks {
+            cancel: Some(self.inner.closing.flag()),
+            progress: None,
+        };
+        let t = self.tune_job(job, nearest, &opts, hooks)?;
         let plan = self.plan_for(job, &t.winner, true, t.have)?;
         Ok((plan, t.report))
     }
@@ -413,12 +418,22 @@ impl Tuner {
         provisional: Arc<Plan>,
         short: bool,
     ) {
-        let this = self.clone();
         let key = job.key;
+        if self.inner.closing.is_closing() {
+            // Shut down: nothing new starts; the provisional plan serves for good.
+            self.inner.states.install(key, provisional);
+            return;
+        }
+        let this = self.clone();
         let fallback = provisional.clone();
         let spawned = std::thread::Builder::new()
             .name("jitune-tune".into())
             .spawn(move || {
+                // Counted until this thread ends, so `shutdown` can wait for it.
+                let Some(_running) = this.inner.closing.enter() else {
+                    this.inner.states.install(key, provisional);
+                    return;
+                };
                 // A panic inside tuning (a bug, or a library that panics) must neither leave the
                 // key busy forever nor take anything else down: it becomes an error.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
