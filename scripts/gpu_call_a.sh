@@ -4,33 +4,8 @@
 # the #18 and #17 suites, isolation faults. Every step's limit is cut to what is left of
 # TOTAL_S (default 560) so the call ends with its table inside a 600-s command.
 # Stage first (here): ../shared/gpu/stage, then cp target/release/jitune .gpu/
-set -u
-cd "$(dirname "$0")/.." || exit 1
-root=$PWD
-mkdir -p /work && { [ -e /work/main ] || ln -sfn "$root" /work/main; }
-# The CLI tests run the `jitune` binary from where cargo built it (CARGO_BIN_EXE_jitune).
-mkdir -p target/release && cp -f .gpu/jitune target/release/jitune 2>/dev/null
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export JITUNE_GPU_TESTS=1 RUST_BACKTRACE=1
 TOTAL_S=${TOTAL_S:-560}
-G=.gpu
-start_all=$(date +%s)
-left() { echo $((TOTAL_S - ($(date +%s) - start_all))); }
-rows=()
-step() { # NAME LIMIT CMD...
-  local name=$1 limit=$2; shift 2
-  local rest=$(( $(left) - 5 ))
-  if [ "$rest" -lt 10 ]; then rows+=("$name: no time left"); return; fi
-  [ "$limit" -le "$rest" ] || limit=$rest
-  echo "=== $name (limit $limit s)"
-  local t0=$(date +%s.%N)
-  timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$? t1=$(date +%s.%N)
-  local wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-  tail -n 12 "$OUT/$name.log"
-  rows+=("$name: rc=$rc ${wall}s $(grep -hE '^test result' "$OUT/$name.log" | tail -1)")
-}
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,uuid --format=csv,noheader | tee "$OUT/smi.txt"
+source "$(dirname "$0")/gpu_lib.sh"
 step gpu_engine 100 $G/tests/gpu_engine --test-threads=1 --nocapture
 step gpu_single_flight 60 $G/tests/gpu_single_flight --test-threads=1 --nocapture
 step quickstart_first 150 env JITUNE_CACHE=/tmp/qs.sqlite $G/examples/quickstart
@@ -54,6 +29,5 @@ step gpu_inherit 100 $G/tests/gpu_inherit --test-threads=1 --nocapture
 step gpu_speed 200 $G/tests/gpu_speed --test-threads=1 --nocapture
 step gpu_graph 150 $G/tests/gpu_graph --test-threads=1 --nocapture
 step gpu_faults 120 $G/tests/gpu_faults
-echo; echo "== call A: $(( $(date +%s) - start_all )) s"
-printf '%s\n' "${rows[@]}" | tee "$OUT/summary.txt"
+summary
 grep -h "exit" "$OUT/concurrent_tune.log" | head -4

@@ -5,32 +5,9 @@
 # Every step's limit is cut to what is left of TOTAL_S (default 500).
 # Stage first (here): ../shared/gpu/stage; cp target/release/jitune .gpu/; redis-server and
 # the libraries it needs into .gpu/redis/.
-set -u
-cd "$(dirname "$0")/.." || exit 1
-root=$PWD
-mkdir -p /work && { [ -e /work/main ] || ln -sfn "$root" /work/main; }
-# The CLI tests run the `jitune` binary from where cargo built it (CARGO_BIN_EXE_jitune).
-mkdir -p target/release && cp -f .gpu/jitune target/release/jitune 2>/dev/null
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export JITUNE_GPU_TESTS=1 RUST_BACKTRACE=1 JITUNE_LOAD_SECS=30
 TOTAL_S=${TOTAL_S:-500}
-G=.gpu
-start_all=$(date +%s)
-left() { echo $((TOTAL_S - ($(date +%s) - start_all))); }
-rows=()
-step() { # NAME LIMIT CMD...
-  local name=$1 limit=$2; shift 2
-  local rest=$(( $(left) - 5 ))
-  if [ "$rest" -lt 10 ]; then rows+=("$name: no time left"); return; fi
-  [ "$limit" -le "$rest" ] || limit=$rest
-  echo "=== $name (limit $limit s)"
-  local t0=$(date +%s.%N)
-  timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$? t1=$(date +%s.%N)
-  local wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-  tail -n 8 "$OUT/$name.log"
-  rows+=("$name: rc=$rc ${wall}s $(grep -hE '^test result' "$OUT/$name.log" | tail -1)")
-}
+source "$(dirname "$0")/gpu_lib.sh"
+export JITUNE_LOAD_SECS=30
 servers() { # N CACHE-PREFIX [env...]: N servers at once, 30 s, Background mode
   local n=$1 prefix=$2; shift 2
   local pids=() i
@@ -41,7 +18,6 @@ servers() { # N CACHE-PREFIX [env...]: N servers at once, 30 s, Background mode
   for p in "${pids[@]}"; do wait "$p"; done
   for i in $(seq 1 "$n"); do echo "server $i: $(grep -h -A1 '^stats:' "$OUT/srv_${prefix##*/}_$i.log" | tr -s ' ' | tr '\n' ' ')"; done
 }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,uuid --format=csv,noheader | tee "$OUT/smi.txt"
 # Issue 14: four servers, one cache file, one GPU.
 rm -f /tmp/four.sqlite*
 step four_servers 75 bash -c "$(declare -f servers); G=$G OUT=$OUT servers 4 /tmp/four.sqlite"
@@ -66,6 +42,5 @@ step graph_server 130 $G/examples/graph_server --replays 1000 --tune-s 3 --max-e
 # Issue 18: LFBO against exhaustive on SGEMM 4096^3 with what is left.
 ex=$(( $(left) - 80 )); [ "$ex" -ge 30 ] || ex=30
 step tune_sgemm $((ex + 75)) $G/benches/tune_sgemm --bench --exhaustive-limit-s "$ex"
-echo; echo "== call B: $(( $(date +%s) - start_all )) s"
-printf '%s\n' "${rows[@]}" | tee "$OUT/summary.txt"
+summary
 grep -h "^server" "$OUT/four_servers.log" "$OUT/two_servers_redis.log" 2>/dev/null
