@@ -229,6 +229,13 @@ fn run() -> jitune::Result<()> {
     stream
         .synchronize()
         .map_err(|e| jitune::Error::driver("CUDA", e))?;
+    // jitune's own work on a hit without the launch: the key and the plan lookup.
+    let t = Instant::now();
+    const LOOKUPS: usize = 200_000;
+    for _ in 0..LOOKUPS {
+        std::hint::black_box(tuner.plan(&kernel, std::hint::black_box(&shape)));
+    }
+    let lookup_ns = t.elapsed().as_nanos() as f64 / LOOKUPS as f64;
     let batches = ns[0].len();
     let [mut raw_ns, mut builder_ns, mut jit_ns, mut jit_raw_ns] = ns;
     let raw = median(&mut raw_ns);
@@ -247,6 +254,9 @@ fn run() -> jitune::Result<()> {
     println!("cudarc launch builder   {builder:8.1} ns/launch");
     println!("jitune launch, pointers {jit_raw:8.1} ns/launch (Arg::from_raw)");
     println!("jitune launch, slices   {jit:8.1} ns/launch (&CudaSlice: cudarc's events)");
+    println!(
+        "jitune key + plan lookup {lookup_ns:7.1} ns (Tuner::plan, no launch; {LOOKUPS} calls)"
+    );
     println!(
         "hit overhead vs raw     {:8.1} ns/launch  (pointers against raw; target <= 100)",
         jit_raw - raw
