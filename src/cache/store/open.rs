@@ -250,13 +250,7 @@ impl Store {
         } else {
             Access::ReadOnly
         };
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-            access,
-            version,
-            binary_cap: Mutex::new(None),
-        })
+        Ok(Store::wrap(conn, path, access, version))
     }
 
     fn try_open_rw(path: &Path) -> std::result::Result<Store, OpenFail> {
@@ -281,13 +275,7 @@ impl Store {
         } else {
             version
         };
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-            access: Access::ReadWrite,
-            version,
-            binary_cap: Mutex::new(None),
-        })
+        Ok(Store::wrap(conn, path, Access::ReadWrite, version))
     }
 
     /// Creates a new, self-contained cache file (rollback journal, not WAL) for export; `path`
@@ -304,13 +292,18 @@ impl Store {
             Err(OpenFail::Other(e)) => return Err(e),
             Err(_) => return Err(store_msg(path, "could not create schema")),
         };
-        Ok(Store {
+        Ok(Store::wrap(conn, path, Access::ReadWrite, version))
+    }
+
+    /// A store around an open connection (no binary cap until the cache sets one).
+    fn wrap(conn: Connection, path: &Path, access: Access, version: i64) -> Store {
+        Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
-            access: Access::ReadWrite,
+            access,
             version,
             binary_cap: Mutex::new(None),
-        })
+        }
     }
 }
 
