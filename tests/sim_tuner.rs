@@ -144,3 +144,57 @@ fn inherited_winners_serve_and_strict_mode_refuses_the_rest() {
     let ex = tuner.cache().explain(&key2, tuner.fingerprint()).unwrap();
     assert_eq!(ex.decision, Decision::Default);
 }
+
+/// `Tuner::shutdown` in Background mode: the search in flight is cancelled after its batch and
+/// its best so far is stored (nothing tuned is lost), the call returns once the background
+/// thread is gone, and a later miss starts no search.
+#[test]
+fn shutdown_cancels_background_searches_and_keeps_their_best() {
+    let data = Cachefile::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/convolution_A4000.json.gz"
+    )))
+    .unwrap();
+    // Slow evaluations (tens of ms each): a 400-evaluation search would take many seconds.
+    let fp = device().fingerprint.clone();
+    let dev = SimDevice::new(Arc::new(data), fp, "sim-gpu-0", 0.01);
+    let kernel = dev.kernel().unwrap();
+    let tuner = Tuner::simulated(dev, Cache::memory_only(), Mode::Background).unwrap();
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 400,
+        max_time_s: None,
+        ..TuneOptions::default()
+    });
+    let first = tuner.resolve(&kernel, &[1]).unwrap();
+    assert!(!first.tuned, "a Background miss serves a provisional plan");
+    // Let the search get going, then shut down.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    assert!(
+        tuner.shutdown(std::time::Duration::from_secs(30)),
+        "the background thread ended"
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "cancelled after its batch, not run to its end: {took:?}"
+    );
+    assert_eq!(tuner.searches(), 1);
+    let key = tuner.key(&kernel, &[1]).unwrap();
+    let stored = tuner
+        .cache()
+        .lookup(&key)
+        .unwrap()
+        .expect("the cancelled search stored its best");
+    assert!(stored.strategy.contains("partial"), "{}", stored.strategy);
+    assert!(
+        stored.evaluated < 400,
+        "it stopped early: {}",
+        stored.evaluated
+    );
+    // After shutdown a miss serves without starting a search.
+    let other = tuner.resolve(&kernel, &[4096]).unwrap();
+    assert!(!other.tuned);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(tuner.searches(), 1, "no search after shutdown");
+}
