@@ -296,6 +296,43 @@ fn leases_are_exclusive_owned_and_expire() {
     assert!(b.renew(&taken).unwrap());
 }
 
+/// A fleet lease dropped at once (the winner landed between the miss and the lease) is
+/// released at once: its renewal thread may not have locked yet, and a stop signalled before
+/// that must not be missed (it was: the drop joined a whole renewal period, a third of the
+/// 30-s lease, while the tuner's turn was held, and the fleet example's keys stalled).
+#[test]
+fn a_fleet_lease_dropped_at_once_is_released_at_once() {
+    use jitune::cache::{fleet::RemoteTurn, Cache, CacheOptions, LEASE_TTL};
+    let Some(server) = RedisServer::start("lease_drop") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("jitune-lease-drop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache =
+        Cache::open(CacheOptions::at(dir.join("c.sqlite")).with_remote(server.url())).unwrap();
+    let d = dev("NVIDIA H200");
+    for i in 0..20 {
+        let key = entry(200 + i, &[64], &d, "B=1", 1.0).key;
+        let RemoteTurn::Mine(Some(guard)) = cache.remote_lease(&key, LEASE_TTL) else {
+            panic!("a free fleet lease is taken");
+        };
+        let t = Instant::now();
+        drop(guard);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "dropping the guard took {:?} (round {i})",
+            t.elapsed()
+        );
+        // Released: the next attempt takes it again.
+        assert!(matches!(
+            cache.remote_lease(&key, LEASE_TTL),
+            RemoteTurn::Mine(Some(_))
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn killed_server_fails_fast_backs_off_and_gets_the_queued_writes_after_restart() {
     let Some(mut server) = RedisServer::start("outage") else {

@@ -206,6 +206,13 @@ impl Cache {
                 let (flag, cv) = &*stop2;
                 let mut stopped = flag.lock();
                 loop {
+                    // The flag is checked before waiting: a guard dropped before this thread
+                    // first locks must not leave its drop joining a whole period (a third of
+                    // the lease's time to live). That lost wake-up held the tuner's turn for
+                    // seconds per key once misses took their turn before their leases.
+                    if *stopped {
+                        return;
+                    }
                     let _ = cv.wait_for(&mut stopped, every);
                     if *stopped {
                         return;
