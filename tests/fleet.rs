@@ -164,6 +164,22 @@ fn check(name: &str, run: &Run) {
             }
         }
     }
+    // Processes on different GPUs divide the keys (issue 14): a process whose misses wait for
+    // its own turn holds no lease meanwhile, so the others take those keys. Before that fix one
+    // process held every key's lease and tuned all 20 one after another.
+    for h in 0..o.hosts {
+        let searchers = run
+            .procs
+            .iter()
+            .filter(|p| p.host == h)
+            .filter(|p| p.log.lines.iter().any(|l| matches!(l, Line::Start { .. })))
+            .count();
+        println!("{name}: host {h}: {searchers} processes searched");
+        assert!(
+            searchers >= 2,
+            "{name}: host {h}: {searchers} process(es) did every search; the keys were not divided"
+        );
+    }
     if let Some(kill) = &run.kill {
         // The killed holder's key is finished by another process: by a search that started
         // after the kill (a takeover), or by one that was already running or done at the kill.

@@ -78,9 +78,15 @@ impl Tuner {
             if let Some(p) = self.landed(job)? {
                 return Ok(self.adopted(p));
             }
+            // This process's turn first (one search at a time per tuner), the key's lease only
+            // then: a process whose misses wait for its turn holds no lease meanwhile, so the
+            // other processes (on other GPUs) take those keys and the keys get divided. Taking
+            // the leases first let one process hold every key and tune them one after another.
+            let turn = self.inner.background_gate.lock();
             let guard = match cache.acquire_lease(&job.key, LEASE_TTL) {
                 LeaseAttempt::Held(g) => g,
                 LeaseAttempt::HeldBy { .. } => {
+                    drop(turn);
                     let deadline = give_up.unwrap_or_else(|| Instant::now() + BACKGROUND_WAIT);
                     match cache.wait_for_winner(&job.key, deadline) {
                         WinnerWait::Landed(e) if Self::fits(job, &e) => {
@@ -96,7 +102,7 @@ impl Tuner {
                                 job.spec.name,
                                 job.shape
                             );
-                            return self.search_here(job, nearest, short);
+                            return self.search_here(job, nearest, short, None);
                         }
                         WinnerWait::TimedOut => continue,
                     }
@@ -110,10 +116,12 @@ impl Tuner {
                 RemoteTurn::Mine(g) => g,
                 RemoteTurn::Elsewhere => {
                     // Keep this host's lease (its other processes wait on it) and watch for the
-                    // other host's winner; take the fleet's lease if it frees.
+                    // other host's winner, without holding this process's turn; take the
+                    // fleet's lease if it frees.
+                    drop(turn);
                     match self.await_fleet(job, give_up)? {
                         Some(p) => return Ok(self.adopted(p)),
-                        None if past_limit() => return self.search_here(job, nearest, short),
+                        None if past_limit() => return self.search_here(job, nearest, short, None),
                         None => continue,
                     }
                 }
@@ -122,7 +130,7 @@ impl Tuner {
             if let Some(p) = self.landed(job)? {
                 return Ok(self.adopted(p));
             }
-            return self.search_here(job, nearest, short);
+            return self.search_here(job, nearest, short, Some(turn));
         }
     }
 
@@ -145,9 +153,16 @@ impl Tuner {
     }
 
     /// The search itself, while this process holds its GPU's tuning lock (one run per tuner,
-    /// too: two searches on one GPU would time each other).
-    fn search_here(&self, job: &TuningJob, nearest: Option<Config>, short: bool) -> Result<Turn> {
-        let _turn = self.inner.background_gate.lock();
+    /// too: two searches on one GPU would time each other). `turn`: this tuner's turn when the
+    /// caller holds it already (else it is waited for here).
+    fn search_here(
+        &self,
+        job: &TuningJob,
+        nearest: Option<Config>,
+        short: bool,
+        turn: Option<parking_lot::MutexGuard<'_, ()>>,
+    ) -> Result<Turn> {
+        let _turn = turn.unwrap_or_else(|| self.inner.background_gate.lock());
         let _gpu = self.gpu_turn();
         // Waiting for the GPU may have let another process's winner land.
         if let Some(p) = self.landed(job)? {
