@@ -7,6 +7,11 @@
 //! launch: neither side touches cudarc's stream-ordering events) and with cudarc slices (what
 //! most Rust callers pass; each slice records cudarc's events, as the builder's do).
 //!
+//! Two modes. Free-running: each batch starts on an idle stream, so a side whose launches are
+//! cheaper than the GPU's own per-kernel time ends up timing the GPU draining the queue. Queued:
+//! each batch is enqueued behind a spin kernel that keeps the GPU busy for longer than the batch
+//! takes, so only the host's work per launch is timed (the figure of issue 18).
+//!
 //!     cargo bench --bench launch        (needs a GPU; prints a reason and exits 0 without one)
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -39,6 +44,12 @@ use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
 const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, int n) {
     int i = blockIdx.x * B + threadIdx.x;
     if (i < n) y[i] = x[i] + 1.0f;
+}"#;
+
+/// Keeps the GPU busy for `cycles` SM clocks (the queued mode's blocker).
+const SPIN: &str = r#"extern "C" __global__ void spin(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) { }
 }"#;
 
 fn main() {
@@ -152,50 +163,83 @@ fn run() -> jitune::Result<()> {
     let grid = ((n as u32).div_ceil(b), 1, 1);
     let cu_func = func.cu_function();
     let cu_stream = stream.cu_stream();
+    // The spin kernel of the queued mode: one thread that waits `cycles` SM clocks.
+    let spin = cudarc::nvrtc::compile_ptx(SPIN)
+        .ok()
+        .and_then(|ptx| ctx.load_module(ptx).ok())
+        .and_then(|m| m.load_function("spin").ok());
+    if spin.is_none() {
+        println!("queued mode skipped: the spin kernel did not compile or load");
+    }
+    // 20 ms at 2 GHz: longer than any side's batch of launches.
+    let spin_cycles: i64 = 40_000_000;
 
     const BATCH: usize = 500;
     const ROUNDS: usize = 40;
     // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
     // with raw pointers.
     const SIDES: usize = 4;
-    let mut ns: [Vec<f64>; SIDES] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let ni = n as i32;
-    for round in 0..ROUNDS {
-        // Rotate the order so no side always runs on a fuller queue.
-        for k in 0..SIDES {
-            let side = (k + round) % SIDES;
-            stream
-                .synchronize()
-                .map_err(|e| jitune::Error::driver("CUDA", e))?;
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                match side {
-                    0 => unsafe {
-                        cu::launch_kernel(cu_func, grid, (b, 1, 1), 0, cu_stream, &mut params)
+    // Per mode (0 free-running, 1 queued behind the spin kernel), per side.
+    let mut by_mode: Vec<[Vec<f64>; SIDES]> = Vec::new();
+    for queued in [false, true] {
+        if queued && spin.is_none() {
+            continue;
+        }
+        let mut ns: [Vec<f64>; SIDES] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            // Rotate the order so no side always runs on a fuller queue.
+            for k in 0..SIDES {
+                let side = (k + round) % SIDES;
+                stream
+                    .synchronize()
+                    .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                if let (true, Some(f)) = (queued, &spin) {
+                    let mut l = stream.launch_builder(f);
+                    l.arg(&spin_cycles);
+                    unsafe {
+                        l.launch(LaunchConfig {
+                            grid_dim: (1, 1, 1),
+                            block_dim: (1, 1, 1),
+                            shared_mem_bytes: 0,
+                        })
                     }
-                    .map_err(|e| jitune::Error::driver("CUDA", e))?,
-                    1 => {
-                        let mut l = stream.launch_builder(&func);
-                        l.arg(&x).arg(&mut y).arg(&ni);
-                        unsafe { l.launch(lc) }.map_err(|e| jitune::Error::driver("CUDA", e))?;
+                    .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                }
+                let t = Instant::now();
+                for _ in 0..BATCH {
+                    match side {
+                        0 => unsafe {
+                            cu::launch_kernel(cu_func, grid, (b, 1, 1), 0, cu_stream, &mut params)
+                        }
+                        .map_err(|e| jitune::Error::driver("CUDA", e))?,
+                        1 => {
+                            let mut l = stream.launch_builder(&func);
+                            l.arg(&x).arg(&mut y).arg(&ni);
+                            unsafe { l.launch(lc) }
+                                .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                        }
+                        2 => tuner.launch(
+                            &kernel,
+                            &stream,
+                            &shape,
+                            &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
+                        )?,
+                        _ => {
+                            tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?
+                        }
                     }
-                    2 => tuner.launch(
-                        &kernel,
-                        &stream,
-                        &shape,
-                        &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
-                    )?,
-                    _ => tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?,
+                }
+                let per = t.elapsed().as_nanos() as f64 / BATCH as f64;
+                stream
+                    .synchronize()
+                    .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                if round > 2 {
+                    ns[side].push(per);
                 }
             }
-            let per = t.elapsed().as_nanos() as f64 / BATCH as f64;
-            stream
-                .synchronize()
-                .map_err(|e| jitune::Error::driver("CUDA", e))?;
-            if round > 2 {
-                ns[side].push(per);
-            }
         }
+        by_mode.push(ns);
     }
     // Allocations on the hit path (cudarc's builder allocates; jitune's launch must not).
     let before = ALLOCS.load(Ordering::Relaxed);
@@ -236,12 +280,12 @@ fn run() -> jitune::Result<()> {
         std::hint::black_box(tuner.plan(&kernel, std::hint::black_box(&shape)));
     }
     let lookup_ns = t.elapsed().as_nanos() as f64 / LOOKUPS as f64;
-    let batches = ns[0].len();
-    let [mut raw_ns, mut builder_ns, mut jit_ns, mut jit_raw_ns] = ns;
-    let raw = median(&mut raw_ns);
-    let builder = median(&mut builder_ns);
-    let jit = median(&mut jit_ns);
-    let jit_raw = median(&mut jit_raw_ns);
+    let batches = by_mode[0][0].len();
+    let medians: Vec<[f64; SIDES]> = by_mode
+        .into_iter()
+        .map(|mut m| std::array::from_fn(|i| median(&mut m[i])))
+        .collect();
+    let [raw, builder, jit, jit_raw] = medians[0];
     println!(
         "device                 {}",
         tuner
@@ -250,6 +294,7 @@ fn run() -> jitune::Result<()> {
             .fingerprint
             .to_text()
     );
+    println!("free-running (each batch starts on an idle stream):");
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
     println!("cudarc launch builder   {builder:8.1} ns/launch");
     println!("jitune launch, pointers {jit_raw:8.1} ns/launch (Arg::from_raw)");
@@ -265,6 +310,21 @@ fn run() -> jitune::Result<()> {
         "hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
         jit - builder
     );
+    if let Some(&[q_raw, q_builder, q_jit, q_jit_raw]) = medians.get(1) {
+        println!("queued behind a spin kernel (host time only):");
+        println!("  raw cuLaunchKernel      {q_raw:8.1} ns/launch");
+        println!("  cudarc launch builder   {q_builder:8.1} ns/launch");
+        println!("  jitune launch, pointers {q_jit_raw:8.1} ns/launch");
+        println!("  jitune launch, slices   {q_jit:8.1} ns/launch");
+        println!(
+            "  hit overhead vs raw     {:8.1} ns/launch  (pointers against raw; target <= 100)",
+            q_jit_raw - q_raw
+        );
+        println!(
+            "  hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
+            q_jit - q_builder
+        );
+    }
     println!(
         "allocations per launch  jitune {:.3} (pointers {:.3}), builder {:.3}, raw {:.3}",
         jit_allocs as f64 / 1000.0,
