@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::remote::{Lease, LeaseOutcome, Lookup, Remote};
-use super::store::{arch_of, nvrtc_of, BinaryKey, FailureRecord};
+use super::store::{with_binary_key, FailureRecord};
 use super::{unix_now, Cache, Entry};
 use crate::failure::FailureClass;
 use crate::key::{DeviceFingerprint, TuningKey};
@@ -113,14 +113,7 @@ impl Cache {
             return None;
         }
         if let (Some(bin), Some(store)) = (&hit.binary, &self.user) {
-            let (arch, nvrtc) = (arch_of(&hit.entry.device), nvrtc_of(&hit.entry.device));
-            let bk = BinaryKey {
-                kernel: key.kernel,
-                config: &hit.entry.config,
-                arch: &arch,
-                nvrtc: &nvrtc,
-            };
-            if let Err(e) = store.put_binary(&bk, bin) {
+            if let Err(e) = with_binary_key(&hit.entry, |bk| store.put_binary(bk, bin)) {
                 self.store_write_failed("a binary from the remote tier", &e);
             }
         }
@@ -142,14 +135,9 @@ impl Cache {
         let Some(remote) = &self.remote else { return };
         self.note_device(&entry.device);
         let binary = if remote.has_fleet_key() {
-            let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
-            let bk = BinaryKey {
-                kernel: entry.key.kernel,
-                config: &entry.config,
-                arch: &arch,
-                nvrtc: &nvrtc,
-            };
-            self.get_binary(&bk).ok().flatten()
+            with_binary_key(entry, |bk| self.get_binary(bk))
+                .ok()
+                .flatten()
         } else {
             None
         };

@@ -30,7 +30,7 @@ use super::record::{self, Rejection};
 use super::secret::FleetKey;
 use super::tier::{LeaseToken, RemoteError, RemoteTier};
 use crate::cache::entry::Entry;
-use crate::cache::store::{arch_of, nvrtc_of, BinaryKey, FailureRecord};
+use crate::cache::store::{with_binary_key, BinaryKey, FailureRecord};
 use crate::key::TuningKey;
 
 /// A remote winner that passed every check of its record.
@@ -411,15 +411,4 @@ impl Remote {
         }
         (ok, rejected)
     }
-}
-
-/// Runs `f` on the binary key of `entry`'s winner (its toolchain from the fingerprint).
-pub(super) fn with_binary_key<R>(entry: &Entry, f: impl FnOnce(&BinaryKey<'_>) -> R) -> R {
-    let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
-    f(&BinaryKey {
-        kernel: entry.key.kernel,
-        config: &entry.config,
-        arch: &arch,
-        nvrtc: &nvrtc,
-    })
 }

@@ -14,14 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::client::{with_binary_key, Lease, Remote};
+use super::client::{Lease, Remote};
 use super::health::Gate;
 use super::link::{bump, Inner, Signal};
 use super::queue::Write;
 use super::record;
 use super::tier::{RemoteError, RemoteTier};
 use crate::cache::entry::Entry;
-use crate::cache::store::FailureRecord;
+use crate::cache::store::{with_binary_key, FailureRecord};
 use crate::key::DeviceFingerprint;
 
 /// What became of a write.

@@ -52,7 +52,9 @@ pub use lease::{Lease, LeaseOwner, LeaseState, Stale, WaitOutcome, LEASE_RECHECK
 pub use open::SCHEMA_VERSION;
 pub use process::Liveness;
 use process::ProcessId;
-pub use records::{arch_of, nvrtc_of, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict};
+pub use records::{
+    arch_of, nvrtc_of, with_binary_key, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict,
+};
 use records::{decode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};
 pub(crate) use retry::is_busy;
 use retry::{is_busy_error, Backoff};

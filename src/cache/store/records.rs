@@ -93,6 +93,17 @@ pub fn nvrtc_of(device: &DeviceFingerprint) -> String {
     format!("{}.{}", device.nvrtc_version.0, device.nvrtc_version.1)
 }
 
+/// Runs `f` on the binary key of `entry`'s winner (its toolchain from the fingerprint).
+pub fn with_binary_key<R>(entry: &Entry, f: impl FnOnce(&BinaryKey<'_>) -> R) -> R {
+    let (arch, nvrtc) = (arch_of(&entry.device), nvrtc_of(&entry.device));
+    f(&BinaryKey {
+        kernel: entry.key.kernel,
+        config: &entry.config,
+        arch: &arch,
+        nvrtc: &nvrtc,
+    })
+}
+
 /// What to do when a written entry's key is already in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnConflict {
