@@ -82,12 +82,11 @@ impl Tuner {
         announce: bool,
     ) -> Result<(Arc<Plan>, Option<MissDecision>)> {
         let job = self.job(kernel, shape)?;
-        let fits = |e: &Entry| {
-            job.space
-                .parse_config_text(&e.config)
-                .is_ok_and(|c| job.space.is_valid(&c))
-        };
-        if let Some(entry) = self.inner.cache.lookup_with(&key, &fits)? {
+        if let Some(entry) = self
+            .inner
+            .cache
+            .lookup_with(&key, &|e| Self::fits(&job, e))?
+        {
             match self.plan_for_text(&job, &entry.config, true) {
                 Ok(plan) => {
                     self.count_decision(Decision::Hit);
@@ -156,9 +155,7 @@ impl Tuner {
                 // and more), then tune here.
                 let budget = self.inner.tune.read().max_time_s.unwrap_or(60.0);
                 let wait = Duration::from_secs_f64(2.0 * budget + 10.0);
-                let plan = self
-                    .tune_shared(&job, start, Some(wait), false)?
-                    .into_plan();
+                let plan = self.tune_shared(&job, start, Some(wait), false)?;
                 let config = plan.config.clone();
                 Ok((
                     self.finish(key, Arc::new(plan)),

@@ -3,8 +3,8 @@
 //! A key that misses everywhere is tuned by the process that holds its lease: first the host's
 //! lease (the user store's, [`Cache::acquire_lease`](crate::cache::Cache::acquire_lease)), then
 //! the fleet's (the remote tier's, [`Cache::remote_lease`](crate::cache::Cache::remote_lease)).
-//! Every other process adopts the holder's winner when it lands: from the store within about a
-//! second of its commit (the store's `data_version`), or from the remote tier (polled). A
+//! Every other process adopts the holder's winner when it lands: from the store within about
+//! 50 ms of its commit (the store's `data_version`, polled), or from the remote tier (polled). A
 //! holder that dies frees its lease (at once on its host, at expiry elsewhere) and another
 //! process takes the key over. The holder measures only while it holds the tuning lock of its
 //! physical GPU, so no timing is ever taken while another jitune tuner measures on that GPU.
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{Plan, Tuner};
 use crate::cache::fleet::RemoteTurn;
+use crate::cache::remote::check_config;
 use crate::cache::Entry;
 use crate::cache::{LeaseAttempt, WinnerWait, LEASE_TTL};
 use crate::engine::TuningJob;
@@ -31,21 +32,12 @@ const REMOTE_POLL: Duration = Duration::from_millis(250);
 /// that lives but never finishes is asked about every this often).
 const BACKGROUND_WAIT: Duration = Duration::from_secs(600);
 
-/// How a shared run ended.
-pub(super) enum Turn {
-    /// This process searched; the plan is its winner's.
-    Tuned(Plan),
-    /// Another process's winner, adopted.
-    Adopted(Plan),
-}
-
 impl Tuner {
-    /// Whether `e`'s config is valid in `job`'s space (a winner from elsewhere is checked
-    /// before it is used).
-    fn fits(job: &TuningJob, e: &Entry) -> bool {
-        job.space
-            .parse_config_text(&e.config)
-            .is_ok_and(|c| job.space.is_valid(&c))
+    /// Whether `e`'s config is a valid point of `job`'s space, in its canonical spelling (a
+    /// winner from another process or host is checked before it is used; see
+    /// [`check_config`]).
+    pub(super) fn fits(job: &TuningJob, e: &Entry) -> bool {
+        check_config(&job.space, &e.config).is_ok()
     }
 
     /// The winner of `job`'s key if one landed (this host, the fleet, shipped layers), as a
@@ -70,7 +62,7 @@ impl Tuner {
         nearest: Option<Config>,
         wait_limit: Option<Duration>,
         short: bool,
-    ) -> Result<Turn> {
+    ) -> Result<Plan> {
         let cache = &self.inner.cache;
         let give_up = wait_limit.map(|d| Instant::now() + d);
         let past_limit = || give_up.is_some_and(|g| Instant::now() >= g);
@@ -126,10 +118,7 @@ impl Tuner {
                     }
                 }
             };
-            // A winner may have landed between the miss and the leases.
-            if let Some(p) = self.landed(job)? {
-                return Ok(self.adopted(p));
-            }
+            // `search_here` looks for a winner that landed meanwhile once it has the GPU.
             return self.search_here(job, nearest, short, Some(turn));
         }
     }
@@ -161,7 +150,7 @@ impl Tuner {
         nearest: Option<Config>,
         short: bool,
         turn: Option<parking_lot::MutexGuard<'_, ()>>,
-    ) -> Result<Turn> {
+    ) -> Result<Plan> {
         let _turn = turn.unwrap_or_else(|| self.inner.background_gate.lock());
         let _gpu = self.gpu_turn();
         // Waiting for the GPU may have let another process's winner land.
@@ -169,7 +158,7 @@ impl Tuner {
             return Ok(self.adopted(p));
         }
         let (plan, _) = self.tune_job_to_plan(job, nearest, short)?;
-        Ok(Turn::Tuned(plan))
+        Ok(plan)
     }
 
     /// This GPU's tuning lock, shared by every jitune process on it: waited for (a day at
@@ -179,17 +168,9 @@ impl Tuner {
         self.inner.cache.gpu_lock(&self.inner.device.lock_id(), far)
     }
 
-    fn adopted(&self, p: Plan) -> Turn {
+    /// Another process's winner, counted as adopted.
+    fn adopted(&self, p: Plan) -> Plan {
         self.inner.adopted.fetch_add(1, Ordering::Relaxed);
-        Turn::Adopted(p)
-    }
-}
-
-impl Turn {
-    /// The plan, however it was found.
-    pub(super) fn into_plan(self) -> Plan {
-        match self {
-            Turn::Tuned(p) | Turn::Adopted(p) => p,
-        }
+        p
     }
 }

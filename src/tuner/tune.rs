@@ -440,7 +440,6 @@ impl Tuner {
                     let _active = gate().activity();
                     // Searched here once across processes, or adopted (see `shared`).
                     this.tune_shared(&job, nearest, None, short)
-                        .map(super::shared::Turn::into_plan)
                 }))
                 .unwrap_or_else(|_| Err(Error::Search("background tuning panicked".into())));
                 match result {
