@@ -26,13 +26,13 @@
 //! tuned twice, never a failed launch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
 use super::gpu_lock::{GpuLock, GpuLockGuard};
+use super::renewal::Renewal;
 use super::store::{Lease, LeaseOwner, LeaseState, Stale, WaitOutcome};
 use super::{Cache, Entry};
 use crate::key::TuningKey;
@@ -85,9 +85,9 @@ pub struct LeaseGuard {
 
 #[derive(Debug)]
 struct Heartbeat {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Dropped (stopped and joined) before the lease is released.
+    _renewal: Renewal,
     lost: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
 }
 
 impl LeaseGuard {
@@ -114,14 +114,8 @@ impl LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            {
-                let (flag, cv) = &*h.stop;
-                *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                cv.notify_all();
-            }
-            let _ = h.thread.join();
-        }
+        // The heartbeat stops (its thread joined) before the lease goes.
+        drop(self.heartbeat.take());
         self.cache.release_lease(&self.key);
     }
 }
@@ -204,46 +198,26 @@ impl Cache {
     }
 
     fn start_heartbeat(self: &Arc<Self>, key: &TuningKey, ttl: Duration) -> Option<Heartbeat> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let lost = Arc::new(AtomicBool::new(false));
         let (cache, key) = (Arc::clone(self), *key);
-        let (stop2, lost2) = (Arc::clone(&stop), Arc::clone(&lost));
+        let lost2 = Arc::clone(&lost);
         let every = (ttl / 3).max(Duration::from_millis(1));
-        let spawned = std::thread::Builder::new()
-            .name("jitune-lease".into())
-            .spawn(move || {
-                let (flag, cv) = &*stop2;
-                loop {
-                    // Sleep a period unless told to stop; the flag is checked before waiting, so
-                    // a stop signalled before this thread first locks is not missed.
-                    let next = Instant::now() + every;
-                    let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
-                    while !*stopped {
-                        let left = next.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        stopped = cv
-                            .wait_timeout(stopped, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    if *stopped {
-                        return;
-                    }
-                    drop(stopped);
-                    if !cache.renew_lease(&key, ttl) {
-                        log::warn!(
-                            "jitune: the tuning lease of {} was taken by another process (it went stale); finishing this tuning anyway",
-                            key.display()
-                        );
-                        lost2.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            });
+        let spawned = Renewal::start("jitune-lease", every, move || {
+            if cache.renew_lease(&key, ttl) {
+                return true;
+            }
+            log::warn!(
+                "jitune: the tuning lease of {} was taken by another process (it went stale); finishing this tuning anyway",
+                key.display()
+            );
+            lost2.store(true, Ordering::Relaxed);
+            false
+        });
         match spawned {
-            Ok(thread) => Some(Heartbeat { stop, lost, thread }),
+            Ok(renewal) => Some(Heartbeat {
+                _renewal: renewal,
+                lost,
+            }),
             Err(e) => {
                 self.coord_failures.note(&format!(
                     "jitune: cannot start the lease heartbeat thread ({e}); the lease of {} will expire after {ttl:?}",

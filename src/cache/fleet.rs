@@ -21,6 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::remote::{Lease, LeaseOutcome, Lookup, Remote};
+use super::renewal::Renewal;
 use super::store::{with_binary_key, FailureRecord};
 use super::{unix_now, Cache, Entry};
 use crate::failure::FailureClass;
@@ -40,20 +41,13 @@ pub enum RemoteTurn {
 pub struct RemoteLeaseGuard {
     remote: Remote,
     lease: Option<Lease>,
-    stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    renewal: Option<Renewal>,
 }
 
 impl Drop for RemoteLeaseGuard {
     fn drop(&mut self) {
-        {
-            let (flag, cv) = &*self.stop;
-            *flag.lock() = true;
-            cv.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // The renewal stops (its thread joined) before the lease goes.
+        drop(self.renewal.take());
         if let Some(l) = self.lease.take() {
             // After the winner's write in the client's queue: a waiter that sees the lease
             // go finds the winner there.
@@ -185,38 +179,18 @@ impl Cache {
             LeaseOutcome::Held => return RemoteTurn::Elsewhere,
             LeaseOutcome::Unavailable => return RemoteTurn::Mine(None),
         };
-        let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
-        let (r2, l2, stop2) = (remote.clone(), lease.clone(), stop.clone());
+        let (r2, l2) = (remote.clone(), lease.clone());
         let every = (ttl / 3).max(Duration::from_millis(10));
-        let thread = std::thread::Builder::new()
-            .name("jitune-remote-lease".into())
-            .spawn(move || {
-                let (flag, cv) = &*stop2;
-                let mut stopped = flag.lock();
-                loop {
-                    // The flag is checked before waiting: a guard dropped before this thread
-                    // first locks must not leave its drop joining a whole period (a third of
-                    // the lease's time to live). That lost wake-up held the tuner's turn for
-                    // seconds per key once misses took their turn before their leases.
-                    if *stopped {
-                        return;
-                    }
-                    let _ = cv.wait_for(&mut stopped, every);
-                    if *stopped {
-                        return;
-                    }
-                    // Ok(false): lost (expired, taken over): the winner is published anyway.
-                    if let Ok(false) = r2.renew(&l2) {
-                        return;
-                    }
-                }
-            })
-            .ok();
+        // Err: the tier is unreachable now, try again next period; Ok(false): lost (expired,
+        // taken over): the winner is published anyway.
+        let renewal = Renewal::start("jitune-remote-lease", every, move || {
+            !matches!(r2.renew(&l2), Ok(false))
+        })
+        .ok();
         RemoteTurn::Mine(Some(RemoteLeaseGuard {
             remote: remote.clone(),
             lease: Some(lease),
-            stop,
-            thread,
+            renewal,
         }))
     }
 

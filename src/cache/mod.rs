@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod gpu_lock;
 mod options;
 pub mod remote;
+mod renewal;
 pub mod store;
 
 use std::collections::BTreeMap;
