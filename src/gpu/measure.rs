@@ -34,14 +34,10 @@ use super::device::Gpu;
 use super::fault::{classify, classify_launch, LaunchFailure};
 use super::inputs::{check_arity, Inputs};
 use super::launch::launch;
+use super::prepared::Prepared;
 use super::sampling::{decide, Decision, Sampled, Sampling};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
-
-// Named by their old path in `src/tuner` (`gpu::measure::{Prepared, iqr}`): re-exported until
-// it names them by their homes.
-pub use super::prepared::Prepared;
-pub use super::sampling::iqr;
 
 /// The tuner's own buffers and timing machinery for one spec and shape.
 pub struct Bench {

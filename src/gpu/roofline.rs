@@ -30,11 +30,13 @@ pub struct Roofline {
 }
 
 impl Roofline {
-    /// The rooflines of `gpu` (the copy measured at the first call for its context).
-    pub fn of(gpu: &Gpu) -> Roofline {
+    /// The rooflines of `gpu` that work of `bytes` and `flops` needs: the copy bandwidth
+    /// (measured at the first call for its context) only when it moves bytes, the FP32 peak
+    /// only when it computes.
+    pub fn for_work(gpu: &Gpu, bytes: Option<i64>, flops: Option<i64>) -> Roofline {
         Roofline {
-            copy_bytes_per_s: copy_bandwidth(&gpu.ctx, gpu.limits.l2_bytes),
-            fp32_flops_per_s: fp32_peak(gpu),
+            copy_bytes_per_s: bytes.and_then(|_| copy_bandwidth(&gpu.ctx, gpu.limits.l2_bytes)),
+            fp32_flops_per_s: flops.and_then(|_| fp32_peak(gpu)),
         }
     }
 

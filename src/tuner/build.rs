@@ -12,7 +12,7 @@ use super::{Plan, Tuner};
 use crate::engine::binaries::Binaries;
 use crate::engine::TuningJob;
 use crate::gpu::launch::load_function;
-use crate::gpu::measure::Prepared;
+use crate::gpu::prepared::Prepared;
 use crate::space::Config;
 use crate::spec::MAX_VARS;
 use crate::{Error, Result};

@@ -10,7 +10,7 @@ use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use cudarc::driver::{CudaFunction, CudaStream};
 
 use crate::gpu::launch::{launch, Arg, Resolved, MAX_ARGS};
-use crate::gpu::measure::Prepared;
+use crate::gpu::prepared::Prepared;
 use crate::key::MAX_DIMS;
 use crate::spec::{Geometry, KernelSpec, MAX_VARS};
 use crate::Result;

@@ -16,8 +16,8 @@ use super::{Have, Plan, Tuner};
 use crate::cache::Entry;
 use crate::engine::sim::SimEvaluator;
 use crate::engine::{EvalStats, GpuEvaluator, IsolatedEvaluator, Isolation, TuningJob};
-use crate::gpu::measure::iqr;
-use crate::gpu::roofline::{copy_bandwidth, fp32_peak, Roofline};
+use crate::gpu::roofline::Roofline;
+use crate::gpu::sampling::iqr;
 use crate::search::evaluator::Evaluator;
 use crate::search::{strategy_by_name, Hooks, SearchOptions};
 use crate::space::Config;
@@ -321,11 +321,7 @@ impl Tuner {
                 return None;
             }
         };
-        let roof = Roofline {
-            copy_bytes_per_s: bytes.and_then(|_| copy_bandwidth(&gpu.ctx, gpu.limits.l2_bytes)),
-            fp32_flops_per_s: flops.and_then(|_| fp32_peak(gpu)),
-        };
-        roof.floor_ms(bytes, flops)
+        Roofline::for_work(gpu, bytes, flops).floor_ms(bytes, flops)
     }
 
     /// The evaluator of a tuning run, isolated or not as [`Tuner::isolation`] says. When
