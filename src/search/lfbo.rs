@@ -276,7 +276,7 @@ impl Lfbo {
             return Ok(fresh_samples(s, n, rng, &HashSet::new()));
         }
         // The trusted priors' fastest unmeasured configs compete with the neighbours.
-        for c in s.prior_candidates() {
+        for c in s.prior_candidates(&trust) {
             if seen.insert(c.clone()) {
                 cands.push(c);
             }

@@ -399,13 +399,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The trusted priors' fastest configs not evaluated yet (candidates for a model).
-    pub fn prior_candidates(&self) -> Vec<Config> {
+    /// The trusted priors' fastest configs not evaluated yet (candidates for a model), at the
+    /// `trust` of [`Session::prior_trust`] (computed once per batch by the caller: it ranks
+    /// every observation).
+    pub fn prior_candidates(&self, trust: &[f64]) -> Vec<Config> {
         if self.prior.is_empty() {
             return Vec::new();
         }
         self.prior
-            .candidates(&self.prior_trust(), &|c| self.index.contains_key(c))
+            .candidates(trust, &|c| self.index.contains_key(c))
     }
 
     /// Whether `c` was evaluated already.
