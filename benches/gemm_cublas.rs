@@ -365,11 +365,7 @@ fn run() -> Result<()> {
     };
     println!(
         "device {}; tuning budget {tune_s} s per shape (memory-only cache); parts {parts}",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text()
+        tuner.fingerprint().to_text()
     );
     let f16_default = common::hgemm_spec_for(tuner.gpu().expect("a GPU tuner has a GPU"), "f16");
     let bf16_default = common::hgemm_spec_for(tuner.gpu().expect("a GPU tuner has a GPU"), "bf16");

@@ -286,14 +286,7 @@ fn run() -> jitune::Result<()> {
         .map(|mut m| std::array::from_fn(|i| median(&mut m[i])))
         .collect();
     let [raw, builder, jit, jit_raw] = medians[0];
-    println!(
-        "device                 {}",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text()
-    );
+    println!("device                 {}", tuner.fingerprint().to_text());
     println!("free-running (each batch starts on an idle stream):");
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
     println!("cudarc launch builder   {builder:8.1} ns/launch");

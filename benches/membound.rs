@@ -140,11 +140,7 @@ fn run() -> Result<()> {
     )?;
     println!(
         "device {}; tuning budget {tune_s} s per shape (memory-only cache)",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text()
+        tuner.fingerprint().to_text()
     );
     println!(
         "\n{:<10} {:>12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  config",

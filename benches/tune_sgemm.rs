@@ -99,11 +99,7 @@ fn run() -> jitune::Result<()> {
     )?;
     println!(
         "device {}; sgemm {:?}: {} valid configs",
-        lfbo_tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text(),
+        lfbo_tuner.fingerprint().to_text(),
         shape,
         space.count()
     );

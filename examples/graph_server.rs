@@ -454,7 +454,7 @@ fn run(ctx: Arc<CudaContext>) -> Result<bool> {
     let mut ok = true;
     println!(
         "device {}; decode step: {layers} layers, {rows} x {hidden}, {} launches; tuning {tune_s} s / {max_evals} configs per key, {isolation:?}",
-        tuner.gpu().expect("a GPU tuner has a GPU").fingerprint.to_text(),
+        tuner.fingerprint().to_text(),
         model.launches()
     );
 

@@ -60,14 +60,7 @@ fn run() -> jitune::Result<()> {
     let cache_path = opts.resolve_user_path();
     let ctx = cudarc::driver::CudaContext::new(0).map_err(cuda("opening device 0"))?;
     let tuner = Tuner::with_context(ctx.clone(), Cache::open(opts)?, Mode::Blocking)?;
-    println!(
-        "device: {}",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text()
-    );
+    println!("device: {}", tuner.fingerprint().to_text());
     println!(
         "cache:  {}",
         cache_path

@@ -347,11 +347,7 @@ fn run() -> Result<()> {
     }
     println!(
         "device {}; {threads} threads, {} shape buckets, background tuning {tune_s} s per bucket",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text(),
+        tuner.fingerprint().to_text(),
         families.len()
     );
     if preload {

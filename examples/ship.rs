@@ -75,11 +75,7 @@ fn run() -> Result<()> {
     });
     println!(
         "device {}; tuning {} shapes, {tune_s} s each",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text(),
+        tuner.fingerprint().to_text(),
         list.iter().map(|(_, s)| s.len()).sum::<usize>()
     );
     for (kernel, shapes) in &list {

@@ -70,11 +70,7 @@ fn run() -> Result<bool> {
     tuner.set_mode(Mode::CacheOnly);
     println!(
         "device {}; shipped cache {} ({} winners), tuning disabled (cache-only)",
-        tuner
-            .gpu()
-            .expect("a GPU tuner has a GPU")
-            .fingerprint
-            .to_text(),
+        tuner.fingerprint().to_text(),
         shipped.display(),
         expected.len()
     );

@@ -126,7 +126,7 @@ fn gpu_child_warm_start() {
     let t = Instant::now();
     let entry = other.lookup(&key).unwrap().unwrap();
     let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
-    let fp = &tuner.gpu().expect("a GPU tuner has a GPU").fingerprint;
+    let fp = &tuner.fingerprint();
     let nvrtc = format!("{}.{}", fp.nvrtc_version.0, fp.nvrtc_version.1);
     let bkey = jitune::cache::store::BinaryKey {
         kernel: kernel.spec.id(),

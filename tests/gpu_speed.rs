@@ -430,7 +430,7 @@ fn preloading_compiles_before_the_first_launch() {
     let entry = Entry::new(
         k.spec.id(),
         ShapeBucket::new(&[1024, 1024]).unwrap(),
-        t.gpu().expect("a GPU tuner has a GPU").fingerprint.clone(),
+        t.fingerprint().clone(),
         "softmax",
         &space.config_text(&other),
         0.1,

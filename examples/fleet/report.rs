@@ -32,12 +32,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-/// The time as the logs keep it: unix milliseconds.
+/// The time as the logs keep it: unix milliseconds (the cache's clock, unsigned).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    jitune::cache::unix_ms().max(0) as u64
 }
 
 /// One line of a child's event log. Times are unix milliseconds; keys are key text.

@@ -151,9 +151,7 @@ fn resolve_kernel(
     let bucket = ShapeBucket::new(dims).ok_or_else(bad_shape)?;
     let mut ids: Vec<(KernelId, &str)> = entries
         .iter()
-        .filter(|e| {
-            e.kernel_name == pat || (!pat.is_empty() && e.key.kernel.to_hex().starts_with(pat))
-        })
+        .filter(|e| super::kernel_matches(e, pat))
         .map(|e| (e.key.kernel, e.kernel_name.as_str()))
         .collect();
     ids.sort();
