@@ -9,7 +9,6 @@ mod cli_common;
 mod remote_common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cli_common::*;
@@ -255,10 +254,11 @@ fn an_unreachable_or_malformed_remote_is_a_documented_exit_code() {
     let d = scratch("remote-unreachable");
     let url = format!("redis://:hunter2secret@127.0.0.1:{port}/0");
     let db = d.join("never.sqlite");
+    let out = d.join("out.json");
     for args in [
         vec!["ls", "--remote", &url],
         vec!["show", "sgemm/1024x1024x1024", "--remote", &url],
-        vec!["export", "out.json", "--remote", &url],
+        vec!["export", s(&out), "--remote", &url],
         vec!["push", FIXTURE, "--remote", &url],
         vec!["pull", "--remote", &url, "--cache", s(&db)],
     ] {
@@ -271,7 +271,7 @@ fn an_unreachable_or_malformed_remote_is_a_documented_exit_code() {
         assert!(!err.contains("hunter2secret"), "the password leaked: {err}");
     }
     assert!(!db.exists(), "a failed pull creates no cache");
-    assert!(!Path::new(&d.join("out.json")).exists());
+    assert!(!out.exists(), "a failed export writes no file");
     // Malformed URLs and two sources at once are usage errors.
     for args in [
         vec!["ls", "--remote", "localhost:6379"],
