@@ -29,7 +29,6 @@ struct State {
     retry_at: Instant,
     delay: Duration,
     probing: bool,
-    failures_this_outage: u64,
 }
 
 /// Back-off state of one remote tier.
@@ -49,7 +48,6 @@ impl Health {
                 retry_at: Instant::now(),
                 delay: min,
                 probing: false,
-                failures_this_outage: 0,
             }),
             min,
             max: max.max(min),
@@ -91,7 +89,6 @@ impl Health {
         let since = s.down_since.take()?;
         s.delay = self.min;
         s.probing = false;
-        s.failures_this_outage = 0;
         Some(since.elapsed())
     }
 
@@ -100,7 +97,6 @@ impl Health {
     pub(crate) fn failure(&self, what: &str, error: &str) {
         let mut s = self.state.lock();
         let now = Instant::now();
-        s.failures_this_outage += 1;
         match s.down_since {
             None => {
                 s.down_since = Some(now);
