@@ -106,16 +106,12 @@ impl Cache {
             );
             return None;
         }
-        if let (Some(bin), Some(store)) = (&hit.binary, &self.user) {
-            if let Err(e) = with_binary_key(&hit.entry, |bk| store.put_binary(bk, bin)) {
-                self.store_write_failed("a binary from the remote tier", &e);
-            }
+        if let Some(bin) = &hit.binary {
+            self.write_user("a binary from the remote tier", |s| {
+                with_binary_key(&hit.entry, |bk| s.put_binary(bk, bin))
+            });
         }
-        if let Some(store) = &self.user {
-            if let Err(e) = store.put(&hit.entry) {
-                self.store_write_failed("a winner from the remote tier", &e);
-            }
-        }
+        self.write_user("a winner from the remote tier", |s| s.put(&hit.entry));
         let e = self
             .memory
             .entry(*key)

@@ -456,11 +456,7 @@ impl Cache {
     /// is an error.
     pub fn put(&self, entry: Entry) -> Result<()> {
         entry.validate()?;
-        if let Some(store) = &self.user {
-            if let Err(e) = store.put(&entry) {
-                self.store_write_failed("a tuned winner", &e);
-            }
-        }
+        self.write_user("a tuned winner", |s| s.put(&entry));
         self.publish_entry(&entry);
         self.memory.insert(entry.key, Arc::new(entry));
         Ok(())
@@ -470,6 +466,14 @@ impl Cache {
     /// stayed in memory). A command that must know its results persisted checks this.
     pub fn store_write_failures(&self) -> u64 {
         self.write_failures.count()
+    }
+
+    /// Runs the write `f` on the user store: its result, or `None` without a user store or
+    /// when it failed (counted by [`Cache::store_write_failed`]: a launch never fails because
+    /// the cache file could not be written).
+    fn write_user<T>(&self, what: &str, f: impl FnOnce(&Store) -> Result<T>) -> Option<T> {
+        let store = self.user.as_ref()?;
+        f(store).map_err(|e| self.store_write_failed(what, &e)).ok()
     }
 
     /// Counts a failed user-store write; the first one is a warning, the rest debug lines.
@@ -514,11 +518,7 @@ impl Cache {
     /// warning, see [`Cache::put`]). The store then drops the least recently used binaries that
     /// are not winners' beyond its cap ([`CacheOptions::with_binary_cap`]).
     pub fn put_binary(&self, key: &BinaryKey<'_>, cubin: &[u8]) -> Result<()> {
-        if let Some(s) = &self.user {
-            if let Err(e) = s.put_binary(key, cubin) {
-                self.store_write_failed("a compiled binary", &e);
-            }
-        }
+        self.write_user("a compiled binary", |s| s.put_binary(key, cubin));
         Ok(())
     }
 
@@ -542,11 +542,9 @@ impl Cache {
         class: crate::failure::FailureClass,
         message: &str,
     ) -> Result<()> {
-        if let Some(s) = &self.user {
-            if let Err(e) = s.record_failure(key, config, class, message) {
-                self.store_write_failed("a failure record", &e);
-            }
-        }
+        self.write_user("a failure record", |s| {
+            s.record_failure(key, config, class, message)
+        });
         self.publish_failure(key, config, class, message);
         Ok(())
     }
@@ -574,35 +572,23 @@ impl Cache {
     /// See [`Store::mark_inflight`]; nothing without a user store (a failed write is one
     /// warning, see [`Cache::put`]).
     pub fn mark_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        if let Some(s) = &self.user {
-            if let Err(e) = s.mark_inflight(key, config) {
-                self.store_write_failed("an in-flight marker", &e);
-            }
-        }
+        self.write_user("an in-flight marker", |s| s.mark_inflight(key, config));
         Ok(())
     }
 
     /// See [`Store::clear_inflight`]; nothing without a user store (a failed write is one
     /// warning, see [`Cache::put`]).
     pub fn clear_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
-        if let Some(s) = &self.user {
-            if let Err(e) = s.clear_inflight(key, config) {
-                self.store_write_failed("an in-flight marker", &e);
-            }
-        }
+        self.write_user("an in-flight marker", |s| s.clear_inflight(key, config));
         Ok(())
     }
 
     /// See [`Store::take_stale_inflight`]; empty without a user store, or when the store
     /// cannot be written (one warning, see [`Cache::put`]).
     pub fn take_stale_inflight(&self, key: &TuningKey) -> Result<Vec<String>> {
-        match &self.user {
-            Some(s) => Ok(s.take_stale_inflight(key).unwrap_or_else(|e| {
-                self.store_write_failed("stale in-flight markers", &e);
-                Vec::new()
-            })),
-            None => Ok(Vec::new()),
-        }
+        Ok(self
+            .write_user("stale in-flight markers", |s| s.take_stale_inflight(key))
+            .unwrap_or_default())
     }
 }
 
