@@ -5,7 +5,7 @@
 //! [`LeaseGuard`] renews the lease in the background every third of its time to live (the
 //! heartbeat) and releases it when dropped, after the winner is stored. Because a winner may
 //! have landed between the miss and the lease, the holder looks the key up once more
-//! ([`Cache::lookup`]) before tuning. [`LeaseAttempt::HeldBy`]: another live process tunes it;
+//! (`Cache::lookup_with`, once it has its GPU's lock) before tuning. [`LeaseAttempt::HeldBy`]: another live process tunes it;
 //! launch the provisional plan and adopt its winner through [`Cache::wait_for_winner`], which
 //! returns [`WinnerWait::Landed`] within about [`WAIT_POLL`] of the winner's commit,
 //! [`WinnerWait::Free`] when the holder released the key without a winner, died or let the

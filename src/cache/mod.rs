@@ -1,12 +1,13 @@
-//! The two-tier cache of tuned configs: a lock-sharded in-memory map in front of SQLite files.
+//! The cache of tuned configs: a lock-sharded in-memory map in front of SQLite files and,
+//! optionally, a fleet's Redis tier (`remote`, joined in by `fleet`).
 //!
 //! Launches do not come here: a launch reads its plan from the tuner's key map, and the cache
 //! is asked on a miss (and by tools). The memory tier ([`Cache::get_memory`]) remembers what
 //! the files gave or what was tuned in this process, so a repeated lookup is one `DashMap`
 //! shard read. Behind it sit one writable user cache (shared by all processes of the user, see
 //! [`store`]) and any number of read-only "shipped" caches (tuned results distributed with an
-//! application). Lookups go memory → user → shipped; the first hit wins and is remembered in
-//! memory. The cache degrades instead of failing: if the user file cannot be written, results
+//! application). Lookups go memory → user → remote (when one is configured, its records
+//! checked) → shipped; the first hit wins and is remembered in memory. The cache degrades instead of failing: if the user file cannot be written, results
 //! live in memory for the life of the process, and a write that fails later (a lock held too
 //! long, a full or read-only disk) keeps its data in memory and is one logged warning, never an
 //! error of the launch that caused it.
@@ -120,8 +121,8 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Shards of the memory tier: more shards than threads keeps two threads on one shard's lock
-/// word (a shared cache line, even for readers) rare.
+/// Shards of the memory tier: more shards than threads keeps two miss-path threads on one
+/// shard's lock word (a shared cache line, even for readers) rare.
 const SHARDS: usize = 256;
 
 impl Cache {
@@ -234,13 +235,6 @@ impl Cache {
     #[inline]
     pub fn get_memory(&self, key: &TuningKey) -> Option<Arc<Entry>> {
         self.memory.get(key).map(|r| Arc::clone(r.value()))
-    }
-
-    /// Runs `f` on the memory tier's entry for `key` without touching its reference count:
-    /// the lookup only reads shared cache lines (the shard's lock word aside), which is what
-    /// lets many threads hit at once.
-    pub fn with_memory<R>(&self, key: &TuningKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        self.memory.get(key).map(|r| f(r.value()))
     }
 
     /// Read layers behind memory, in lookup order.

@@ -4,15 +4,19 @@
 //! reads the plan for that key from one shard of the key map ([`state`]) and launches it on the
 //! caller's stream with the caller's buffers ([`Plan::launch`]). That is the whole hit path.
 //! On a miss the thread that claims the key builds its [`TuningJob`] once (key, space, shape),
-//! consults the cache (memory, user file, shipped files), and then, per [`Mode`]:
+//! consults the cache (memory, user file, the fleet's remote tier, shipped files), and then,
+//! when nothing is tuned for the key, follows the fallback chain (an inherited winner of this
+//! GPU model under another toolchain, a provisional one, the nearest shape's, the default; see
+//! [`crate::cache::decide`]) per [`Mode`]:
 //!
-//! - `Blocking`: tune now, store the winner, launch it (first-run warm-up). Threads that miss
-//!   the key meanwhile wait for that winner.
+//! - `Blocking`: tune now (unless an inherited winner serves), store the winner, launch it
+//!   (first-run warm-up). Threads that miss the key meanwhile wait for that winner, and other
+//!   processes tuning it are waited for (see `shared`).
 //! - `Background`: launch the best config known now (the cached winner of the nearest shape
 //!   bucket, else the spec's default) and tune in a background thread; the winner's plan then
 //!   replaces the provisional one atomically. Concurrent misses of one key are tuned once, and
 //!   runs of different keys take turns (one at a time per tuner).
-//! - `CacheOnly`: never tune; the default config on a miss.
+//! - `CacheOnly`: never tune; what the fallback chain picks on a miss.
 //!
 //! Tuning ([`tune`]) uses buffers of its own on a stream of its own: the caller's buffers are
 //! never read or written by it. Where candidates run is the [`Isolation`]: by default in a
@@ -84,7 +88,8 @@ pub enum Mode {
     /// Launch the nearest tuned shape's winner (or the default) now; tune in the background
     /// (in an isolated worker process by default) and swap the winner in.
     Background,
-    /// Never tune: launch the cached winner or the default.
+    /// Never tune: launch the cached winner, else what the fallback chain picks (see
+    /// [`crate::cache::decide`]).
     CacheOnly,
 }
 
@@ -179,9 +184,10 @@ struct Inner {
     compiles: AtomicUsize,
     /// Where candidates run; `None`: by mode (isolated in `Background`, in process otherwise).
     isolation: parking_lot::RwLock<(Option<Isolation>, IsolationOptions)>,
-    /// Background runs take turns: concurrent runs on one GPU would disturb each other's
-    /// timings, and each isolated run holds a worker process with a CUDA context of its own
-    /// (dozens of keys missing at once would otherwise start dozens of contexts).
+    /// This tuner's searches take turns (a miss takes its turn before its key's lease, see
+    /// [`shared`]): concurrent runs on one GPU would disturb each other's timings, and each
+    /// isolated run holds a worker process with a CUDA context of its own (dozens of keys
+    /// missing at once would otherwise start dozens of contexts).
     background_gate: parking_lot::Mutex<()>,
     /// Images compiled ahead of the launches that need them ([`Tuner::preload`]).
     preloads: preload::Preloads,
@@ -402,8 +408,8 @@ impl Tuner {
     /// Stops the tuner's background work before the process ends: every search in flight is
     /// cancelled (it ends after its batch in flight and stores the best it measured, which then
     /// serves), no new background search starts (a miss serves its provisional plan for good; a
-    /// Blocking miss measures only its start configs),
-    /// and the call waits up to `timeout` for the background threads to finish. Returns whether
+    /// Blocking miss measures only its start configs), and the call waits up to `timeout` for
+    /// the background threads to finish. Returns whether
     /// none is left. Launches keep working. Call it before returning from `main` in a program
     /// that tunes in the background: a process that exits while a search is inside the driver
     /// or NVRTC can abort in their exit handlers.
