@@ -7,14 +7,17 @@
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
 //! why it skips and passes.
 
+#[path = "cli_common/mod.rs"]
+mod cli_common;
 #[path = "gpu_common/mod.rs"]
 mod gpu_common;
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli_common::{code, command, s, scratch};
 use gpu_common::gpu_or_skip;
 use jitune::cache::export::Snapshot;
 use serde_json::Value;
@@ -23,19 +26,9 @@ fn sgemm_spec() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/sgemm.toml").to_string()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("jitune-gpu-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
+/// Runs the binary (see [`cli_common::command`]) and prints what it said, for the device logs.
 fn jitune(dir: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_jitune"))
-        .args(args)
-        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
-        .output()
-        .unwrap();
+    let o = command(dir, args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     println!(
         "$ jitune {}\n{}{err}",
@@ -49,10 +42,6 @@ fn jitune(dir: &Path, args: &[&str]) -> Output {
     o
 }
 
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
@@ -60,10 +49,6 @@ fn json(o: &Output) -> Value {
             String::from_utf8_lossy(&o.stdout)
         )
     })
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 const SHAPE: &str = "512x512x512";
@@ -195,8 +180,9 @@ fn ctrl_c_stores_the_best_so_far_and_prints_the_summary() {
     let db = d.join("cache.sqlite");
     let spec = sgemm_spec();
     // Random search does not converge early: it would run all 1500 evaluations.
-    let child = Command::new(env!("CARGO_BIN_EXE_jitune"))
-        .args([
+    let child = command(
+        &d,
+        &[
             "tune",
             &spec,
             "--shapes",
@@ -208,15 +194,15 @@ fn ctrl_c_stores_the_best_so_far_and_prints_the_summary() {
             "--cache",
             s(&db),
             "--json",
-        ])
-        .env("JITUNE_CACHE", d.join("unused.sqlite"))
-        // Its own process group, so the Ctrl-C reaches the compile workers too, as from a
-        // terminal.
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    // Its own process group, so the Ctrl-C reaches the compile workers too, as from a
+    // terminal.
+    .process_group(0)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     // Wait until some configs are compiled (their CUBINs land in the binary table).
     let start = Instant::now();

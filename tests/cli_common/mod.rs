@@ -19,6 +19,19 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// The binary with `args`, not started: a scratch user cache in `dir` (`JITUNE_CACHE`) and
+/// none of the caller's `JITUNE_REMOTE`, `JITUNE_REMOTE_KEY` and `JITUNE_BINARY_CAP` (a test
+/// must not publish to the developer's Redis).
+pub fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jitune"));
+    cmd.args(args)
+        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
+        .env_remove("JITUNE_REMOTE")
+        .env_remove("JITUNE_REMOTE_KEY")
+        .env_remove("JITUNE_BINARY_CAP");
+    cmd
+}
+
 /// Runs the binary with `args`; see [`jitune_env`].
 pub fn jitune(dir: &Path, args: &[&str]) -> Output {
     jitune_env(dir, args, &[])
@@ -28,12 +41,7 @@ pub fn jitune(dir: &Path, args: &[&str]) -> Output {
 /// `dir` (`JITUNE_CACHE`) and without the caller's `JITUNE_REMOTE`, `JITUNE_REMOTE_KEY` and
 /// `JITUNE_BINARY_CAP`. No run may panic (a panic would exit 101 and say "panicked").
 pub fn jitune_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jitune"));
-    cmd.args(args)
-        .env("JITUNE_CACHE", dir.join("default-user-cache.sqlite"))
-        .env_remove("JITUNE_REMOTE")
-        .env_remove("JITUNE_REMOTE_KEY")
-        .env_remove("JITUNE_BINARY_CAP");
+    let mut cmd = command(dir, args);
     for (k, v) in env {
         cmd.env(k, v);
     }
