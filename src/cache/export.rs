@@ -155,7 +155,7 @@ impl Snapshot {
 
     /// Sorts and de-duplicates (for a repeated key the faster entry, for a repeated failure the
     /// latest, for a repeated binary the first).
-    fn normalize(&mut self) {
+    pub fn normalize(&mut self) {
         let (e, f, b) = (
             std::mem::take(&mut self.entries),
             std::mem::take(&mut self.failures),

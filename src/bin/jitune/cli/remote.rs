@@ -57,13 +57,11 @@ pub struct PullArgs {
 /// usage error; a build without the `redis` feature a runtime error. No connection yet.
 pub fn open(url: &str) -> CliResult<Remote> {
     let parsed = RemoteUrl::parse(url).map_err(|e| {
-        CliError::new(
-            exit::USAGE,
-            format!(
-                "--remote: {}",
-                e.to_string().replace("remote cache configuration: ", "")
-            ),
-        )
+        let why = match e {
+            RemoteError::Config(m) => m,
+            other => other.to_string(),
+        };
+        CliError::new(exit::USAGE, format!("--remote: {why}"))
     })?;
     Remote::open(&parsed, RemoteSettings::from_env()).map_err(remote_err)
 }
@@ -110,8 +108,9 @@ pub fn snapshot(remote: &Remote, failures: bool, binaries: bool) -> CliResult<Sn
         snap.entries.push(hit.entry);
     }
     report_rejected(&rejected);
-    // Merging with nothing sorts and de-duplicates: winners of several shapes share one binary.
-    Ok(Snapshot::merge(&snap, &Snapshot::default()))
+    // Winners of several shapes share one binary: de-duplicated here.
+    snap.normalize();
+    Ok(snap)
 }
 
 /// Runs `jitune push`: every entry of the file (with its winner's binary when the fleet key is
