@@ -149,7 +149,7 @@ impl SpecBuilder {
         self.args.push(ArgDecl {
             name: name.into(),
             ty: ty.into(),
-            role: "scalar".into(),
+            role: Role::Scalar.name().into(),
             len: value.into(),
             init: None,
             map: None,
@@ -171,7 +171,7 @@ impl SpecBuilder {
         self.args.push(ArgDecl {
             name: name.into(),
             ty: String::new(),
-            role: "tensor_map".into(),
+            role: Role::TensorMap.name().into(),
             len: "0".into(),
             init: None,
             zero: None,
@@ -383,16 +383,15 @@ impl SpecBuilder {
             }
             let ty =
                 ElemType::parse(ty).ok_or_else(|| err(&field, format!("unknown type `{ty}`")))?;
-            let role = match role.as_str() {
-                "in" => Role::In,
-                "out" => Role::Out,
-                "inout" => Role::InOut,
-                "scalar" => Role::Scalar,
-                other => {
+            let role = match Role::parse(role) {
+                // A tensor map without its `map` is no buffer or scalar either.
+                Some(r) if r != Role::TensorMap => r,
+                _ => {
+                    let other = role.as_str();
                     return Err(err(
                         &field,
                         format!("unknown role `{other}` (in, out, inout, scalar, tensor_map)"),
-                    ))
+                    ));
                 }
             };
             let len = compile(

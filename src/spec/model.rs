@@ -161,6 +161,19 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::In,
+        Role::Out,
+        Role::InOut,
+        Role::Scalar,
+        Role::TensorMap,
+    ];
+
+    /// Parses [`Role::name`]'s form.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
     /// The name used in spec files.
     pub fn name(self) -> &'static str {
         match self {

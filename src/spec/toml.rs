@@ -266,7 +266,8 @@ fn parse(
             b = tensor_map_arg(n, &aname, t, b)?;
             continue;
         }
-        let known_role = ["in", "out", "inout", "scalar"].contains(&role.as_str());
+        // (Not a tensor map: that returned above.)
+        let known_role = Role::parse(&role).is_some();
         if let Some(k) = ["of", "dims", "box", "swizzle"]
             .iter()
             .find(|k| known_role && t.contains_key(**k))
@@ -279,7 +280,7 @@ fn parse(
         }
         let ty =
             get("type").ok_or_else(|| spec_err(n, &format!("args.{aname}.type"), "missing"))?;
-        if role == "scalar" {
+        if role == Role::Scalar.name() {
             let v = get("value")
                 .ok_or_else(|| spec_err(n, &format!("args.{aname}.value"), "missing"))?;
             b = b.arg_scalar(&aname, &ty, &v);
