@@ -633,18 +633,15 @@ impl Tuner {
 
     /// Sets a provisional plan as the swap policy allows; returns the one serving now.
     fn provisional(&self, key: TuningKey, kernel: &str, plan: Arc<Plan>) -> Arc<Plan> {
-        let old = self.inner.states.plan(&key);
-        let before = self.inner.swaps.generation();
-        let serving = self
-            .inner
-            .swaps
-            .provisional(&self.inner.states, &key, plan.clone());
-        let generation = self.inner.swaps.generation();
-        if generation != before {
+        let (serving, swapped) =
+            self.inner
+                .swaps
+                .provisional(&self.inner.states, &key, plan.clone());
+        if let Some((old, generation)) = swapped {
             self.inner.events.emit(|| Event::Swapped {
                 key,
                 kernel: kernel.to_string(),
-                from: old.map(|p| p.config.clone()).unwrap_or_default(),
+                from: old.config.clone(),
                 to: serving.config.clone(),
                 generation,
             });

@@ -143,20 +143,27 @@ impl<P> Swaps<P> {
 
     /// A provisional plan for a key being resolved: set unless the key serves one already and
     /// the policy is `OnRequest` (then the one serving stays, and `plan` is kept loaded
-    /// unused). Returns the plan launches use now.
-    pub fn provisional(&self, states: &KeyStates<P>, key: &TuningKey, plan: Arc<P>) -> Arc<P> {
+    /// unused). Returns the plan launches use now, and the plan it replaced with the new
+    /// generation when it replaced one (a swap).
+    pub fn provisional(
+        &self,
+        states: &KeyStates<P>,
+        key: &TuningKey,
+        plan: Arc<P>,
+    ) -> (Arc<P>, Option<(Arc<P>, u64)>) {
         let _serialised = self.pending.lock();
         if self.policy() == SwapPolicy::OnRequest {
             if let Some(serving) = states.plan(key) {
                 self.retire(plan);
-                return serving;
+                return (serving, None);
             }
         }
         if let Some(old) = states.set_provisional(key, plan.clone()) {
-            self.retire(old);
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.retire(old.clone());
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            return (plan, Some((old, generation)));
         }
-        plan
+        (plan, None)
     }
 
     /// Applies every queued winner (in the order they were queued) and bumps the generation
@@ -266,17 +273,20 @@ mod tests {
         let (s, w) = (KeyStates::default(), Swaps::default());
         w.set_policy(SwapPolicy::OnRequest);
         provisional(&s, key(1), "from capture");
-        let serving = w.provisional(&s, &key(1), Arc::new("compiled default"));
+        let (serving, swapped) = w.provisional(&s, &key(1), Arc::new("compiled default"));
         assert_eq!(*serving, "from capture");
+        assert!(swapped.is_none());
         assert_eq!(w.generation(), 0);
         w.set_policy(SwapPolicy::Immediate);
-        let serving = w.provisional(&s, &key(1), Arc::new("compiled default"));
+        let (serving, swapped) = w.provisional(&s, &key(1), Arc::new("compiled default"));
         assert_eq!(*serving, "compiled default");
+        let (old, generation) = swapped.expect("it replaced the plan from the capture");
+        assert_eq!((*old, generation), ("from capture", 1));
         assert_eq!(s.plan(&key(1)).as_deref(), Some(&"compiled default"));
         assert_eq!(w.generation(), 1, "a launched plan changed");
         // A key without a provisional plan just gets one.
         assert!(matches!(s.claim(key(2)), Claim::Mine));
-        w.provisional(&s, &key(2), Arc::new("p"));
+        assert!(w.provisional(&s, &key(2), Arc::new("p")).1.is_none());
         assert_eq!(w.generation(), 1);
     }
 
