@@ -116,7 +116,7 @@ fn run() -> Result<()> {
         Arc::new(CompilePool::default_sized()),
     )?;
     eval.options.too_slow_factor = f64::INFINITY;
-    eval.options.first_budget_ms = budget_ms;
+    eval.options.budget_ms = budget_ms;
     let start = Instant::now();
     let mut cache = Map::new();
     let (mut ok, mut failed) = (0usize, 0usize);

@@ -44,47 +44,9 @@ use crate::space::{Config, SearchSpace};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
 
-/// Knobs of the measurement (see `gpu::sampling::decide` for how they combine).
-#[derive(Clone, Debug)]
-pub struct MeasureOptions {
-    /// Kernel time (ms) a first measurement may spend; once spent, 3 samples are enough.
-    pub first_budget_ms: f64,
-    /// Samples a first measurement takes at least while within the budget.
-    pub min_reps: usize,
-    pub max_reps: usize,
-    /// A candidate whose first run is slower than this many times the best so far stops being
-    /// timed (a `too_slow` failure); infinite: every config is measured fully (no probe, no
-    /// racing), as recording a space or verifying a winner wants.
-    pub too_slow_factor: f64,
-    /// Sampling stops once the half-width of the median's 95% confidence interval is within
-    /// this fraction of the median.
-    pub stable_within: f64,
-}
-
-impl Default for MeasureOptions {
-    fn default() -> Self {
-        MeasureOptions {
-            first_budget_ms: 20.0,
-            min_reps: 5,
-            max_reps: 50,
-            too_slow_factor: 10.0,
-            stable_within: 0.02,
-        }
-    }
-}
-
-impl MeasureOptions {
-    /// The sampling rule these options give.
-    pub fn sampling(&self) -> Sampling {
-        Sampling {
-            budget_ms: self.first_budget_ms,
-            min_reps: self.min_reps,
-            max_reps: self.max_reps,
-            stable_within: self.stable_within,
-            too_slow_factor: self.too_slow_factor,
-        }
-    }
-}
+/// Knobs of the measurement: the sampling rule itself (see `gpu::sampling::decide` for how
+/// they combine).
+pub type MeasureOptions = Sampling;
 
 /// Holds the candidate pipeline's GPU work back while it must pause (the tuner's capture gate:
 /// an application is capturing a CUDA graph, during which loads, allocations and
@@ -464,7 +426,7 @@ impl GpuEvaluator {
             return Err(Error::Search("timing a config that was not loaded".into()));
         };
         let (func, p) = (l.func.clone(), l.prepared.clone());
-        let rule = self.options.sampling();
+        let rule = self.options;
         let t = Instant::now();
         let sampled = self.bench.sample(&func, &p, &rule, self.best)?;
         self.cost.timing_s += t.elapsed().as_secs_f64();

@@ -365,7 +365,7 @@ impl IsolatedEvaluator {
                 shape: self.job.shape.clone(),
                 ordinal: self.gpu.ctx.ordinal(),
                 reference_config: self.job.text(&self.reference.0),
-                measure: self.measure.clone(),
+                measure: self.measure,
                 reference_image: self.reference_image()?.to_bytes(),
                 reference_outputs: self.reference_outputs.clone(),
             };

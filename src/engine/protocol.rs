@@ -64,7 +64,7 @@ impl Init {
             "ordinal": self.ordinal,
             "reference_config": self.reference_config,
             "measure": {
-                "first_budget_ms": m.first_budget_ms,
+                "first_budget_ms": m.budget_ms,
                 "min_reps": m.min_reps,
                 "max_reps": m.max_reps,
                 // JSON has no infinity: "measure fully" travels as null.
@@ -91,10 +91,10 @@ impl Init {
         let m = h.get("measure").cloned().unwrap_or(J::Null);
         let d = MeasureOptions::default();
         let measure = MeasureOptions {
-            first_budget_ms: m
+            budget_ms: m
                 .get("first_budget_ms")
                 .and_then(J::as_f64)
-                .unwrap_or(d.first_budget_ms),
+                .unwrap_or(d.budget_ms),
             min_reps: m
                 .get("min_reps")
                 .and_then(J::as_u64)
