@@ -563,19 +563,15 @@ impl Evaluator for IsolatedEvaluator {
                     self.worker = None;
                     for &i in &live {
                         let c = batch[i].clone();
-                        out[i] = Some(
-                            match self.remeasure_some(std::slice::from_ref(&c), samples)? {
-                                Ok(mut v) if v.len() == 1 => {
-                                    let o = v.remove(0);
-                                    self.accept(&c, None, o)
-                                }
-                                Ok(_) => Outcome::Failed(Failure {
-                                    class: FailureClass::Launch,
-                                    detail: "no result".into(),
-                                }),
-                                Err(d) => self.blame(&c, d),
-                            },
-                        );
+                        // No result: left for `complete` to fill.
+                        out[i] = match self.remeasure_some(std::slice::from_ref(&c), samples)? {
+                            Ok(mut v) if v.len() == 1 => {
+                                let o = v.remove(0);
+                                Some(self.accept(&c, None, o))
+                            }
+                            Ok(_) => None,
+                            Err(d) => Some(self.blame(&c, d)),
+                        };
                     }
                 }
             }

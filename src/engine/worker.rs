@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::{json, Value as J};
 
 use super::evaluator::GpuEvaluator;
+use super::failures::complete;
 use super::job::TuningJob;
 use super::protocol::{
     error_frame, outcomes_frame, read_frame, write_frame, Frame, Init, K_CRASHED, K_EVALUATE,
@@ -21,7 +22,7 @@ use crate::cache::Cache;
 use crate::gpu::compile::Image;
 use crate::gpu::device::Gpu;
 use crate::gpu::pool::{self, CompilePool, PoolMode};
-use crate::search::evaluator::{Evaluator, Failure, Outcome};
+use crate::search::evaluator::{Evaluator, Outcome};
 use crate::space::Config;
 use crate::spec::wire;
 use crate::{Error, Result};
@@ -170,18 +171,7 @@ impl WorkerState {
                     }
                     Err(e) => return self.classify_error(&e),
                 }
-                let outcomes: Vec<Outcome> = out
-                    .into_iter()
-                    .map(|o| {
-                        o.unwrap_or_else(|| {
-                            Outcome::Failed(Failure {
-                                class: crate::failure::FailureClass::Launch,
-                                detail: "no result".into(),
-                            })
-                        })
-                    })
-                    .collect();
-                outcomes_frame(&outcomes)
+                outcomes_frame(&complete(out, crate::failure::FailureClass::Launch))
             }
             k => error_frame(
                 K_FATAL,
