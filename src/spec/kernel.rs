@@ -293,11 +293,17 @@ impl KernelSpec {
         self.dim_base()
     }
 
+    /// The variable table of a raw shape on a device, every parameter 0 (for the expressions
+    /// that depend on the shape only: argument lengths, `bytes`, `flops`).
+    fn shape_env(&self, shape: &[i64], limits: &DeviceLimits) -> [i64; MAX_VARS] {
+        let mut env = [0i64; MAX_VARS];
+        self.fill_env(&[], shape, limits, &mut env);
+        env
+    }
+
     /// Evaluates an argument's length (buffers) or value (scalars) for a raw shape.
     pub fn arg_value(&self, arg: &ArgSpec, shape: &[i64], limits: &DeviceLimits) -> Result<i64> {
-        let mut env = [0i64; MAX_VARS];
-        let zeros = [0i64; MAX_VARS];
-        self.fill_env(&zeros[..self.params.len()], shape, limits, &mut env);
+        let env = self.shape_env(shape, limits);
         arg.len.eval(&env).map_err(|e| {
             Error::Eval(format!(
                 "kernel `{}`, argument `{}`: {e}",
@@ -310,9 +316,7 @@ impl KernelSpec {
     /// name the spec and the field.
     pub fn work(&self, shape: &[i64], limits: &DeviceLimits) -> Result<(Option<i64>, Option<i64>)> {
         self.check_shape(shape)?;
-        let mut env = [0i64; MAX_VARS];
-        let zeros = [0i64; MAX_VARS];
-        self.fill_env(&zeros[..self.params.len()], shape, limits, &mut env);
+        let env = self.shape_env(shape, limits);
         let eval = |e: &Option<Expr>, field: &str| -> Result<Option<i64>> {
             let Some(e) = e else { return Ok(None) };
             let v = e.eval(&env).map_err(|m| {
