@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::process::{hostname, pid_scope, Liveness, ProcessId};
-use super::records::decode_key;
+use super::records::{decode_key, encode_key};
 use super::{store_err, Store};
 use crate::cache::clock::unix_ms;
 use crate::cache::entry::Entry;
@@ -227,10 +227,6 @@ pub enum WaitOutcome {
 const LEASE_COLS: &str = "kernel_id, shape, device_hash, owner_scope, owner_host, owner_pid, \
                           owner_start, acquired_at_ms, renewed_at_ms, expires_at_ms";
 
-fn key_params(key: &TuningKey) -> (String, String, i64) {
-    (key.kernel.to_hex(), key.shape.to_text(), key.device as i64)
-}
-
 fn check_ttl(ttl: Duration) -> Result<i64> {
     if ttl.is_zero() || ttl > MAX_LEASE_TTL {
         return Err(Error::InvalidArgument(format!(
@@ -252,7 +248,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<LeaseState> {
         let ttl_ms = check_ttl(ttl)?;
-        let (k, s, d) = key_params(key);
+        let (k, s, d) = encode_key(key);
         let state = self.write(|tx| {
             let now = unix_ms();
             let held = tx
@@ -318,7 +314,7 @@ impl Store {
     /// caller has lost it and should stop renewing.
     pub fn renew_lease(&self, key: &TuningKey, owner: &LeaseOwner, ttl: Duration) -> Result<bool> {
         let ttl_ms = check_ttl(ttl)?;
-        let (k, s, d) = key_params(key);
+        let (k, s, d) = encode_key(key);
         self.write(|tx| {
             let now = unix_ms();
             tx.execute(
@@ -344,7 +340,7 @@ impl Store {
     /// Releases `owner`'s lease on `key`; a lease of anyone else stays. True when one was
     /// released.
     pub fn release_lease(&self, key: &TuningKey, owner: &LeaseOwner) -> Result<bool> {
-        let (k, s, d) = key_params(key);
+        let (k, s, d) = encode_key(key);
         self.write(|tx| {
             tx.execute(
                 "DELETE FROM leases WHERE kernel_id = ?1 AND shape = ?2 AND device_hash = ?3
@@ -369,7 +365,7 @@ impl Store {
 
     /// The lease row of `key`, stale or not.
     pub fn lease(&self, key: &TuningKey) -> Result<Option<Lease>> {
-        let (k, s, d) = key_params(key);
+        let (k, s, d) = encode_key(key);
         let conn = self.conn.lock();
         let row = conn
             .prepare_cached(&format!(

@@ -55,7 +55,7 @@ use process::ProcessId;
 pub use records::{
     arch_of, nvrtc_of, with_binary_key, Access, BinaryKey, BinaryRecord, FailureRecord, OnConflict,
 };
-use records::{decode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};
+use records::{decode_key, encode_key, RawEntry, ENTRY_COLS, ENTRY_PARAMS};
 pub(crate) use retry::is_busy;
 use retry::{is_busy_error, Backoff};
 
@@ -184,15 +184,13 @@ impl Store {
 
     /// The entry stored for `key`.
     pub fn get(&self, key: &TuningKey) -> Result<Option<Entry>> {
+        let k = encode_key(key);
         let conn = self.conn.lock();
         let mut st = conn
             .prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE kernel_id = ?1 AND shape = ?2 AND device_hash = ?3"))
             .map_err(|e| store_err(&self.path, e))?;
         let raw = st
-            .query_row(
-                params![key.kernel.to_hex(), key.shape.to_text(), key.device as i64],
-                RawEntry::from_row,
-            )
+            .query_row(params![k.0, k.1, k.2], RawEntry::from_row)
             .optional()
             .map_err(|e| store_err(&self.path, e))?;
         raw.map(|r| r.into_entry(&self.path)).transpose()
@@ -322,6 +320,7 @@ impl Store {
 
     /// The configs that failed for `key`: `(config, class, message)`, sorted by config.
     pub fn failures_for(&self, key: &TuningKey) -> Result<Vec<(String, FailureClass, String)>> {
+        let k = encode_key(key);
         let conn = self.conn.lock();
         let mut st = conn
             .prepare_cached(
@@ -329,13 +328,10 @@ impl Store {
             )
             .map_err(|e| store_err(&self.path, e))?;
         let rows = st
-            .query_map(
-                params![key.kernel.to_hex(), key.shape.to_text(), key.device as i64],
-                |r| {
-                    let class: String = r.get(1)?;
-                    Ok((r.get(0)?, FailureClass::from_stored(&class), r.get(2)?))
-                },
-            )
+            .query_map(params![k.0, k.1, k.2], |r| {
+                let class: String = r.get(1)?;
+                Ok((r.get(0)?, FailureClass::from_stored(&class), r.get(2)?))
+            })
             .map_err(|e| store_err(&self.path, e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| store_err(&self.path, e))
@@ -387,12 +383,13 @@ impl Store {
     /// launch of a new candidate, and [`Store::clear_inflight`] after; if the process dies in
     /// between, the next process finds the marker via [`Store::take_stale_inflight`].
     pub fn mark_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
+        let k = encode_key(key);
         let me = ProcessId::current();
         self.write(|tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO inflight (kernel_id, shape, device_hash, config, pid, pid_start, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![key.kernel.to_hex(), key.shape.to_text(), key.device as i64, config, me.pid, me.start, unix_now()],
+                params![k.0, k.1, k.2, config, me.pid, me.start, unix_now()],
             )
             .map_err(|e| store_err(&self.path, e))?;
             Ok(())
@@ -401,10 +398,11 @@ impl Store {
 
     /// Removes the in-flight marker of `config` for `key` (the evaluation finished, either way).
     pub fn clear_inflight(&self, key: &TuningKey, config: &str) -> Result<()> {
+        let k = encode_key(key);
         self.write(|tx| {
             tx.execute(
                 "DELETE FROM inflight WHERE kernel_id = ?1 AND shape = ?2 AND device_hash = ?3 AND config = ?4",
-                params![key.kernel.to_hex(), key.shape.to_text(), key.device as i64, config],
+                params![k.0, k.1, k.2, config],
             )
             .map_err(|e| store_err(&self.path, e))?;
             Ok(())
@@ -419,7 +417,7 @@ impl Store {
     pub fn take_stale_inflight(&self, key: &TuningKey) -> Result<Vec<String>> {
         let me = ProcessId::current();
         self.write(|tx| {
-            let k = (key.kernel.to_hex(), key.shape.to_text(), key.device as i64);
+            let k = encode_key(key);
             let markers: Vec<(String, i64, i64, i64)> = {
                 let mut st = tx
                     .prepare_cached(

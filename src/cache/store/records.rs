@@ -113,6 +113,12 @@ pub enum OnConflict {
     KeepFaster,
 }
 
+/// A key as the store's three key columns (kernel id hex, shape text, device hash); the
+/// inverse of [`decode_key`].
+pub(super) fn encode_key(key: &TuningKey) -> (String, String, i64) {
+    (key.kernel.to_hex(), key.shape.to_text(), key.device as i64)
+}
+
 pub(super) fn decode_key(kernel: &str, shape: &str, device: i64) -> Option<TuningKey> {
     Some(TuningKey {
         kernel: KernelId::from_hex(kernel)?,
