@@ -531,7 +531,7 @@ impl Tuner {
             Some(p) => {
                 self.inner.hits.add(1);
                 if gate().watching() {
-                    watch_capture(stream);
+                    watch_capture(stream, self.pause_limit());
                 }
                 p
             }
@@ -723,8 +723,8 @@ impl Tuner {
 /// seen pauses that work (see [`capture`]).
 #[cold]
 #[inline(never)]
-fn watch_capture(stream: &CudaStream) {
+fn watch_capture(stream: &CudaStream, pause_limit: Duration) {
     if !capture::held_here() && capture::stream_capturing(stream) {
-        gate().note_capture(Duration::from_secs(10));
+        gate().note_capture(pause_limit);
     }
 }

@@ -48,9 +48,9 @@ impl Flight {
                     }
                 }
                 None => {
-                    // Wake now and then regardless: a resolver that died without a word (it
-                    // cannot, but a missed wake-up must not hang a launch) is noticed by the
-                    // caller re-reading the slot.
+                    // Wake now and then to look at the counter again: cheap insurance against
+                    // a missed wake-up (every change notifies under the lock, so none is
+                    // expected).
                     let _ = self.cv.wait_for(&mut g, Duration::from_secs(1));
                 }
             }
