@@ -181,14 +181,9 @@ mod tests {
         assert!((iqr(&[1.0, 2.0, 3.0, 4.0, 5.0]) - 2.0).abs() < 1e-12);
     }
 
+    /// The tuner's rule (20 ms, 5 to 50 samples, 2%, 10x).
     fn rule() -> Sampling {
-        Sampling {
-            budget_ms: 20.0,
-            min_reps: 5,
-            max_reps: 50,
-            stable_within: 0.02,
-            too_slow_factor: 10.0,
-        }
+        Sampling::default()
     }
 
     /// Runs `decide` against a kernel whose runs take `run(i)` ms; the samples taken and why
