@@ -177,8 +177,15 @@ fn run() -> jitune::Result<()> {
     const BATCH: usize = 500;
     const ROUNDS: usize = 40;
     // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
-    // with raw pointers.
-    const SIDES: usize = 4;
+    // with raw pointers; where jitune's extra time goes (queued mode only): 4 raw
+    // cuLaunchKernel of the plan's own loaded function, 5 raw cuLaunchKernel plus the capture
+    // query a hit makes while tuning is active.
+    const SIDES: usize = 6;
+    let plan_func = plan
+        .function()
+        .map(|f| f.cu_function())
+        .ok_or_else(|| jitune::Error::Search("the plan has no function".into()))?;
+    let watching_before = jitune::internals::capture_watching();
     let ni = n as i32;
     // Per mode (0 free-running, 1 queued behind the spin kernel), per side.
     let mut by_mode: Vec<[Vec<f64>; SIDES]> = Vec::new();
@@ -186,11 +193,14 @@ fn run() -> jitune::Result<()> {
         if queued && spin.is_none() {
             continue;
         }
-        let mut ns: [Vec<f64>; SIDES] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut ns: [Vec<f64>; SIDES] = std::array::from_fn(|_| Vec::new());
         for round in 0..ROUNDS {
             // Rotate the order so no side always runs on a fuller queue.
             for k in 0..SIDES {
                 let side = (k + round) % SIDES;
+                if side >= 4 && !queued {
+                    continue;
+                }
                 stream
                     .synchronize()
                     .map_err(|e| jitune::Error::driver("CUDA", e))?;
@@ -225,8 +235,27 @@ fn run() -> jitune::Result<()> {
                             &shape,
                             &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
                         )?,
-                        _ => {
+                        3 => {
                             tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?
+                        }
+                        4 => unsafe {
+                            cu::launch_kernel(plan_func, grid, (b, 1, 1), 0, cu_stream, &mut params)
+                        }
+                        .map_err(|e| jitune::Error::driver("CUDA", e))?,
+                        _ => {
+                            std::hint::black_box(unsafe { cu::stream::is_capturing(cu_stream) })
+                                .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                            unsafe {
+                                cu::launch_kernel(
+                                    cu_func,
+                                    grid,
+                                    (b, 1, 1),
+                                    0,
+                                    cu_stream,
+                                    &mut params,
+                                )
+                            }
+                            .map_err(|e| jitune::Error::driver("CUDA", e))?
                         }
                     }
                 }
@@ -283,9 +312,17 @@ fn run() -> jitune::Result<()> {
     let batches = by_mode[0][0].len();
     let medians: Vec<[f64; SIDES]> = by_mode
         .into_iter()
-        .map(|mut m| std::array::from_fn(|i| median(&mut m[i])))
+        .map(|mut m| {
+            std::array::from_fn(|i| {
+                if m[i].is_empty() {
+                    f64::NAN
+                } else {
+                    median(&mut m[i])
+                }
+            })
+        })
         .collect();
-    let [raw, builder, jit, jit_raw] = medians[0];
+    let [raw, builder, jit, jit_raw, _, _] = medians[0];
     println!("device                 {}", tuner.fingerprint().to_text());
     println!("free-running (each batch starts on an idle stream):");
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
@@ -303,7 +340,7 @@ fn run() -> jitune::Result<()> {
         "hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
         jit - builder
     );
-    if let Some(&[q_raw, q_builder, q_jit, q_jit_raw]) = medians.get(1) {
+    if let Some(&[q_raw, q_builder, q_jit, q_jit_raw, q_plan_func, q_query]) = medians.get(1) {
         println!("queued behind a spin kernel (host time only):");
         println!("  raw cuLaunchKernel      {q_raw:8.1} ns/launch");
         println!("  cudarc launch builder   {q_builder:8.1} ns/launch");
@@ -316,6 +353,20 @@ fn run() -> jitune::Result<()> {
         println!(
             "  hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
             q_jit - q_builder
+        );
+        println!("  where it goes:");
+        println!(
+            "    raw, the plan's function  {q_plan_func:8.1} ns/launch ({:+.1} ns: the loaded function itself)",
+            q_plan_func - q_raw
+        );
+        println!(
+            "    raw + capture query       {q_query:8.1} ns/launch ({:+.1} ns: a hit while tuning is active)",
+            q_query - q_raw
+        );
+        println!(
+            "    launches watched for captures: {} before the batches, {} after",
+            watching_before,
+            jitune::internals::capture_watching()
         );
     }
     println!(

@@ -59,6 +59,12 @@ pub mod internals {
     pub use crate::rng::Rng;
     pub use crate::tuner::state::KeyStates;
 
+    /// Whether launches now ask the driver if their stream captures (some tuning or miss
+    /// resolution is active): a hit then costs one more driver call. For the launch bench.
+    pub fn capture_watching() -> bool {
+        crate::tuner::capture::gate().watching()
+    }
+
     /// Whether GPU tests should run: `JITUNE_GPU_TESTS=1` and CUDA present. Otherwise the
     /// reason to print when skipping.
     pub fn gpu_tests_enabled() -> std::result::Result<(), String> {

@@ -160,6 +160,13 @@ impl Plan {
         }
     }
 
+    /// The loaded function (`None` for a simulated device's plan). For benchmarks that launch
+    /// the same function raw, to tell jitune's own cost from the driver's.
+    #[doc(hidden)]
+    pub fn function(&self) -> Option<&CudaFunction> {
+        self.func.as_ref()
+    }
+
     /// Launches on `stream`. Allocation-free unless it fails.
     pub(crate) fn launch(
         &self,
