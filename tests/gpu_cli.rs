@@ -193,21 +193,15 @@ fn verify_against_retimes_both_winners() {
     assert_eq!(code(&tune_sgemm(&d, &b, shapes, 8, "random")), 0);
     let (before_a, before_b) = (Snapshot::load(&a).unwrap(), Snapshot::load(&b).unwrap());
 
+    // `jitune verify sgemm --cache CACHE --against OTHER EXTRA...`.
+    let verify = |cache: &Path, other: &Path, extra: &[&str]| {
+        let mut args = vec!["verify", &spec, "--cache", s(cache), "--against", s(other)];
+        args.extend_from_slice(extra);
+        jitune(&d, &args)
+    };
+
     // JSON, with a threshold no honest re-timing crosses: exit 0, one matched key.
-    let o = jitune(
-        &d,
-        &[
-            "verify",
-            &spec,
-            "--cache",
-            s(&a),
-            "--against",
-            s(&b),
-            "--json",
-            "--threshold",
-            "1000",
-        ],
-    );
+    let o = verify(&a, &b, &["--json", "--threshold", "1000"]);
     assert_eq!(code(&o), 0);
     let v = json(&o);
     let entries = v["entries"].as_array().unwrap();
@@ -234,19 +228,7 @@ fn verify_against_retimes_both_winners() {
     assert!(only_b[0].as_str().unwrap().contains("256x256x256"), "{v}");
 
     // The table: both times, the ratio, the key only b holds.
-    let o = jitune(
-        &d,
-        &[
-            "verify",
-            &spec,
-            "--cache",
-            s(&a),
-            "--against",
-            s(&b),
-            "--threshold",
-            "3",
-        ],
-    );
+    let o = verify(&a, &b, &["--threshold", "3"]);
     assert!([0, 6].contains(&code(&o)), "exit {}", code(&o));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(text.starts_with("KEY") && text.contains("RATIO"), "{text}");
@@ -258,18 +240,7 @@ fn verify_against_retimes_both_winners() {
     );
 
     // A cache against itself: one config per key, measured once, ratio 1.
-    let o = jitune(
-        &d,
-        &[
-            "verify",
-            &spec,
-            "--cache",
-            s(&b),
-            "--against",
-            s(&b),
-            "--json",
-        ],
-    );
+    let o = verify(&b, &b, &["--json"]);
     assert_eq!(code(&o), 0);
     let v = json(&o);
     assert_eq!(v["entries"].as_array().unwrap().len(), 2, "{v}");
@@ -281,10 +252,7 @@ fn verify_against_retimes_both_winners() {
     // No key in common: nothing matched (5).
     let empty = d.join("empty.json");
     Snapshot::default().write_json(&empty).unwrap();
-    let o = jitune(
-        &d,
-        &["verify", &spec, "--cache", s(&a), "--against", s(&empty)],
-    );
+    let o = verify(&a, &empty, &[]);
     assert_eq!(code(&o), 5);
 
     // Neither file was written.
