@@ -1,6 +1,7 @@
 //! `jitune tune` and `jitune verify` driven as subprocesses where no GPU is needed: bad
 //! arguments and inputs give their documented exit codes before anything touches the GPU, and
-//! without CUDA both say why in one line and exit 3 (never a panic). Also: the exit codes in
+//! without CUDA both say why in one line and exit 3 (never a panic); `verify --against` checks
+//! its file first. Also: the exit codes in
 //! `jitune --help` and in the README table are the same set, and a compile worker survives the
 //! Ctrl-C that a terminal sends to the whole process group (so `tune` can finish its batch).
 //! The GPU side of tune and verify is in `tests/gpu_cli.rs`.
@@ -53,6 +54,57 @@ fn verify_bad_arguments_and_inputs_give_documented_codes() {
     assert!(stderr(&o).contains("softmax"), "{}", stderr(&o));
 }
 
+/// `verify --against FILE`: FILE is checked before anything touches the GPU, so a missing,
+/// corrupt or foreign file is a cache error (4) naming `--against` and the file, in one line,
+/// on any machine; the file is only read.
+#[test]
+fn verify_against_bad_files_are_cache_errors_naming_the_file() {
+    let d = scratch("verify-against");
+    // Usage errors (2): no FILE, or a bad threshold next to a good FILE.
+    for args in [
+        vec!["verify", SGEMM, "--against"],
+        vec!["verify", SGEMM, "--against", FIXTURE, "--threshold=-3"],
+    ] {
+        let o = jitune(&d, &args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+    }
+    let missing = d.join("missing.sqlite");
+    let garbage = d.join("garbage.sqlite");
+    std::fs::write(&garbage, b"\x00\x01not a cache at all").unwrap();
+    let torn = d.join("torn.sqlite");
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend_from_slice(&[0xAB; 200]);
+    std::fs::write(&torn, &bytes).unwrap();
+    let foreign = d.join("foreign.sqlite");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes(x TEXT); INSERT INTO notes VALUES ('hi');")
+        .unwrap();
+    let json = d.join("bad.json");
+    std::fs::write(&json, "{\"format\": \"something-else\"}").unwrap();
+    for (file, says) in [
+        (&missing, "does not exist"),
+        (&garbage, ""),
+        (&torn, "not a usable jitune cache"),
+        (&foreign, "not a usable jitune cache"),
+        (&json, "format"),
+    ] {
+        let before = std::fs::read(file).ok();
+        let o = jitune(
+            &d,
+            &["verify", SGEMM, "--cache", FIXTURE, "--against", s(file)],
+        );
+        let err = stderr(&o);
+        assert_eq!(code(&o), 4, "{file:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("jitune: --against: "), "{err}");
+        assert!(err.contains(s(file)) && err.contains(says), "{err}");
+        assert!(o.stdout.is_empty(), "{file:?}");
+        assert_eq!(std::fs::read(file).ok(), before, "{file:?} was changed");
+    }
+    assert!(!missing.exists(), "a missing --against file is not created");
+}
+
 #[test]
 fn tune_bad_budgets_are_usage_errors() {
     let d = scratch("tune-args");
@@ -86,7 +138,24 @@ fn verify_and_tune_without_gpu_exit_3_in_one_line() {
     let shapes = d.join("shapes.toml");
     std::fs::write(&shapes, "sgemm = [[256, 256, 256]]\n").unwrap();
     let db = d.join("c.sqlite");
+    // A valid --against cache (SQLite): read, then the GPU check fails; the file is untouched.
+    let other = d.join("other.sqlite");
+    let o = jitune(&d, &["import", FIXTURE, "--cache", s(&other)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let other_bytes = std::fs::read(&other).unwrap();
     for args in [
+        vec!["verify", SGEMM, "--cache", FIXTURE, "--against", s(&other)],
+        vec![
+            "verify",
+            SGEMM,
+            "--cache",
+            s(&other),
+            "--against",
+            FIXTURE,
+            "--json",
+            "--threshold",
+            "3",
+        ],
         vec!["verify", SGEMM, "--cache", FIXTURE],
         vec!["verify", SGEMM, "--cache", FIXTURE, "--json"],
         vec!["verify", SGEMM, "--cache", s(&db), "--threshold", "5"],
@@ -115,6 +184,7 @@ fn verify_and_tune_without_gpu_exit_3_in_one_line() {
     }
     // Nothing was created: the GPU check comes before the cache is opened.
     assert!(!db.exists());
+    assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
 }
 
 /// The codes of `jitune --help`'s "Exit codes:" block.

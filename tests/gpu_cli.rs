@@ -1,7 +1,8 @@
 //! `jitune tune` and `jitune verify` on a GPU, as subprocesses: tune SGEMM for one small shape
 //! with a small budget into a scratch cache, verify it (exit codes, per-entry output, the cache
 //! left unchanged), verify a doctored copy whose stored time is 100 times too fast (flagged as
-//! drift, exit 6), and a Ctrl-C sent to the process group in the middle of a long tuning run
+//! drift, exit 6), `verify --against` of two caches tuned apart (both winners re-timed side by
+//! side), and a Ctrl-C sent to the process group in the middle of a long tuning run
 //! (exit 130, the best so far stored and marked partial, the summary printed).
 //!
 //! They need an NVIDIA GPU: without `JITUNE_GPU_TESTS=1` and the CUDA libraries each test prints
@@ -56,8 +57,14 @@ const SHAPE: &str = "512x512x512";
 /// `jitune tune` of sgemm at [`SHAPE`] with `budget` evaluations into `db`, summary as JSON. A
 /// power-of-two shape: its bucket is itself, so verify measures the shape tuned.
 fn tune_512(d: &Path, db: &Path, budget: usize) -> Output {
-    let shapes = d.join("shapes.toml");
-    std::fs::write(&shapes, "sgemm = [[512, 512, 512]]\n").unwrap();
+    tune_sgemm(d, db, "[[512, 512, 512]]", budget, "lfbo")
+}
+
+/// `jitune tune` of sgemm at `shapes` (a TOML array) with `budget` evaluations of `strategy`
+/// into `db`, summary as JSON.
+fn tune_sgemm(d: &Path, db: &Path, shapes: &str, budget: usize, strategy: &str) -> Output {
+    let file = d.join("shapes.toml");
+    std::fs::write(&file, format!("sgemm = {shapes}\n")).unwrap();
     let budget = budget.to_string();
     jitune(
         d,
@@ -65,9 +72,11 @@ fn tune_512(d: &Path, db: &Path, budget: usize) -> Output {
             "tune",
             &sgemm_spec(),
             "--shapes",
-            s(&shapes),
+            s(&file),
             "--budget",
             &budget,
+            "--strategy",
+            strategy,
             "--cache",
             s(db),
             "--json",
@@ -166,6 +175,89 @@ fn tune_then_verify_sgemm() {
     Snapshot::default().write_json(&empty).unwrap();
     let o = jitune(&d, &["verify", &spec, "--cache", s(&empty)]);
     assert_eq!(code(&o), 5);
+}
+
+/// `verify --against`: two caches tuned apart (different strategies, the second with one more
+/// shape), their winners of the common key re-timed side by side, the extra key listed, and
+/// neither file changed; a cache against itself is one config, ratio 1.
+#[test]
+fn verify_against_retimes_both_winners() {
+    if !gpu_or_skip("verify_against_retimes_both_winners") {
+        return;
+    }
+    let d = scratch("against");
+    let (a, b) = (d.join("a.sqlite"), d.join("b.sqlite"));
+    let spec = sgemm_spec();
+    assert_eq!(code(&tune_sgemm(&d, &a, "[[512, 512, 512]]", 8, "lfbo")), 0);
+    let shapes = "[[512, 512, 512], [256, 256, 256]]";
+    assert_eq!(code(&tune_sgemm(&d, &b, shapes, 8, "random")), 0);
+    let (before_a, before_b) = (Snapshot::load(&a).unwrap(), Snapshot::load(&b).unwrap());
+
+    // `jitune verify sgemm --cache CACHE --against OTHER EXTRA...`.
+    let verify = |cache: &Path, other: &Path, extra: &[&str]| {
+        let mut args = vec!["verify", &spec, "--cache", s(cache), "--against", s(other)];
+        args.extend_from_slice(extra);
+        jitune(&d, &args)
+    };
+
+    // JSON, with a threshold no honest re-timing crosses: exit 0, one matched key.
+    let o = verify(&a, &b, &["--json", "--threshold", "1000"]);
+    assert_eq!(code(&o), 0);
+    let v = json(&o);
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{v}");
+    let e = &entries[0];
+    assert_eq!(e["shape"], SHAPE);
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["config"], before_a.entries[0].config.as_str());
+    let now = e["now_ms"].as_f64().expect("a's winner was timed");
+    let other = e["against_ms"].as_f64().expect("b's winner was timed");
+    let ratio = e["ratio"].as_f64().expect("a ratio");
+    assert!(now > 0.0 && other > 0.0);
+    assert!((ratio - now / other).abs() < 1e-9, "{e}");
+    assert!((e["ratio_pct"].as_f64().unwrap() - (ratio - 1.0) * 100.0).abs() < 1e-9);
+    assert_eq!(
+        e["same_config"].as_bool().unwrap(),
+        e["config"] == e["against_config"],
+        "{e}"
+    );
+    println!("a {now:.4} ms vs b {other:.4} ms: ratio {ratio:.3}");
+    assert_eq!(v["only_cache"].as_array().unwrap().len(), 0, "{v}");
+    let only_b = v["only_against"].as_array().unwrap();
+    assert_eq!(only_b.len(), 1, "{v}");
+    assert!(only_b[0].as_str().unwrap().contains("256x256x256"), "{v}");
+
+    // The table: both times, the ratio, the key only b holds.
+    let o = verify(&a, &b, &["--threshold", "3"]);
+    assert!([0, 6].contains(&code(&o)), "exit {}", code(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.starts_with("KEY") && text.contains("RATIO"), "{text}");
+    assert!(text.contains(&format!("sgemm/{SHAPE}")), "{text}");
+    assert!(text.contains("compared 1 keys"), "{text}");
+    assert!(
+        text.contains("only in") && text.contains("sgemm/256x256x256"),
+        "{text}"
+    );
+
+    // A cache against itself: one config per key, measured once, ratio 1.
+    let o = verify(&b, &b, &["--json"]);
+    assert_eq!(code(&o), 0);
+    let v = json(&o);
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2, "{v}");
+    for e in v["entries"].as_array().unwrap() {
+        assert_eq!(e["same_config"], true, "{e}");
+        assert_eq!(e["ratio"].as_f64(), Some(1.0), "{e}");
+    }
+
+    // No key in common: nothing matched (5).
+    let empty = d.join("empty.json");
+    Snapshot::default().write_json(&empty).unwrap();
+    let o = verify(&a, &empty, &[]);
+    assert_eq!(code(&o), 5);
+
+    // Neither file was written.
+    assert_eq!(Snapshot::load(&a).unwrap().entries, before_a.entries);
+    assert_eq!(Snapshot::load(&b).unwrap().entries, before_b.entries);
 }
 
 #[test]

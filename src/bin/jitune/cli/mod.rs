@@ -6,6 +6,7 @@
 //! Every failure becomes a [`CliError`] with one of the documented [`exit`] codes and a one-line
 //! message; nothing a user or a file can get wrong panics.
 
+pub mod pairing;
 pub mod prune;
 pub mod remote;
 pub mod report;
@@ -34,8 +35,10 @@ pub const EXIT_CODES: &str = "Exit codes:
   3    no GPU, or libcuda / libnvrtc missing (tune, verify, prune --this-gpu, explain without
        --device)
   4    cache file problem: missing, unreadable, corrupt, malformed JSON, newer schema
-  5    nothing matched (show KEY; verify: no cached winner of the specs for this GPU)
-  6    verify flagged an entry (drift beyond --threshold, slower than the default, or failing)
+  5    nothing matched (show KEY; verify: no cached winner of the specs for this GPU, or
+       with --against no key in both caches)
+  6    verify flagged an entry (drift beyond --threshold, slower than the default or the
+       --against winner, or failing)
   130  tune interrupted by Ctrl-C (the best so far of the shape in flight and every finished
        shape are kept in the cache)";
 
@@ -128,7 +131,8 @@ pub enum Command {
     /// Tune kernels for the shapes of a shapes file and store the winners (needs a GPU).
     Tune(tune::TuneArgs),
     /// Re-measure the cached winners of the given specs on this GPU against each spec's
-    /// default config and flag drift beyond a threshold (needs a GPU; never writes the cache).
+    /// default config (or, with --against FILE, against FILE's winners of the same keys) and
+    /// flag drift beyond a threshold (needs a GPU; never writes either cache).
     Verify(verify::VerifyArgs),
     /// List cached entries.
     Ls {

@@ -13,6 +13,15 @@
 //!
 //! The cache file is only read: the evaluator sees it as a read-only layer (for CUBINs and
 //! recorded failures) over a memory-only cache, so verifying never changes it.
+//!
+//! With `--against OTHER`, the reference is not the default but OTHER's winner of the same key
+//! (kernel id, shape bucket, device fingerprint; matched in [`super::pairing`]): both winners
+//! are re-timed side by side in this one process, by the same measurement, and a winner slower
+//! than OTHER's by more than the threshold is flagged. This compares caches tuned apart (e.g.
+//! by several processes sharing one file and by a single process) on equal terms, since stored
+//! times were taken under whatever load each tuning run had. OTHER is only read too. Neither
+//! file is a layer then: a config one run recorded as failed or too slow (under its own load)
+//! must still be measured here, so both configs are compiled afresh.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +30,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::pairing;
 use super::{
     exit, input_err, kernel_matches_spec, load_cache, looks_like_json, print_json, print_table,
     CliError, CliResult,
@@ -46,14 +56,21 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub kernel: Option<String>,
     /// Flag an entry when its re-measured time differs from the stored one by more than PCT
-    /// percent, or when the default config is now faster than it by more than PCT percent.
+    /// percent, or when the default config is now faster than it by more than PCT percent
+    /// (with --against: when it is slower than the other cache's winner by more than PCT
+    /// percent).
     #[arg(long, default_value_t = 10.0, value_name = "PCT")]
     pub threshold: f64,
+    /// Re-time each winner next to FILE's winner of the same key (kernel, shape bucket,
+    /// device) instead of the default config; FILE (SQLite or JSON) is only read. Keys only one
+    /// of the two caches holds are listed, not measured.
+    #[arg(long, value_name = "FILE")]
+    pub against: Option<PathBuf>,
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
-    /// Extra interleaved samples of the winner and the default, on top of the first
-    /// measurement.
+    /// Extra interleaved samples of the winner and the default (or the --against winner), on
+    /// top of the first measurement.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
     /// JSON output.
@@ -64,12 +81,19 @@ pub struct VerifyArgs {
 /// One verified entry.
 struct Row {
     entry: Entry,
-    default_config: String,
+    /// The `--against` cache's entry of the same key; `None` when the reference is the
+    /// spec's default config.
+    against: Option<Entry>,
+    /// The config the winner is timed next to: the default, or the `--against` winner.
+    reference_config: String,
+    /// Whether the winner and the reference are one config (then measured once).
+    same_config: bool,
     now_ms: Option<f64>,
-    default_ms: Option<f64>,
-    /// Flags raised (`drift`, `slower-than-default`, `failed`); empty when fine.
+    reference_ms: Option<f64>,
+    /// Flags raised (`drift`, `slower-than-default`, `slower-than-against`, `failed`); empty
+    /// when fine.
     flags: Vec<&'static str>,
-    /// Why the winner or the default could not be measured.
+    /// Why the winner or the reference could not be measured.
     detail: Option<String>,
 }
 
@@ -80,7 +104,16 @@ impl Row {
     }
 
     fn speedup(&self) -> Option<f64> {
-        Some(self.default_ms? / self.now_ms?)
+        Some(self.reference_ms? / self.now_ms?)
+    }
+
+    /// The winner's time over the reference's: above 1 when the winner is slower.
+    fn ratio(&self) -> Option<f64> {
+        Some(self.now_ms? / self.reference_ms?)
+    }
+
+    fn ratio_pct(&self) -> Option<f64> {
+        self.ratio().map(|r| (r - 1.0) * 100.0)
     }
 
     fn status(&self) -> String {
@@ -92,17 +125,36 @@ impl Row {
     }
 
     fn to_json(&self) -> Value {
+        let Some(b) = &self.against else {
+            return json!({
+                "key": self.entry.key.display(),
+                "kernel": self.entry.kernel_name,
+                "shape": self.entry.key.shape.to_text(),
+                "config": self.entry.config,
+                "stored_ms": self.entry.median_ms,
+                "now_ms": self.now_ms,
+                "default_config": self.reference_config,
+                "default_ms": self.reference_ms,
+                "drift_pct": self.drift_pct(),
+                "speedup": self.speedup(),
+                "status": self.status(),
+                "flagged": !self.flags.is_empty(),
+                "detail": self.detail,
+            });
+        };
         json!({
             "key": self.entry.key.display(),
             "kernel": self.entry.kernel_name,
             "shape": self.entry.key.shape.to_text(),
             "config": self.entry.config,
+            "against_config": b.config,
+            "same_config": self.same_config,
             "stored_ms": self.entry.median_ms,
+            "against_stored_ms": b.median_ms,
             "now_ms": self.now_ms,
-            "default_config": self.default_config,
-            "default_ms": self.default_ms,
-            "drift_pct": self.drift_pct(),
-            "speedup": self.speedup(),
+            "against_ms": self.reference_ms,
+            "ratio": self.ratio(),
+            "ratio_pct": self.ratio_pct(),
             "status": self.status(),
             "flagged": !self.flags.is_empty(),
             "detail": self.detail,
@@ -118,7 +170,7 @@ pub fn run(cache: Option<PathBuf>, args: VerifyArgs) -> CliResult<i32> {
             "--threshold must be a percentage of at least 0",
         ));
     }
-    // Inputs first: a bad spec is reported before anything touches the GPU.
+    // Inputs first: a bad spec or --against file is reported before anything touches the GPU.
     let mut specs: Vec<Arc<KernelSpec>> = Vec::new();
     for p in &args.specs {
         let s = KernelSpec::from_toml_file(p).map_err(input_err)?;
@@ -139,85 +191,165 @@ pub fn run(cache: Option<PathBuf>, args: VerifyArgs) -> CliResult<i32> {
             ),
         ));
     }
+    let against = match &args.against {
+        Some(file) => Some(load_cache(Some(file.clone())).map_err(|e| CliError {
+            msg: format!("--against: {}", e.msg),
+            ..e
+        })?),
+        None => None,
+    };
     jitune::require_cuda()?;
     let (path, snap) = load_cache(cache)?;
     let gpu = Arc::new(Gpu::new(args.device)?);
     let by_id: BTreeMap<_, _> = specs.iter().map(|s| (s.id(), s.clone())).collect();
-    let ours: Vec<&Entry> = snap
-        .entries
-        .iter()
-        .filter(|e| by_id.contains_key(&e.key.kernel))
-        .collect();
-    let here: Vec<&Entry> = ours
-        .iter()
-        .copied()
-        .filter(|e| e.key.device == gpu.fingerprint_hash)
-        .collect();
-    let elsewhere = ours.len() - here.len();
-    if here.is_empty() {
-        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        return Err(CliError::new(
-            exit::NOT_FOUND,
-            format!(
-                "no cached winner of {} for this GPU ({}) in {}{}",
-                names.join(", "),
-                gpu.fingerprint.to_text(),
-                path.display(),
-                if elsewhere > 0 {
-                    format!(" ({elsewhere} measured under other fingerprints)")
-                } else {
-                    String::new()
-                }
-            ),
-        ));
-    }
+    let ours = |e: &Entry| by_id.contains_key(&e.key.kernel);
+    let here = |e: &Entry| ours(e) && e.key.device == gpu.fingerprint_hash;
+    let elsewhere = |entries: &[Entry]| entries.iter().filter(|e| ours(e) && !here(e)).count();
+    let names = || {
+        specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let others = |n: usize| {
+        if n > 0 {
+            format!(" ({n} measured under other fingerprints)")
+        } else {
+            String::new()
+        }
+    };
+
+    // What to measure: (this cache's entry, the other cache's entry of its key, if any).
+    let (todo, pairing, other_fingerprints): (Vec<(&Entry, Option<&Entry>)>, _, _) = match &against
+    {
+        None => {
+            let todo: Vec<_> = snap
+                .entries
+                .iter()
+                .filter(|e| here(e))
+                .map(|e| (e, None))
+                .collect();
+            let n = elsewhere(&snap.entries);
+            if todo.is_empty() {
+                return Err(CliError::new(
+                    exit::NOT_FOUND,
+                    format!(
+                        "no cached winner of {} for this GPU ({}) in {}{}",
+                        names(),
+                        gpu.fingerprint.to_text(),
+                        path.display(),
+                        others(n)
+                    ),
+                ));
+            }
+            (todo, None, n)
+        }
+        Some((bpath, bsnap)) => {
+            let p = pairing::pair(&snap.entries, &bsnap.entries, here);
+            let n = elsewhere(&snap.entries) + elsewhere(&bsnap.entries);
+            if p.both.is_empty() {
+                return Err(CliError::new(
+                    exit::NOT_FOUND,
+                    format!(
+                        "no key of {} for this GPU ({}) is in both {} ({} of its own) and {} \
+                             ({} of its own){}",
+                        names(),
+                        gpu.fingerprint.to_text(),
+                        path.display(),
+                        p.only_a.len(),
+                        bpath.display(),
+                        p.only_b.len(),
+                        others(n)
+                    ),
+                ));
+            }
+            let todo = p.both.iter().map(|&(a, b)| (a, Some(b))).collect();
+            (todo, Some(p), n)
+        }
+    };
+
     // The cache file as a read-only layer: CUBINs and failures are seen, nothing is written.
+    // Not with --against: see the module doc.
     let mut opts = CacheOptions::memory_only();
-    if !looks_like_json(&path) {
+    if against.is_none() && !looks_like_json(&path) {
         opts = opts.with_shipped(&path);
     }
     let layered = Arc::new(Cache::open(opts)?);
     let pool = Arc::new(CompilePool::default_sized());
 
-    let bar = indicatif::ProgressBar::new(here.len() as u64);
+    let bar = indicatif::ProgressBar::new(todo.len() as u64);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} {msg}")
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    let mut rows = Vec::with_capacity(here.len());
-    for e in here {
+    let mut rows = Vec::with_capacity(todo.len());
+    for (e, b) in todo {
         bar.set_message(e.key.display());
         let spec = by_id[&e.key.kernel].clone();
-        let row = verify_entry(&gpu, spec, e, &layered, &pool, &args)?;
+        let row = verify_entry(&gpu, spec, e, b, &layered, &pool, &args)?;
         rows.push(row);
         bar.inc(1);
     }
     bar.finish_and_clear();
 
     let flagged = rows.iter().filter(|r| !r.flags.is_empty()).count();
+    let against_path = against.as_ref().map(|(p, _)| p.display().to_string());
     if args.json {
-        print_json(&json!({
+        let mut doc = json!({
             "cache": path.display().to_string(),
             "device": gpu.fingerprint.to_text(),
             "threshold_pct": args.threshold,
             "entries": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
             "flagged": flagged,
-            "other_fingerprints": elsewhere,
-        }))?;
+            "other_fingerprints": other_fingerprints,
+        });
+        if let (Some(p), Some(a)) = (&pairing, &against_path) {
+            let keys = |l: &[&Entry]| l.iter().map(|e| e.key.display()).collect::<Vec<_>>();
+            doc["against"] = json!(a);
+            doc["same_config"] = json!(rows.iter().filter(|r| r.same_config).count());
+            doc["only_cache"] = json!(keys(&p.only_a));
+            doc["only_against"] = json!(keys(&p.only_b));
+        }
+        print_json(&doc)?;
     } else {
-        print_rows(&rows);
-        println!(
-            "verified {} entries on {}: {flagged} flagged (threshold {}%){}",
-            rows.len(),
-            gpu.fingerprint.to_text(),
-            args.threshold,
-            if elsewhere > 0 {
-                format!("; {elsewhere} entries of other fingerprints not verified")
-            } else {
-                String::new()
+        let fingerprint = gpu.fingerprint.to_text();
+        let not_verified = if other_fingerprints > 0 {
+            format!("; {other_fingerprints} entries of other fingerprints not verified")
+        } else {
+            String::new()
+        };
+        match (&pairing, &against_path) {
+            (Some(p), Some(a)) => {
+                print_against_rows(&rows);
+                println!(
+                    "compared {} keys of {} against {a} on {fingerprint}: {} same config, \
+                     {flagged} flagged (threshold {}%); {} only in {}, {} only in {a}{not_verified}",
+                    rows.len(),
+                    path.display(),
+                    rows.iter().filter(|r| r.same_config).count(),
+                    args.threshold,
+                    p.only_a.len(),
+                    path.display(),
+                    p.only_b.len(),
+                );
+                for e in &p.only_a {
+                    println!("  only in {}: {}", path.display(), named_key(e));
+                }
+                for e in &p.only_b {
+                    println!("  only in {a}: {}", named_key(e));
+                }
             }
-        );
+            _ => {
+                print_rows(&rows);
+                println!(
+                    "verified {} entries on {fingerprint}: {flagged} flagged (threshold {}%){not_verified}",
+                    rows.len(),
+                    args.threshold,
+                );
+            }
+        }
         for r in rows.iter().filter(|r| r.detail.is_some()) {
             println!(
                 "  {}: {}",
@@ -251,7 +383,7 @@ fn print_rows(rows: &[Row]) {
                 named_key(&r.entry),
                 format!("{:.4}", r.entry.median_ms),
                 fmt_ms(r.now_ms),
-                fmt_ms(r.default_ms),
+                fmt_ms(r.reference_ms),
                 r.drift_pct().map_or("-".into(), |d| format!("{d:+.1}%")),
                 r.speedup().map_or("-".into(), |s| format!("{s:.2}x")),
                 r.status(),
@@ -274,35 +406,90 @@ fn print_rows(rows: &[Row]) {
     );
 }
 
+/// The `--against` table: both configs, both re-timed medians, their ratio.
+fn print_against_rows(rows: &[Row]) {
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                named_key(&r.entry),
+                fmt_ms(r.now_ms),
+                fmt_ms(r.reference_ms),
+                r.ratio().map_or("-".into(), |x| {
+                    format!("{x:.3} ({:+.1}%)", (x - 1.0) * 100.0)
+                }),
+                r.status(),
+                r.entry.config.clone(),
+                if r.same_config {
+                    "(same)".into()
+                } else {
+                    r.reference_config.clone()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "KEY",
+            "NOW_MS",
+            "AGAINST_MS",
+            "RATIO",
+            "STATUS",
+            "CONFIG",
+            "AGAINST_CONFIG",
+        ],
+        &table,
+    );
+}
+
 /// Whether an error belongs to one entry (its spec or config) rather than to the GPU: those
 /// become a `failed` row, the others end the command.
 fn entry_level(e: &Error) -> bool {
     !matches!(e, Error::Cuda { .. } | Error::NoCuda(_))
 }
 
-/// Re-measures one entry's winner and its spec's default config.
+/// Re-measures one entry's winner and its reference: `against`'s winner when given, else its
+/// spec's default config.
 fn verify_entry(
     gpu: &Arc<Gpu>,
     spec: Arc<KernelSpec>,
     e: &Entry,
+    against: Option<&Entry>,
     cache: &Arc<Cache>,
     pool: &Arc<CompilePool>,
     args: &VerifyArgs,
 ) -> CliResult<Row> {
     let mut row = Row {
         entry: e.clone(),
-        default_config: String::new(),
+        against: against.cloned(),
+        reference_config: against.map_or_else(String::new, |b| b.config.clone()),
+        same_config: against.is_some_and(|b| pairing::same_config(e, b)),
         now_ms: None,
-        default_ms: None,
+        reference_ms: None,
         flags: Vec::new(),
         detail: None,
     };
-    match measure(gpu, spec, e, cache, pool, args.samples, &mut row) {
+    let reference = against.map(|b| b.config.as_str());
+    match measure(gpu, spec, e, reference, cache, pool, args.samples, &mut row) {
         Ok(()) => {}
         Err(err) if entry_level(&err) => {
             row.detail = Some(err.to_string());
         }
         Err(err) => return Err(err.into()),
+    }
+    if against.is_some() {
+        // Both winners must have a time for the comparison; stored times are not compared
+        // (each was taken under its own tuning run's load).
+        if row.ratio().is_none() {
+            row.flags.push("failed");
+        } else if !row.same_config
+            && row
+                .ratio()
+                .is_some_and(|r| r > 1.0 + args.threshold / 100.0)
+        {
+            row.flags.push("slower-than-against");
+        }
+        return Ok(row);
     }
     if row.now_ms.is_none() {
         row.flags.push("failed");
@@ -311,7 +498,7 @@ fn verify_entry(
     if row.drift_pct().is_some_and(|d| d.abs() > args.threshold) {
         row.flags.push("drift");
     }
-    if row.default_config != row.entry.config
+    if row.reference_config != row.entry.config
         && row
             .speedup()
             .is_some_and(|s| s < 1.0 / (1.0 + args.threshold / 100.0))
@@ -321,11 +508,14 @@ fn verify_entry(
     Ok(row)
 }
 
-/// The measurement proper; fills `row`'s times (and `detail` when a config fails).
+/// The measurement proper; fills `row`'s times (and `detail` when a config fails). The
+/// reference is the config text `reference` (the `--against` winner), else the spec's default.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     gpu: &Arc<Gpu>,
     spec: Arc<KernelSpec>,
     e: &Entry,
+    reference: Option<&str>,
     cache: &Arc<Cache>,
     pool: &Arc<CompilePool>,
     samples: usize,
@@ -343,30 +533,45 @@ fn measure(
     // is for pruning a search, not for judging a cached winner.
     eval.options.too_slow_factor = f64::INFINITY;
     let space = eval.space().clone();
-    // The default as the tuner's reference uses it: the spec's default, or the first valid
-    // config when the default is invalid at this shape.
-    let default = if space.is_valid(&spec.default) {
-        spec.default.clone()
-    } else {
-        space
-            .iter()
-            .next()
-            .ok_or_else(|| Error::Space(format!("`{}` has no valid config here", spec.name)))?
+    let invalid = |what: &str, config: &str| {
+        format!(
+            "{what} {config} is not valid on this device at {}",
+            e.key.shape.to_text()
+        )
     };
-    row.default_config = space.config_text(&default);
+    let (reference, ref_name) = match reference {
+        Some(text) => {
+            let c = space.parse_config_text(text).map_err(|err| {
+                Error::Space(format!("the --against config {text} of this key: {err}"))
+            })?;
+            if !space.is_valid(&c) {
+                row.detail = Some(invalid("the --against config", text));
+                return Ok(());
+            }
+            (c, "against")
+        }
+        // The default as the tuner's reference uses it: the spec's default, or the first
+        // valid config when the default is invalid at this shape.
+        None if space.is_valid(&spec.default) => (spec.default.clone(), "default"),
+        None => (
+            space
+                .iter()
+                .next()
+                .ok_or_else(|| Error::Space(format!("`{}` has no valid config here", spec.name)))?,
+            "default",
+        ),
+    };
+    row.reference_config = space.config_text(&reference);
     let winner = space.parse_config_text(&e.config)?;
     if !space.is_valid(&winner) {
-        row.detail = Some(format!(
-            "the cached config {} is not valid on this device at {}",
-            e.config,
-            e.key.shape.to_text()
-        ));
+        row.detail = Some(invalid("the cached config", &e.config));
         return Ok(());
     }
-    let configs: Vec<Config> = if winner == default {
-        vec![default.clone()]
+    row.same_config = winner == reference;
+    let configs: Vec<Config> = if row.same_config {
+        vec![reference.clone()]
     } else {
-        vec![default.clone(), winner]
+        vec![reference.clone(), winner]
     };
     let first = eval.evaluate(&configs)?;
     let mut pooled: Vec<Vec<f64>> = Vec::with_capacity(configs.len());
@@ -379,7 +584,7 @@ fn measure(
             }
             Outcome::Failed(f) => {
                 pooled.push(Vec::new());
-                let which = if *c == default { "default" } else { "winner" };
+                let which = if *c == reference { ref_name } else { "winner" };
                 let msg = format!(
                     "{which} {} failed: {}: {}",
                     space.config_text(c),
@@ -419,7 +624,7 @@ fn measure(
         }
     }
     let time = |i: usize| (!pooled[i].is_empty()).then(|| median(&pooled[i]));
-    row.default_ms = time(0);
+    row.reference_ms = time(0);
     row.now_ms = if configs.len() == 1 { time(0) } else { time(1) };
     Ok(())
 }
