@@ -19,10 +19,51 @@ use crate::rng::Rng;
 use crate::spec::{ElemType, Generator, KernelSpec, Role};
 use crate::{Error, Result};
 
-/// Host bytes of `n` synthetic elements.
-fn generate(ty: ElemType, gen: &Generator, n: usize, rng: &mut Rng) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n * ty.size());
-    for _ in 0..n {
+/// Elements per chunk of [`generate`]: each chunk has a generator of its own, so the chunks of
+/// a large buffer are filled in parallel and the result still depends only on the seed.
+const CHUNK: usize = 1 << 18;
+
+/// Host bytes of `n` synthetic elements, fixed by `seed`. Large buffers (a 8192² input is 64 M
+/// elements, about half a second on one core) are filled by several threads, one chunk at a
+/// time, each chunk from its own generator; the bytes depend only on `seed` and `n`, not on
+/// the number of threads.
+fn generate(ty: ElemType, gen: &Generator, n: usize, seed: u64) -> Vec<u8> {
+    let size = ty.size();
+    let mut out = vec![0u8; n * size];
+    let chunks: Vec<(usize, &mut [u8])> = out.chunks_mut(CHUNK * size).enumerate().collect();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(16)
+        .min(chunks.len())
+        .max(1);
+    if threads == 1 {
+        for (k, chunk) in chunks {
+            fill(ty, gen, chunk, seed, k);
+        }
+        return out;
+    }
+    // Deal the chunks out round-robin: every thread gets a similar share.
+    let mut shares: Vec<Vec<(usize, &mut [u8])>> = (0..threads).map(|_| Vec::new()).collect();
+    for (j, c) in chunks.into_iter().enumerate() {
+        shares[j % threads].push(c);
+    }
+    std::thread::scope(|s| {
+        for share in shares {
+            s.spawn(move || {
+                for (k, chunk) in share {
+                    fill(ty, gen, chunk, seed, k);
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Fills chunk `k` of a buffer (whole elements of `ty`) from the chunk's own generator.
+fn fill(ty: ElemType, gen: &Generator, chunk: &mut [u8], seed: u64, k: usize) {
+    let mut rng = Rng::new(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for e in chunk.chunks_exact_mut(ty.size()) {
         let (f, i) = match gen {
             Generator::Uniform(lo, hi) => {
                 let f = lo + (hi - lo) * rng.next_f64();
@@ -35,17 +76,16 @@ fn generate(ty: ElemType, gen: &Generator, n: usize, rng: &mut Rng) -> Vec<u8> {
             }
         };
         match ty {
-            ElemType::F32 => out.extend_from_slice(&(f as f32).to_le_bytes()),
-            ElemType::F64 => out.extend_from_slice(&f.to_le_bytes()),
-            ElemType::F16 => out.extend_from_slice(&f32_to_f16(f as f32).to_le_bytes()),
-            ElemType::Bf16 => out.extend_from_slice(&f32_to_bf16(f as f32).to_le_bytes()),
-            ElemType::I32 => out.extend_from_slice(&(i as i32).to_le_bytes()),
-            ElemType::U32 => out.extend_from_slice(&(i as u32).to_le_bytes()),
-            ElemType::I64 => out.extend_from_slice(&i.to_le_bytes()),
-            ElemType::U8 => out.push(i as u8),
+            ElemType::F32 => e.copy_from_slice(&(f as f32).to_le_bytes()),
+            ElemType::F64 => e.copy_from_slice(&f.to_le_bytes()),
+            ElemType::F16 => e.copy_from_slice(&f32_to_f16(f as f32).to_le_bytes()),
+            ElemType::Bf16 => e.copy_from_slice(&f32_to_bf16(f as f32).to_le_bytes()),
+            ElemType::I32 => e.copy_from_slice(&(i as i32).to_le_bytes()),
+            ElemType::U32 => e.copy_from_slice(&(i as u32).to_le_bytes()),
+            ElemType::I64 => e.copy_from_slice(&i.to_le_bytes()),
+            ElemType::U8 => e[0] = i as u8,
         }
     }
-    out
 }
 
 /// One buffer argument of the kernel, on the device.
@@ -153,7 +193,7 @@ impl Inputs {
             for _ in 0..n_sets {
                 match (&a.init, a.role) {
                     (Some(g), Role::In | Role::InOut) => {
-                        let host = generate(a.ty, g, n.max(1), &mut rng);
+                        let host = generate(a.ty, g, n.max(1), rng.next_u64());
                         let dev = stream.clone_htod(&host).map_err(cuda("uploading inputs"))?;
                         if a.role == Role::InOut && pristine.is_none() {
                             pristine =
@@ -235,22 +275,38 @@ mod tests {
 
     #[test]
     fn synthetic_inputs_are_not_zeros() {
-        let mut rng = Rng::new(1);
         let v = to_f64(
             ElemType::F32,
-            &generate(
-                ElemType::F32,
-                &Generator::Uniform(-1.0, 1.0),
-                1000,
-                &mut rng,
-            ),
+            &generate(ElemType::F32, &Generator::Uniform(-1.0, 1.0), 1000, 1),
         );
         assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
         assert!(v.iter().filter(|x| **x == 0.0).count() == 0);
         let i = to_f64(
             ElemType::I32,
-            &generate(ElemType::I32, &Generator::IntRange(1, 9), 1000, &mut rng),
+            &generate(ElemType::I32, &Generator::IntRange(1, 9), 1000, 2),
         );
         assert!(i.iter().all(|x| (1.0..=9.0).contains(x)));
+    }
+
+    #[test]
+    fn large_buffers_are_filled_in_parallel_and_depend_only_on_the_seed() {
+        let g = Generator::Uniform(-1.0, 1.0);
+        // Several chunks (more than one thread's share on most machines), a ragged end.
+        let n = 5 * CHUNK + 123;
+        let a = generate(ElemType::F16, &g, n, 9);
+        assert_eq!(a.len(), n * 2);
+        assert_eq!(a, generate(ElemType::F16, &g, n, 9), "same seed, same bytes");
+        assert_ne!(a, generate(ElemType::F16, &g, n, 10), "another seed differs");
+        // The chunks are not copies of each other, and the ragged end is filled.
+        assert_ne!(&a[..CHUNK * 2], &a[CHUNK * 2..CHUNK * 4]);
+        let v = to_f64(ElemType::F16, &a);
+        assert!(v.iter().filter(|x| **x == 0.0).count() < n / 1000);
+        assert!(v[n - 100..].iter().any(|x| *x != 0.0));
+        // The bytes do not depend on how the chunks are dealt out: chunk by chunk alone.
+        let mut serial = vec![0u8; n * 2];
+        for (k, c) in serial.chunks_mut(CHUNK * 2).enumerate() {
+            fill(ElemType::F16, &g, c, 9, k);
+        }
+        assert_eq!(a, serial);
     }
 }
