@@ -54,6 +54,9 @@ fn run() -> jitune::Result<()> {
         .unwrap_or(1)
         .min(16);
 
+    // First without holding NVRTC's builtins library open (jitune holds it by default; see
+    // `hold_nvrtc_builtins`), to show what holding it changes.
+    jitune::internals::set_hold_nvrtc_builtins(false);
     // For reference only: a process without a CUDA context (first, before any context).
     let t = Instant::now();
     for r in &reqs[..5] {
@@ -63,6 +66,14 @@ fn run() -> jitune::Result<()> {
 
     // From here on a context is alive, as in every tuning process.
     let _ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
+    let t = Instant::now();
+    for r in &reqs[..10] {
+        let _ = compile_in_process(r)?;
+    }
+    let unheld_ms = ms_per(t.elapsed().as_secs_f64(), 10);
+    // From here on as jitune compiles: the builtins library held open.
+    let held = jitune::internals::hold_nvrtc_builtins();
+    jitune::internals::set_hold_nvrtc_builtins(true);
     let t = Instant::now();
     let mut ok = 0;
     for r in &reqs {
@@ -108,6 +119,13 @@ fn run() -> jitune::Result<()> {
     );
     println!(
         "serial, no CUDA context          {no_ctx_ms:7.1} ms/config (5 configs; reference only, not a baseline)"
+    );
+    println!(
+        "serial, context alive, builtins library not held {unheld_ms:7.1} ms/config (10 configs)"
+    );
+    println!(
+        "builtins library held open: {}",
+        held.unwrap_or("not found (nothing held)")
     );
     println!(
         "serial, context alive (baseline) {serial:7.2} s  ({:.1} ms/config)",

@@ -178,6 +178,20 @@ fn run() -> jitune::Result<()> {
             },
         )?;
         report(&c, &r, t.elapsed().as_secs_f64());
+        let p = tuner.compile_pool_stats();
+        println!(
+            "  compile pool: {} compilations, {:.1} ms mean, {:.1} ms max, {} in this process, \
+             {} workers started",
+            p.compiles,
+            if p.compiles > 0 {
+                p.compile_s * 1e3 / p.compiles as f64
+            } else {
+                0.0
+            },
+            p.max_s * 1e3,
+            p.in_process,
+            p.spawned
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

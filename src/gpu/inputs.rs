@@ -295,8 +295,16 @@ mod tests {
         let n = 5 * CHUNK + 123;
         let a = generate(ElemType::F16, &g, n, 9);
         assert_eq!(a.len(), n * 2);
-        assert_eq!(a, generate(ElemType::F16, &g, n, 9), "same seed, same bytes");
-        assert_ne!(a, generate(ElemType::F16, &g, n, 10), "another seed differs");
+        assert_eq!(
+            a,
+            generate(ElemType::F16, &g, n, 9),
+            "same seed, same bytes"
+        );
+        assert_ne!(
+            a,
+            generate(ElemType::F16, &g, n, 10),
+            "another seed differs"
+        );
         // The chunks are not copies of each other, and the ragged end is filled.
         assert_ne!(&a[..CHUNK * 2], &a[CHUNK * 2..CHUNK * 4]);
         let v = to_f64(ElemType::F16, &a);

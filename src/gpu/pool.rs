@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -239,12 +239,51 @@ pub enum PoolMode {
 /// The outcome of one request: the image, or the compile log.
 pub type CompileResult = std::result::Result<Image, String>;
 
+/// Where a pool's time went: how long each compilation took where it ran (a worker's round
+/// trip, or NVRTC in this process), and how many workers were started. Tells a slow compiler
+/// from a waiting caller in the tuning breakdown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+    /// Compilations run (distinct requests).
+    pub compiles: usize,
+    /// Their summed duration, seconds.
+    pub compile_s: f64,
+    /// The longest one, seconds.
+    pub max_s: f64,
+    /// Of them, compiled in this process (no worker).
+    pub in_process: usize,
+    /// Worker processes started.
+    pub spawned: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiles: AtomicUsize,
+    compile_ns: AtomicU64,
+    max_ns: AtomicU64,
+    in_process: AtomicUsize,
+    spawned: AtomicUsize,
+}
+
+impl Counters {
+    fn note(&self, took: std::time::Duration, in_process: bool) {
+        let ns = took.as_nanos() as u64;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        self.compile_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+        if in_process {
+            self.in_process.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Parallel NVRTC compilation in worker processes; see the module docs.
 pub struct CompilePool {
     mode: PoolMode,
     size: usize,
     /// Idle workers, reused across batches (start-up costs tens of milliseconds).
     idle: Arc<Mutex<Vec<Worker>>>,
+    counters: Arc<Counters>,
 }
 
 impl CompilePool {
@@ -264,6 +303,7 @@ impl CompilePool {
             mode,
             size: size.max(1),
             idle: Arc::new(Mutex::new(Vec::new())),
+            counters: Arc::new(Counters::default()),
         }
     }
 
@@ -279,6 +319,18 @@ impl CompilePool {
     /// How it compiles.
     pub fn mode(&self) -> &PoolMode {
         &self.mode
+    }
+
+    /// Where its time went so far.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        PoolStats {
+            compiles: c.compiles.load(Ordering::Relaxed),
+            compile_s: c.compile_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            max_s: c.max_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            in_process: c.in_process.load(Ordering::Relaxed),
+            spawned: c.spawned.load(Ordering::Relaxed),
+        }
     }
 
     /// Compiles every request; results arrive on the returned channel as `(index, result)` in
@@ -314,18 +366,24 @@ impl CompilePool {
             let tx = tx.clone();
             let mode = self.mode.clone();
             let idle = self.idle.clone();
+            let counters = self.counters.clone();
             std::thread::spawn(move || {
                 let mut worker: Option<Worker> = None;
                 loop {
                     let Some((req, indices)) = queue.lock().pop_front() else {
                         break;
                     };
+                    let t = std::time::Instant::now();
                     let result = match &mode {
                         PoolMode::InProcess => compile_in_process(&req),
                         PoolMode::Processes(cmd) => {
-                            compile_with_worker(&mut worker, &idle, cmd, &req)
+                            compile_with_worker(&mut worker, &idle, cmd, &req, &counters)
                         }
                     };
+                    counters.note(
+                        t.elapsed(),
+                        matches!(mode, PoolMode::InProcess) || worker.is_none(),
+                    );
                     for i in indices {
                         let r = match &result {
                             Ok(r) => Ok(r.clone()),
@@ -366,6 +424,7 @@ fn compile_with_worker(
     idle: &Mutex<Vec<Worker>>,
     cmd: &[String],
     req: &CompileRequest,
+    counters: &Counters,
 ) -> Result<CompileResult> {
     for attempt in 0..2 {
         if worker.is_none() {
@@ -373,7 +432,10 @@ fn compile_with_worker(
         }
         if worker.is_none() {
             match Worker::spawn(cmd) {
-                Ok(w) => *worker = Some(w),
+                Ok(w) => {
+                    counters.spawned.fetch_add(1, Ordering::Relaxed);
+                    *worker = Some(w)
+                }
                 Err(e) => {
                     log::warn!("jitune: cannot start a compile worker ({e}); compiling in process");
                     return compile_in_process(req);

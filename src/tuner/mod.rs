@@ -492,6 +492,11 @@ impl Tuner {
         self.inner.compiles.load(Ordering::Relaxed)
     }
 
+    /// Where the compile pool's time went so far (the tuning breakdown prints it).
+    pub fn compile_pool_stats(&self) -> crate::gpu::pool::PoolStats {
+        self.inner.pool.stats()
+    }
+
     /// How many keys are being resolved or tuned now.
     pub fn tuning_in_progress(&self) -> usize {
         self.inner.states.busy()
