@@ -530,6 +530,18 @@ impl Evaluator for IsolatedEvaluator {
         Ok(complete(out, FailureClass::Compile))
     }
 
+    /// As the in-process evaluator: the configs without an image or a known failure are
+    /// compiled by the pool's idle workers (see [`Binaries::prefetch`]).
+    fn prefetch(&self, configs: &[Config]) {
+        let todo: Vec<(&Config, String)> = configs
+            .iter()
+            .filter(|c| !self.images.contains_key(*c))
+            .map(|c| (c, self.job.text(c)))
+            .filter(|(_, t)| self.failures.known_outcome(t).is_none())
+            .collect();
+        self.binaries.prefetch(&todo);
+    }
+
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut live: Vec<usize> = Vec::new();
