@@ -96,8 +96,6 @@ impl Binaries {
         cache: Arc<Cache>,
         pool: Arc<CompilePool>,
     ) -> Binaries {
-        // The first batch should not wait for worker processes to start.
-        pool.warm(&gpu.arch);
         Binaries {
             nvrtc: nvrtc_of(&gpu.fingerprint),
             gpu,

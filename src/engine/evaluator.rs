@@ -219,6 +219,9 @@ impl GpuEvaluator {
         cache: Arc<Cache>,
         pool: Arc<CompilePool>,
     ) -> Result<GpuEvaluator> {
+        // A search's first batch should not wait for worker processes to start (one-off
+        // compilations, which also use `Binaries`, do not warm the pool).
+        pool.warm(&gpu.arch);
         let spec = &job.spec;
         let t = Instant::now();
         let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;

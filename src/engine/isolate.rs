@@ -278,6 +278,9 @@ impl IsolatedEvaluator {
         pool: Arc<CompilePool>,
         opts: IsolationOptions,
     ) -> Result<IsolatedEvaluator> {
+        // A search's first batch should not wait for worker processes to start (one-off
+        // compilations, which also use `Binaries`, do not warm the pool).
+        pool.warm(&gpu.arch);
         let cmd = opts.resolve_worker_cmd().ok_or_else(|| {
             Error::InvalidArgument(
                 "isolated tuning needs a worker program: call jitune::run_if_worker() first \

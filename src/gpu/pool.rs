@@ -791,7 +791,8 @@ mod tests {
                 .append(true)
                 .open(path)
             {
-                let _ = writeln!(f, "{}", req.name);
+                // One write: concurrent workers append whole lines.
+                let _ = f.write_all(format!("{}\n", req.name).as_bytes());
             }
         }
         let ms = get("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
