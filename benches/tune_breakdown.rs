@@ -7,7 +7,9 @@
 //! Each case tunes in process (Blocking mode) into a fresh SQLite cache file, so store costs are
 //! real writes. The counters are the evaluator's own (`GpuEvaluator::stats`): a few clock reads
 //! per candidate. The figure of issue 18: overhead per candidate beyond the kernel's own timed
-//! runs, median <= 5 ms, also at 256 MB of output (the transpose case).
+//! runs, median <= 5 ms, also at 256 MB of output (the transpose case). A candidate whose image
+//! a prefetch (LFBO's guess at the next batch, compiled by idle pool workers) made ready counts
+//! as ready: its image wait is the table lookup only; the `images` line counts them.
 //!
 //!     cargo bench --bench tune_breakdown [-- --cases transpose,sgemm,softmax]
 
@@ -146,6 +148,11 @@ fn report(c: &Case, r: &TuneReport, wall_s: f64) {
         (wall_s - counted).max(0.0),
         st.candidates.len(),
         st.raced
+    );
+    println!(
+        "  images: {} compiled by the batches, {} ready (binary table or prefetch); \
+         prefetched {}, of which the batches used {} (finished or joined in flight)",
+        st.compiled, st.reused, st.prefetched, st.prefetch_hits
     );
 }
 

@@ -527,6 +527,12 @@ impl Cache {
         Ok(None)
     }
 
+    /// Whether any file layer holds the binary for `key` (a cheap existence check that does not
+    /// count as a use; an unreadable file counts as not holding it).
+    pub fn has_binary(&self, key: &BinaryKey<'_>) -> bool {
+        self.layers().any(|s| s.has_binary(key).unwrap_or(false))
+    }
+
     /// Records a failed config in the user store (nothing without one; a failed write is one
     /// warning, see [`Cache::put`]).
     pub fn record_failure(

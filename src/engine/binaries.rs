@@ -5,16 +5,26 @@
 //!
 //! A batch's images stream out as they become ready (those at hand first, then compilations in
 //! completion order), so the caller can load, check and time the first while the rest compile.
+//!
+//! Prefetch ([`Binaries::prefetch`]): the search's guesses at its next batch are compiled by
+//! the pool's idle workers while this batch is measured. A finished prefetch is stored in the
+//! binary table as a batch's compilation is, and kept here (image or compile log) until a batch
+//! asks for it; a batch that asks while it still compiles joins it in the pool. A prefetched
+//! compile log reaches the evaluator exactly as a batch's does, so its failure is recorded the
+//! same way; a prefetch the pool loses is simply compiled by the batch that needs it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::cache::store::{nvrtc_of, BinaryKey};
 use crate::cache::Cache;
 use crate::gpu::compile::{CompileRequest, Image};
 use crate::gpu::device::Gpu;
-use crate::gpu::pool::{CompilePool, CompileResult};
+use crate::gpu::pool::{CompilePool, CompileResult, PrefetchJob};
 use crate::space::Config;
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -29,9 +39,55 @@ pub struct Binaries {
     nvrtc: String,
     /// Configs compiled by NVRTC (not found in the binary table).
     pub compiled: usize,
-    /// Configs whose image came from the binary table.
+    /// Configs whose image came from the binary table (or a finished prefetch).
     pub reused: usize,
+    /// Configs of batches whose image (or compile log) came from a prefetch.
+    pub prefetch_hits: usize,
+    /// This source's prefetches in the pool (one owner per `Binaries`).
+    owner: u64,
+    prefetched: Arc<Prefetched>,
 }
+
+/// Finished prefetches waiting for a batch, and the count of them.
+#[derive(Default)]
+struct Prefetched {
+    /// Results by config text, oldest first in `order`; at most [`KEEP`] are kept (they are
+    /// in the binary table too; a compile log is compiled again if it drops out).
+    results: Mutex<(HashMap<String, CompileResult>, VecDeque<String>)>,
+    /// Prefetches that finished with an image.
+    images: AtomicUsize,
+}
+
+/// Finished prefetches kept in memory.
+const KEEP: usize = 64;
+
+impl Prefetched {
+    fn put(&self, text: String, r: CompileResult) {
+        let mut g = self.results.lock();
+        let (map, order) = &mut *g;
+        if map.insert(text.clone(), r).is_none() {
+            order.push_back(text);
+        }
+        while order.len() > KEEP {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn take(&self, text: &str) -> Option<CompileResult> {
+        let mut g = self.results.lock();
+        let r = g.0.remove(text)?;
+        g.1.retain(|t| t != text);
+        Some(r)
+    }
+
+    fn has(&self, text: &str) -> bool {
+        self.results.lock().0.contains_key(text)
+    }
+}
+
+static OWNERS: AtomicU64 = AtomicU64::new(1);
 
 impl Binaries {
     pub fn new(
@@ -48,7 +104,49 @@ impl Binaries {
             pool,
             compiled: 0,
             reused: 0,
+            prefetch_hits: 0,
+            owner: OWNERS.fetch_add(1, Ordering::Relaxed),
+            prefetched: Arc::default(),
         }
+    }
+
+    /// Prefetches that finished with an image so far.
+    pub fn prefetched(&self) -> usize {
+        self.prefetched.images.load(Ordering::Relaxed)
+    }
+
+    /// Starts compiling `configs` (config, canonical text) with the pool's idle workers, those
+    /// not stored or prefetched already; replaces this source's earlier queued guesses. See the
+    /// module docs.
+    pub fn prefetch(&self, configs: &[(&Config, String)]) {
+        let mut jobs = Vec::new();
+        for (c, text) in configs {
+            if self.prefetched.has(text) || self.cache.has_binary(&self.key(text)) {
+                continue;
+            }
+            let (cache, state, text) = (self.cache.clone(), self.prefetched.clone(), text.clone());
+            let (kernel, arch, nvrtc) = (self.spec.id(), self.gpu.arch.clone(), self.nvrtc.clone());
+            let name = self.spec.name.clone();
+            jobs.push(PrefetchJob {
+                req: CompileRequest::new(&self.spec, c, &self.gpu.arch),
+                done: Box::new(move |r: &CompileResult| {
+                    if let Ok(img) = r {
+                        state.images.fetch_add(1, Ordering::Relaxed);
+                        let key = BinaryKey {
+                            kernel,
+                            config: &text,
+                            arch: &arch,
+                            nvrtc: &nvrtc,
+                        };
+                        if let Err(e) = cache.put_binary(&key, &img.to_bytes()) {
+                            log::warn!("jitune: could not store a CUBIN of {name}: {e}");
+                        }
+                    }
+                    state.put(text, r.clone());
+                }),
+            });
+        }
+        self.pool.prefetch(self.owner, jobs);
     }
 
     fn key<'a>(&'a self, text: &'a str) -> BinaryKey<'a> {
@@ -80,6 +178,16 @@ impl Binaries {
         let mut compile = Vec::new();
         let mut reqs = Vec::new();
         for (i, c, text, at_hand) in wanted {
+            if at_hand.is_none() {
+                if let Some(r) = self.prefetched.take(&text) {
+                    self.prefetch_hits += 1;
+                    if r.is_ok() {
+                        self.reused += 1;
+                    }
+                    ready.push_back((i, r));
+                    continue;
+                }
+            }
             match at_hand.or_else(|| self.stored(&text)) {
                 Some(img) => ready.push_back((i, Ok(img))),
                 None => {
@@ -99,6 +207,13 @@ impl Binaries {
             Some((_, r)) => r?.map_err(Error::compile),
             None => Err(Error::Search("the compile pool returned nothing".into())),
         }
+    }
+}
+
+impl Drop for Binaries {
+    /// The search is over (or cancelled): its guesses not started yet are dropped.
+    fn drop(&mut self) {
+        self.pool.cancel_prefetch(self.owner);
     }
 }
 
@@ -123,7 +238,10 @@ impl Fetch {
         }
         let (j, r) = self.rx.as_ref()?.recv().ok()?;
         let (i, text) = &self.compile[j];
-        if let Ok(Ok(img)) = &r {
+        if bin.prefetched.take(text).is_some() {
+            // It joined a prefetch in flight, which stored it already.
+            bin.prefetch_hits += 1;
+        } else if let Ok(Ok(img)) = &r {
             bin.compiled += 1;
             bin.store(text, img);
         }

@@ -10,6 +10,9 @@
 //! (`gpu::sampling::decide`): a few runs for a stable kernel, more for a noisy one, and a
 //! candidate clearly slower than the best so far stops after its first runs (racing).
 //!
+//! The search's guesses at its next batch ([`Evaluator::prefetch`]) are compiled by the pool's
+//! idle workers meanwhile, so the next batch finds their images ready.
+//!
 //! Where the time goes is counted per candidate ([`EvalStats`]): waiting for images, module
 //! loads, correctness checks, timing (and the kernel's own share of it), store writes. Before a candidate's first launch an
 //! in-flight marker is written to the store; if the candidate kills the process, the marker
@@ -132,6 +135,14 @@ pub struct EvalStats {
     pub remeasure_s: f64,
     /// Candidates whose timing stopped early because they were clearly slower (racing).
     pub raced: usize,
+    /// Images compiled by a batch's own NVRTC calls.
+    pub compiled: usize,
+    /// Images found ready: in the binary table or a finished prefetch.
+    pub reused: usize,
+    /// Prefetches (the search's guesses at its next batch) that finished with an image.
+    pub prefetched: usize,
+    /// Batch configs whose image came from a prefetch (finished, or joined in flight).
+    pub prefetch_hits: usize,
 }
 
 impl EvalStats {
@@ -208,6 +219,9 @@ impl GpuEvaluator {
         cache: Arc<Cache>,
         pool: Arc<CompilePool>,
     ) -> Result<GpuEvaluator> {
+        // A search's first batch should not wait for worker processes to start (one-off
+        // compilations, which also use `Binaries`, do not warm the pool).
+        pool.warm(&gpu.arch);
         let spec = &job.spec;
         let t = Instant::now();
         let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;
@@ -577,7 +591,23 @@ impl Evaluator for GpuEvaluator {
 
     fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
         self.ensure_reference()?;
-        self.evaluate_inner(batch, true)
+        let out = self.evaluate_inner(batch, true);
+        let b = &self.binaries;
+        (self.stats.compiled, self.stats.reused) = (b.compiled, b.reused);
+        (self.stats.prefetched, self.stats.prefetch_hits) = (b.prefetched(), b.prefetch_hits);
+        out
+    }
+
+    /// Compiles the configs not loaded, supplied or known to fail with the pool's idle
+    /// workers (see [`Binaries::prefetch`]).
+    fn prefetch(&self, configs: &[Config]) {
+        let todo: Vec<(&Config, String)> = configs
+            .iter()
+            .filter(|c| !self.loaded.contains_key(*c) && !self.supplied.contains_key(*c))
+            .map(|c| (c, self.job.text(c)))
+            .filter(|(_, t)| self.failures.known_outcome(t).is_none())
+            .collect();
+        self.binaries.prefetch(&todo);
     }
 
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {

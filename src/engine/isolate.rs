@@ -278,6 +278,9 @@ impl IsolatedEvaluator {
         pool: Arc<CompilePool>,
         opts: IsolationOptions,
     ) -> Result<IsolatedEvaluator> {
+        // A search's first batch should not wait for worker processes to start (one-off
+        // compilations, which also use `Binaries`, do not warm the pool).
+        pool.warm(&gpu.arch);
         let cmd = opts.resolve_worker_cmd().ok_or_else(|| {
             Error::InvalidArgument(
                 "isolated tuning needs a worker program: call jitune::run_if_worker() first \
@@ -528,6 +531,18 @@ impl Evaluator for IsolatedEvaluator {
             });
         }
         Ok(complete(out, FailureClass::Compile))
+    }
+
+    /// As the in-process evaluator: the configs without an image or a known failure are
+    /// compiled by the pool's idle workers (see [`Binaries::prefetch`]).
+    fn prefetch(&self, configs: &[Config]) {
+        let todo: Vec<(&Config, String)> = configs
+            .iter()
+            .filter(|c| !self.images.contains_key(*c))
+            .map(|c| (c, self.job.text(c)))
+            .filter(|(_, t)| self.failures.known_outcome(t).is_none())
+            .collect();
+        self.binaries.prefetch(&todo);
     }
 
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {

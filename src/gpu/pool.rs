@@ -11,11 +11,18 @@
 //! Identical requests in a batch compile once; results stream back as they finish, so the
 //! caller can benchmark the first while the rest still compile.
 //!
+//! Speculative prefetch: a search measures a batch while the pool compiles it, and proposes
+//! fewer configs per batch than the pool has workers, so the strategy's guesses at the next
+//! batch are handed over as prefetches ([`CompilePool::prefetch`]). They use only the slots real
+//! submits leave idle (a real submit never waits for one), a newer guess replaces queued ones,
+//! and a real submit of a request being prefetched joins it instead of compiling it twice.
+//! Workers can be started ahead of the first batch ([`CompilePool::warm`]).
+//!
 //! Frames: request = magic, then length-prefixed name, arch, options and source; response =
 //! magic, a status byte (0 CUBIN, 1 PTX, 2 compile log) and a length-prefixed payload. The reader
 //! skips anything before the magic, so stray output of the worker's program cannot derail it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,7 +51,9 @@ pub(crate) fn mark_worker_capable() {
 
 /// Serves compile requests on stdin/stdout until stdin closes; the worker's exit code.
 pub(crate) fn serve_stdio() -> i32 {
-    match serve(std::io::stdin().lock(), std::io::stdout().lock()) {
+    match serve(std::io::stdin().lock(), std::io::stdout().lock(), |req| {
+        compile_in_process(req).unwrap_or_else(|e| Err(format!("worker could not run NVRTC: {e}")))
+    }) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("jitune compile worker: {e}");
@@ -53,7 +62,11 @@ pub(crate) fn serve_stdio() -> i32 {
     }
 }
 
-fn serve(input: impl Read, output: impl Write) -> std::io::Result<()> {
+fn serve(
+    input: impl Read,
+    output: impl Write,
+    compile: impl Fn(&CompileRequest) -> CompileResult,
+) -> std::io::Result<()> {
     let mut r = BufReader::new(input);
     let mut w = BufWriter::new(output);
     loop {
@@ -62,11 +75,10 @@ fn serve(input: impl Read, output: impl Write) -> std::io::Result<()> {
             Ok(None) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let (status, payload) = match compile_in_process(&req) {
-            Ok(Ok(Image::Cubin(b))) => (0u8, b),
-            Ok(Ok(Image::Ptx(p))) => (1u8, p.into_bytes()),
-            Ok(Err(log)) => (2u8, log.into_bytes()),
-            Err(e) => (2u8, format!("worker could not run NVRTC: {e}").into_bytes()),
+        let (status, payload) = match compile(&req) {
+            Ok(Image::Cubin(b)) => (0u8, b),
+            Ok(Image::Ptx(p)) => (1u8, p.into_bytes()),
+            Err(log) => (2u8, log.into_bytes()),
         };
         w.write_all(MAGIC)?;
         w.write_all(&[status])?;
@@ -277,13 +289,78 @@ impl Counters {
     }
 }
 
-/// Parallel NVRTC compilation in worker processes; see the module docs.
-pub struct CompilePool {
+/// What a finished prefetch calls with its result (image or compile log), on the compiling
+/// thread, before any real submit that joined it gets the same result. Not called for a
+/// prefetch that was dropped (replaced while queued, a dead worker, the pool closing).
+pub type PrefetchDone = Box<dyn FnOnce(&CompileResult) + Send>;
+
+/// One speculative compilation (see [`CompilePool::prefetch`]).
+pub struct PrefetchJob {
+    /// What to compile.
+    pub req: CompileRequest,
+    /// Where the result goes.
+    pub done: PrefetchDone,
+}
+
+/// Counters of the pool's prefetching, since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Prefetches that started compiling.
+    pub started: usize,
+    /// Prefetches that finished with a result (handed to their `done`).
+    pub finished: usize,
+    /// Queued prefetches dropped by a newer call, a real submit of the same request, or
+    /// [`CompilePool::cancel_prefetch`].
+    pub replaced: usize,
+    /// Prefetches lost to a dead worker (or one that would not start).
+    pub lost: usize,
+    /// Requests of real submits that joined a prefetch in flight instead of compiling again.
+    pub joined: usize,
+    /// The most compilations (real threads and prefetches) busy when a prefetch started; never
+    /// above the pool's size.
+    pub peak_busy: usize,
+}
+
+/// Where results of a real submit go: its channel and the indices that asked for the request.
+type Waiter = (mpsc::Sender<(usize, Result<CompileResult>)>, Vec<usize>);
+
+struct Queued {
+    owner: u64,
+    digest: [u8; 32],
+    job: PrefetchJob,
+}
+
+/// Who compiles what: real threads, prefetches and their queue (see [`CompilePool::prefetch`]).
+#[derive(Default)]
+struct Sched {
+    /// Real compile threads running.
+    real: usize,
+    /// Prefetches compiling.
+    prefetching: usize,
+    /// Prefetches not started yet, oldest first.
+    queue: VecDeque<Queued>,
+    /// Prefetches compiling now, by request digest, with the real submits waiting for them.
+    inflight: HashMap<[u8; 32], Vec<Waiter>>,
+    /// The pool was dropped: nothing new starts.
+    closed: bool,
+    stats: PrefetchStats,
+}
+
+struct Shared {
     mode: PoolMode,
     size: usize,
-    /// Idle workers, reused across batches (start-up costs tens of milliseconds).
-    idle: Arc<Mutex<Vec<Worker>>>,
-    counters: Arc<Counters>,
+    /// Idle workers, reused across batches (start-up costs tens of milliseconds); at most
+    /// `size` are kept.
+    idle: Mutex<Vec<Worker>>,
+    sched: Mutex<Sched>,
+    /// Whether the workers were warmed ([`CompilePool::warm`]).
+    warmed: AtomicBool,
+    counters: Counters,
+}
+
+/// Parallel NVRTC compilation in worker processes; see the module docs.
+pub struct CompilePool {
+    shared: Arc<Shared>,
 }
 
 impl CompilePool {
@@ -300,10 +377,14 @@ impl CompilePool {
     /// A pool with an explicit mode.
     pub fn with_mode(mode: PoolMode, size: usize) -> CompilePool {
         CompilePool {
-            mode,
-            size: size.max(1),
-            idle: Arc::new(Mutex::new(Vec::new())),
-            counters: Arc::new(Counters::default()),
+            shared: Arc::new(Shared {
+                mode,
+                size: size.max(1),
+                idle: Mutex::new(Vec::new()),
+                sched: Mutex::new(Sched::default()),
+                warmed: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
         }
     }
 
@@ -318,12 +399,67 @@ impl CompilePool {
 
     /// How it compiles.
     pub fn mode(&self) -> &PoolMode {
-        &self.mode
+        &self.shared.mode
+    }
+
+    /// At most this many compilations run at once (real submits' threads are never held back
+    /// by prefetches; prefetches use what they leave idle).
+    pub fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    /// The prefetch counters so far.
+    pub fn prefetch_stats(&self) -> PrefetchStats {
+        self.shared.sched.lock().stats
+    }
+
+    /// Idle worker processes kept for the next compilations.
+    pub fn idle_workers(&self) -> usize {
+        self.shared.idle.lock().len()
+    }
+
+    /// Starts the pool's worker processes ahead of the first batch, once per pool, in the
+    /// background (starting one costs tens of milliseconds, and its first NVRTC call as much
+    /// again): up to `size` workers, each compiling a trivial kernel for `arch` so NVRTC is
+    /// loaded, then kept idle. Nothing in process mode; a worker that fails to start is skipped
+    /// (the compilations start their own, as before).
+    pub fn warm(&self, arch: &str) {
+        let PoolMode::Processes(cmd) = &self.shared.mode else {
+            return;
+        };
+        if self.shared.warmed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let want = self
+            .shared
+            .size
+            .saturating_sub(self.shared.idle.lock().len());
+        let req = CompileRequest {
+            source: "extern \"C\" __global__ void jitune_warm() {}\n".into(),
+            name: "jitune_warm.cu".into(),
+            arch: arch.to_string(),
+            options: Vec::new(),
+        };
+        for _ in 0..want {
+            let (shared, cmd, req) = (self.shared.clone(), cmd.clone(), req.clone());
+            let spawned = std::thread::Builder::new()
+                .name("jitune-warm".into())
+                .spawn(move || {
+                    if let Ok(mut w) = Worker::spawn(&cmd) {
+                        if w.compile(&req).is_ok() {
+                            park(&shared, w);
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                break;
+            }
+        }
     }
 
     /// Where its time went so far.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         PoolStats {
             compiles: c.compiles.load(Ordering::Relaxed),
             compile_s: c.compile_ns.load(Ordering::Relaxed) as f64 * 1e-9,
@@ -334,7 +470,9 @@ impl CompilePool {
     }
 
     /// Compiles every request; results arrive on the returned channel as `(index, result)` in
-    /// completion order, each request exactly once. Identical requests are compiled once.
+    /// completion order, each request exactly once. Identical requests are compiled once, and
+    /// a request that a prefetch is compiling right now is not compiled again: its result
+    /// arrives when the prefetch finishes. A queued prefetch of the same request is dropped.
     pub fn submit(
         &self,
         reqs: Vec<CompileRequest>,
@@ -342,64 +480,100 @@ impl CompilePool {
         let (tx, rx) = mpsc::channel();
         // Deduplicate: each distinct request once, fanned out to every index that asked for it.
         let mut by_digest: HashMap<[u8; 32], usize> = HashMap::new();
-        let mut unique: Vec<(CompileRequest, Vec<usize>)> = Vec::new();
+        let mut unique: Vec<(CompileRequest, [u8; 32], Vec<usize>)> = Vec::new();
         for (i, r) in reqs.into_iter().enumerate() {
-            match by_digest.get(&r.digest()) {
-                Some(&u) => unique[u].1.push(i),
+            let d = r.digest();
+            match by_digest.get(&d) {
+                Some(&u) => unique[u].2.push(i),
                 None => {
-                    by_digest.insert(r.digest(), unique.len());
-                    unique.push((r, vec![i]));
+                    by_digest.insert(d, unique.len());
+                    unique.push((r, d, vec![i]));
                 }
             }
         }
-        let queue = Arc::new(Mutex::new(
-            unique
-                .into_iter()
-                .collect::<std::collections::VecDeque<_>>(),
-        ));
-        let threads = match &self.mode {
-            PoolMode::InProcess => 1,
-            PoolMode::Processes(_) => self.size.min(queue.lock().len()).max(1),
+        let mut own: VecDeque<(CompileRequest, Vec<usize>)> = VecDeque::new();
+        let threads = {
+            let mut s = self.shared.sched.lock();
+            for (req, d, indices) in unique {
+                if let Some(waiting) = s.inflight.get_mut(&d) {
+                    waiting.push((tx.clone(), indices));
+                    s.stats.joined += 1;
+                    continue;
+                }
+                if let Some(k) = s.queue.iter().position(|q| q.digest == d) {
+                    s.queue.remove(k);
+                    s.stats.replaced += 1;
+                }
+                own.push_back((req, indices));
+            }
+            let threads = match &self.shared.mode {
+                _ if own.is_empty() => 0,
+                PoolMode::InProcess => 1,
+                PoolMode::Processes(_) => self.shared.size.min(own.len()),
+            };
+            s.real += threads;
+            threads
         };
+        let queue = Arc::new(Mutex::new(own));
         for _ in 0..threads {
             let queue = queue.clone();
             let tx = tx.clone();
-            let mode = self.mode.clone();
-            let idle = self.idle.clone();
-            let counters = self.counters.clone();
-            std::thread::spawn(move || {
-                let mut worker: Option<Worker> = None;
-                loop {
-                    let Some((req, indices)) = queue.lock().pop_front() else {
-                        break;
-                    };
-                    let t = std::time::Instant::now();
-                    let result = match &mode {
-                        PoolMode::InProcess => compile_in_process(&req),
-                        PoolMode::Processes(cmd) => {
-                            compile_with_worker(&mut worker, &idle, cmd, &req, &counters)
-                        }
-                    };
-                    counters.note(
-                        t.elapsed(),
-                        matches!(mode, PoolMode::InProcess) || worker.is_none(),
-                    );
-                    for i in indices {
-                        let r = match &result {
-                            Ok(r) => Ok(r.clone()),
-                            Err(e) => Err(Error::cuda(e.to_string())),
-                        };
-                        if tx.send((i, r)).is_err() {
-                            return;
-                        }
+            let shared = self.shared.clone();
+            let started = std::thread::Builder::new()
+                .name("jitune-compile".into())
+                .spawn(move || {
+                    let mut worker: Option<Worker> = None;
+                    compile_queue(&shared, &queue, &tx, &mut worker);
+                    if let Some(w) = worker {
+                        park(&shared, w);
                     }
-                }
-                if let Some(w) = worker {
-                    idle.lock().push(w);
-                }
-            });
+                    shared.sched.lock().real -= 1;
+                    pump(&shared);
+                });
+            if started.is_err() {
+                // No thread: the others (or none) take the queue; unserved indices end the
+                // channel early, which callers report as a failed compile.
+                self.shared.sched.lock().real -= 1;
+            }
         }
         rx
+    }
+
+    /// Compiles `jobs` speculatively with capacity the real submits leave idle: a job starts
+    /// only while real compile threads and prefetches together are fewer than the pool's size,
+    /// so a real [`submit`](Self::submit) never waits for a worker slot (it may join a prefetch
+    /// of the same request in flight instead of compiling it again). `owner`'s queued (not yet
+    /// started) prefetches are replaced by these: stale guesses are dropped; prefetches in
+    /// flight finish. Requests already compiling as a prefetch are skipped. Each finished
+    /// job's result goes to its `done`. A worker that dies on a prefetch loses that prefetch
+    /// and nothing else. Nothing in process mode (NVRTC serialises there: a prefetch would
+    /// hold up the real compilation).
+    pub fn prefetch(&self, owner: u64, jobs: Vec<PrefetchJob>) {
+        if !matches!(self.shared.mode, PoolMode::Processes(_)) {
+            return;
+        }
+        {
+            let mut s = self.shared.sched.lock();
+            if s.closed {
+                return;
+            }
+            let before = s.queue.len();
+            s.queue.retain(|q| q.owner != owner);
+            s.stats.replaced += before - s.queue.len();
+            for job in jobs {
+                let digest = job.req.digest();
+                if s.inflight.contains_key(&digest) || s.queue.iter().any(|q| q.digest == digest) {
+                    continue;
+                }
+                s.queue.push_back(Queued { owner, digest, job });
+            }
+        }
+        pump(&self.shared);
+    }
+
+    /// Drops `owner`'s queued prefetches (its search ended); those in flight finish.
+    pub fn cancel_prefetch(&self, owner: u64) {
+        self.prefetch(owner, Vec::new());
     }
 
     /// Compiles every request and waits for all of them; results in request order.
@@ -413,6 +587,189 @@ impl CompilePool {
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::cuda("compile thread ended early"))))
             .collect()
+    }
+}
+
+impl Drop for CompilePool {
+    /// Queued prefetches are dropped; those in flight end with their compilation (their
+    /// results are not handed on) on threads nobody waits for, so dropping never blocks.
+    fn drop(&mut self) {
+        let mut s = self.shared.sched.lock();
+        s.closed = true;
+        let n = s.queue.len();
+        s.queue.clear();
+        s.stats.replaced += n;
+    }
+}
+
+/// A real submit's thread: takes requests off its queue until it is empty.
+fn compile_queue(
+    shared: &Shared,
+    queue: &Mutex<VecDeque<(CompileRequest, Vec<usize>)>>,
+    tx: &mpsc::Sender<(usize, Result<CompileResult>)>,
+    worker: &mut Option<Worker>,
+) {
+    loop {
+        let Some((req, indices)) = queue.lock().pop_front() else {
+            return;
+        };
+        let t = std::time::Instant::now();
+        let result = match &shared.mode {
+            PoolMode::InProcess => compile_in_process(&req),
+            PoolMode::Processes(cmd) => {
+                compile_with_worker(worker, &shared.idle, cmd, &req, &shared.counters)
+            }
+        };
+        shared.counters.note(
+            t.elapsed(),
+            matches!(shared.mode, PoolMode::InProcess) || worker.is_none(),
+        );
+        for i in indices {
+            if tx.send((i, copy_result(&result))).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A result for one more receiver (the machinery's error as its text).
+fn copy_result(r: &Result<CompileResult>) -> Result<CompileResult> {
+    match r {
+        Ok(r) => Ok(r.clone()),
+        Err(e) => Err(Error::cuda(e.to_string())),
+    }
+}
+
+/// Keeps a worker for later, up to the pool's size (beyond it, the worker ends).
+fn park(shared: &Shared, w: Worker) {
+    let mut idle = shared.idle.lock();
+    if idle.len() < shared.size {
+        idle.push(w);
+    }
+}
+
+/// Takes the next prefetch if the pool has an idle slot, marking it in flight.
+fn next_prefetch(shared: &Shared, s: &mut Sched) -> Option<Queued> {
+    if s.closed || s.real + s.prefetching >= shared.size {
+        return None;
+    }
+    let q = s.queue.pop_front()?;
+    s.prefetching += 1;
+    s.stats.started += 1;
+    s.stats.peak_busy = s.stats.peak_busy.max(s.real + s.prefetching);
+    s.inflight.insert(q.digest, Vec::new());
+    Some(q)
+}
+
+/// Starts queued prefetches on the idle slots.
+fn pump(shared: &Arc<Shared>) {
+    let mut s = shared.sched.lock();
+    while let Some(q) = next_prefetch(shared, &mut s) {
+        let digest = q.digest;
+        let sh = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("jitune-prefetch".into())
+            .spawn(move || prefetch_thread(&sh, q));
+        if started.is_err() {
+            // Nobody joined yet (the lock is held): forget it.
+            s.prefetching -= 1;
+            s.stats.lost += 1;
+            s.inflight.remove(&digest);
+            return;
+        }
+    }
+}
+
+/// A prefetch thread: compiles its job, hands the result on, then takes further queued jobs
+/// while a slot stays idle.
+fn prefetch_thread(shared: &Shared, first: Queued) {
+    let PoolMode::Processes(cmd) = &shared.mode else {
+        return;
+    };
+    let mut worker: Option<Worker> = None;
+    let mut next = Some(first);
+    while let Some(q) = next.take() {
+        let closed = shared.sched.lock().closed;
+        let result = if closed {
+            None
+        } else {
+            prefetch_once(&mut worker, shared, cmd, &q.job.req)
+        };
+        let finished = result.is_some();
+        if let (Some(r), false) = (&result, closed) {
+            // A panicking callback must not leave a joined submit waiting forever.
+            let done = q.job.done;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(r))).is_err() {
+                log::warn!("jitune: a prefetch's result handler panicked; result dropped");
+            }
+        }
+        let waiting = shared
+            .sched
+            .lock()
+            .inflight
+            .remove(&q.digest)
+            .unwrap_or_default();
+        if !waiting.is_empty() {
+            // A real submit waits for this one: a lost prefetch is compiled for it now, as
+            // its own thread would have.
+            let r = match result {
+                Some(r) => Ok(r),
+                None => compile_with_worker(
+                    &mut worker,
+                    &shared.idle,
+                    cmd,
+                    &q.job.req,
+                    &shared.counters,
+                ),
+            };
+            for (tx, indices) in waiting {
+                for i in indices {
+                    let _ = tx.send((i, copy_result(&r)));
+                }
+            }
+        }
+        let mut s = shared.sched.lock();
+        s.prefetching -= 1;
+        if finished {
+            s.stats.finished += 1;
+        } else {
+            s.stats.lost += 1;
+        }
+        next = next_prefetch(shared, &mut s);
+    }
+    if let Some(w) = worker {
+        park(shared, w);
+    }
+}
+
+/// One prefetch compilation: an idle worker or a new one, one attempt. `None` when the worker
+/// dies or none starts (a prefetch never falls back to compiling in this process).
+fn prefetch_once(
+    worker: &mut Option<Worker>,
+    shared: &Shared,
+    cmd: &[String],
+    req: &CompileRequest,
+) -> Option<CompileResult> {
+    if worker.is_none() {
+        *worker = shared.idle.lock().pop();
+    }
+    if worker.is_none() {
+        *worker = Worker::spawn(cmd).ok();
+        if worker.is_some() {
+            shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let t = std::time::Instant::now();
+    match worker.as_mut()?.compile(req) {
+        Ok(r) => {
+            shared.counters.note(t.elapsed(), false);
+            Some(r)
+        }
+        Err(e) => {
+            log::debug!("jitune: a compile worker died on a prefetch ({e}); dropped");
+            *worker = None;
+            None
+        }
     }
 }
 
@@ -477,6 +834,323 @@ pub fn worker_command() -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Run as a compile worker by the pool tests (this test binary re-run with
+    /// `JITUNE_WORKER=compile`): answers frames by the fake compiler below. In a normal test
+    /// run it does nothing.
+    #[test]
+    fn fake_compile_worker() {
+        if std::env::var(ENV_ROLE).as_deref() != Ok(COMPILE_ROLE) {
+            return;
+        }
+        let _ = serve(
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+            fake_compile,
+        );
+        std::process::exit(0);
+    }
+
+    /// The source is `key=value` lines: `ms` (sleep), `log` (a file each compile appends the
+    /// request's name to), `end` = `fail` (a compile log) or `die` (the worker exits).
+    fn fake_compile(req: &CompileRequest) -> CompileResult {
+        let get = |k: &str| {
+            req.source
+                .lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+        };
+        if let Some(path) = get("log") {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                // One write: concurrent workers append whole lines.
+                let _ = f.write_all(format!("{}\n", req.name).as_bytes());
+            }
+        }
+        let ms = get("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(ms));
+        match get("end") {
+            Some("die") => std::process::exit(3),
+            Some("fail") => Err(format!("{}: fake error", req.name)),
+            _ => Ok(Image::Cubin(req.name.as_bytes().to_vec())),
+        }
+    }
+
+    fn fake_pool(size: usize) -> CompilePool {
+        let exe = std::env::current_exe()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let cmd = [
+            exe.as_str(),
+            "--exact",
+            "gpu::pool::tests::fake_compile_worker",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ];
+        CompilePool::with_mode(
+            PoolMode::Processes(cmd.iter().map(|s| s.to_string()).collect()),
+            size,
+        )
+    }
+
+    struct Log(std::path::PathBuf);
+
+    impl Log {
+        fn new(test: &str) -> Log {
+            let p =
+                std::env::temp_dir().join(format!("jitune-pool-{test}-{}.log", std::process::id()));
+            let _ = std::fs::remove_file(&p);
+            Log(p)
+        }
+        fn req(&self, name: &str, ms: u64, end: &str) -> CompileRequest {
+            CompileRequest {
+                source: format!("ms={ms}\nlog={}\nend={end}\n", self.0.display()),
+                name: name.into(),
+                arch: "sm_90".into(),
+                options: vec![],
+            }
+        }
+        fn compiled(&self) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_to_string(&self.0)
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for Log {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    type Got = Arc<Mutex<Vec<(String, CompileResult)>>>;
+
+    fn jobs(got: &Got, reqs: Vec<CompileRequest>) -> Vec<PrefetchJob> {
+        reqs.into_iter()
+            .map(|req| {
+                let (got, name) = (got.clone(), req.name.clone());
+                PrefetchJob {
+                    req,
+                    done: Box::new(move |r: &CompileResult| got.lock().push((name, r.clone()))),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until no prefetch is queued or compiling.
+    fn settle(pool: &CompilePool) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            {
+                let s = pool.shared.sched.lock();
+                if s.queue.is_empty() && s.prefetching == 0 && s.real == 0 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the pool did not settle");
+    }
+
+    #[test]
+    fn prefetches_use_only_idle_slots_and_never_delay_a_submit() {
+        let log = Log::new("idle");
+        let pool = fake_pool(2);
+        let got: Got = Arc::default();
+        // Long enough that waiting for a slot would show even on a loaded 2-core machine.
+        let guesses = (0..3)
+            .map(|i| log.req(&format!("p{i}"), 1500, "ok"))
+            .collect();
+        pool.prefetch(1, jobs(&got, guesses));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            pool.prefetch_stats().started,
+            2,
+            "two slots, two prefetches"
+        );
+        // Both slots are busy with prefetches; a real compile still starts at once.
+        let t = Instant::now();
+        let out = pool.compile_all(vec![log.req("real", 20, "ok")]);
+        let took = t.elapsed();
+        assert!(matches!(&out[0], Ok(Ok(Image::Cubin(b))) if b == b"real"));
+        assert!(
+            took < Duration::from_millis(1000),
+            "the submit waited for a prefetch: {took:?}"
+        );
+        settle(&pool);
+        let st = pool.prefetch_stats();
+        assert_eq!((st.started, st.finished, st.lost), (3, 3, 0));
+        assert!(
+            st.peak_busy <= 2,
+            "prefetches went beyond the idle slots: {st:?}"
+        );
+        assert_eq!(got.lock().len(), 3);
+        assert!(got
+            .lock()
+            .iter()
+            .all(|(n, r)| matches!(r, Ok(Image::Cubin(b)) if b == n.as_bytes())));
+        assert_eq!(log.compiled().len(), 4);
+    }
+
+    #[test]
+    fn a_busy_pool_holds_prefetches_back_until_a_slot_is_idle() {
+        let log = Log::new("busy");
+        let pool = fake_pool(2);
+        let got: Got = Arc::default();
+        let rx = pool.submit(vec![log.req("r1", 400, "ok"), log.req("r2", 400, "ok")]);
+        std::thread::sleep(Duration::from_millis(50));
+        pool.prefetch(1, jobs(&got, vec![log.req("p", 10, "ok")]));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(pool.prefetch_stats().started, 0, "no idle slot yet");
+        assert_eq!(rx.iter().count(), 2);
+        settle(&pool);
+        assert_eq!(pool.prefetch_stats().finished, 1);
+        assert_eq!(got.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_new_prefetch_replaces_the_queued_ones() {
+        let log = Log::new("replace");
+        let pool = fake_pool(1);
+        let got: Got = Arc::default();
+        pool.prefetch(
+            7,
+            jobs(
+                &got,
+                vec![
+                    log.req("a", 300, "ok"),
+                    log.req("b", 10, "ok"),
+                    log.req("c", 10, "ok"),
+                ],
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        pool.prefetch(7, jobs(&got, vec![log.req("d", 10, "ok")]));
+        // Another owner's queue is its own.
+        pool.prefetch(8, jobs(&got, vec![log.req("e", 10, "ok")]));
+        settle(&pool);
+        assert_eq!(log.compiled(), ["a", "d", "e"], "b and c were stale");
+        let st = pool.prefetch_stats();
+        assert_eq!((st.started, st.finished, st.replaced), (3, 3, 2));
+        pool.prefetch(
+            8,
+            jobs(&got, vec![log.req("f", 500, "ok"), log.req("g", 10, "ok")]),
+        );
+        pool.cancel_prefetch(8);
+        settle(&pool);
+        assert_eq!(log.compiled(), ["a", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn a_submit_joins_the_prefetch_in_flight_instead_of_compiling_twice() {
+        let log = Log::new("join");
+        let pool = fake_pool(4);
+        let got: Got = Arc::default();
+        pool.prefetch(
+            1,
+            jobs(
+                &got,
+                vec![log.req("x", 300, "ok"), log.req("bad", 300, "fail")],
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        let out = pool.compile_all(vec![
+            log.req("x", 300, "ok"),
+            log.req("y", 10, "ok"),
+            log.req("bad", 300, "fail"),
+            log.req("x", 300, "ok"),
+        ]);
+        assert!(matches!(&out[0], Ok(Ok(Image::Cubin(b))) if b == b"x"));
+        assert!(matches!(&out[1], Ok(Ok(Image::Cubin(b))) if b == b"y"));
+        assert!(
+            matches!(&out[2], Ok(Err(l)) if l.contains("fake error")),
+            "{:?}",
+            out[2]
+        );
+        assert!(matches!(&out[3], Ok(Ok(Image::Cubin(b))) if b == b"x"));
+        // The prefetch's handler ran first (so what it stores is there when the batch looks).
+        assert_eq!(got.lock().len(), 2);
+        settle(&pool);
+        assert_eq!(log.compiled(), ["bad", "x", "y"], "each compiled once");
+        assert_eq!(pool.prefetch_stats().joined, 2);
+    }
+
+    #[test]
+    fn a_dead_worker_loses_only_its_prefetch_and_a_joined_submit_still_gets_an_answer() {
+        let log = Log::new("dead");
+        let pool = fake_pool(2);
+        let got: Got = Arc::default();
+        pool.prefetch(1, jobs(&got, vec![log.req("boom", 200, "die")]));
+        std::thread::sleep(Duration::from_millis(50));
+        // Joins the dying prefetch: compiled for it again (dies twice more), then reported.
+        let out = pool.compile_all(vec![log.req("boom", 200, "die"), log.req("ok", 10, "ok")]);
+        assert!(
+            matches!(&out[0], Ok(Err(l)) if l.contains("died")),
+            "{:?}",
+            out[0]
+        );
+        assert!(matches!(&out[1], Ok(Ok(_))));
+        settle(&pool);
+        assert!(got.lock().is_empty(), "a lost prefetch hands nothing on");
+        assert_eq!(pool.prefetch_stats().lost, 1);
+        // The pool goes on working.
+        assert!(matches!(
+            &pool.compile_all(vec![log.req("z", 1, "ok")])[0],
+            Ok(Ok(_))
+        ));
+    }
+
+    #[test]
+    fn dropping_the_pool_with_prefetches_in_flight_does_not_wait() {
+        let log = Log::new("drop");
+        let pool = fake_pool(2);
+        let got: Got = Arc::default();
+        let guesses = (0..5)
+            .map(|i| log.req(&format!("slow{i}"), 3000, "ok"))
+            .collect();
+        pool.prefetch(1, jobs(&got, guesses));
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        drop(pool);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn warming_starts_the_workers_once() {
+        let pool = fake_pool(3);
+        pool.warm("sm_90");
+        pool.warm("sm_90");
+        let t = Instant::now();
+        while pool.idle_workers() < 3 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.idle_workers(), 3);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pool.idle_workers(), 3, "bounded by the size, started once");
+        // In process mode there is nothing to warm or prefetch.
+        let local = CompilePool::with_mode(PoolMode::InProcess, 2);
+        local.warm("sm_90");
+        local.prefetch(
+            1,
+            jobs(&Got::default(), vec![Log::new("local").req("q", 1, "ok")]),
+        );
+        assert_eq!(local.prefetch_stats(), PrefetchStats::default());
+        assert_eq!(local.idle_workers(), 0);
+    }
 
     #[test]
     fn frames_round_trip_and_skip_noise() {

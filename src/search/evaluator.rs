@@ -5,7 +5,9 @@
 //! engine and the replay evaluator over recorded Kernel Tuner data both implement it, so a
 //! strategy never knows (and cannot depend on) which one it is talking to. Evaluators also draw
 //! more samples of a config on request (the fidelity ladder against noisy measurements) and report
-//! the time spent so far, real or simulated, so searches can run on a time budget.
+//! the time spent so far, real or simulated, so searches can run on a time budget. A strategy may
+//! hint at its next likely configs ([`Evaluator::prefetch`]) so compilation overlaps the batch
+//! being measured; a hint never changes an outcome.
 
 use crate::space::{Config, SearchSpace};
 use crate::Result;
@@ -80,4 +82,11 @@ pub trait Evaluator {
 
     /// Seconds spent measuring so far: wall-clock on a GPU, simulated in replay.
     fn elapsed_s(&self) -> f64;
+
+    /// A hint: these configs are the strategy's next best guesses, likely in a coming batch.
+    /// An evaluator that compiles may start compiling them with capacity that would otherwise
+    /// sit idle (the GPU engine does), so the next batch finds their images ready. Only a hint:
+    /// it must never change what [`Evaluator::evaluate`] returns. The default does nothing
+    /// (replay and simulated evaluators have nothing to compile).
+    fn prefetch(&self, _configs: &[Config]) {}
 }

@@ -28,6 +28,12 @@
 //! is shared between a warm model (the priors' ranks as extra features) and the cold one, the
 //! warm share shrinking with the trust; the prior's fastest unmeasured configs join the
 //! candidates. Without a prior the search is exactly the cold one.
+//!
+//! Compile prefetch: each proposal also predicts the next batch (the same candidate draws on a
+//! clone of the RNG, scored by the current models; see `propose_with`) and hands it to the
+//! evaluator as a hint ([`Session::prefetch`]), so otherwise idle compile workers build those
+//! images while this batch is measured. The RNG is never touched by it: the evaluated sequence is
+//! bit-identical with and without (tests/search_prefetch.rs).
 
 use std::collections::HashSet;
 
@@ -86,6 +92,10 @@ pub struct LfboParams {
     pub prior_share: f64,
     /// With a prior: the uniform random configs drawn after the prior's start configs.
     pub prior_init: usize,
+    /// Spare configs proposed beyond each batch (the greedy pick continued) and handed to the
+    /// evaluator as a prefetch hint ([`Session::prefetch`]): the next batch's likely configs,
+    /// compiled by otherwise idle workers. Never changes the batches (0: no hint).
+    pub prefetch: usize,
 }
 
 impl Default for LfboParams {
@@ -117,6 +127,7 @@ impl Default for LfboParams {
             min_improvement: 0.002,
             prior_share: 0.66,
             prior_init: 4,
+            prefetch: 8,
         }
     }
 }
@@ -203,7 +214,24 @@ impl Lfbo {
     /// Proposes up to `n` new configs for the next batch: the LFBO step (fit, generate
     /// candidates, score, pick with the diversity penalty). Public so it can be benchmarked.
     pub fn propose(&self, s: &Session<'_>, n: usize, rng: &mut Rng) -> Result<Vec<Config>> {
-        self.propose_with(s, n, self.params.explore_share, &[], 0, rng)
+        Ok(self
+            .propose_with(s, n, 0, self.params.explore_share, &[], 0, rng)?
+            .0)
+    }
+
+    /// As [`Lfbo::propose`], plus up to `spare` further configs: the greedy pick continued past
+    /// the batch (cold-model probability minus the diversity penalty, over all candidates), the
+    /// likeliest members of a following batch. The batch itself, and the RNG's state after the
+    /// call, are exactly those of [`Lfbo::propose`]: the spares are a by-product of the same
+    /// scores.
+    pub fn propose_with_spares(
+        &self,
+        s: &Session<'_>,
+        n: usize,
+        spare: usize,
+        rng: &mut Rng,
+    ) -> Result<(Vec<Config>, Vec<Config>)> {
+        self.propose_with(s, n, spare, self.params.explore_share, &[], 0, rng)
     }
 
     /// The centres of the neighbourhoods: the best config outside the abandoned basins, then the
@@ -238,50 +266,95 @@ impl Lfbo {
         out
     }
 
+    /// The batch of `n` and up to `spare` spares; see [`Lfbo::propose_with_spares`].
+    ///
+    /// The spares are the look-ahead's prediction of the next batch: the next call draws its
+    /// candidates from the RNG state this call leaves, and while the centres stay the same (the
+    /// usual case: most batches do not move the incumbents) it draws the same neighbours, less
+    /// the configs of this batch (then evaluated). So a clone of the RNG, advanced past the
+    /// next fit's seeds, draws that candidate set now; the current models score it and the same
+    /// greedy rules pick from it. The RNG itself is not touched: the batch and everything after
+    /// it are exactly those without spares.
+    #[allow(clippy::too_many_arguments)]
     fn propose_with(
         &self,
         s: &Session<'_>,
         n: usize,
+        spare: usize,
         explore_share: f64,
         tabu: &[Config],
         epoch: usize,
         rng: &mut Rng,
-    ) -> Result<Vec<Config>> {
+    ) -> Result<(Vec<Config>, Vec<Config>)> {
         let p = &self.params;
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let Some(forest) = self.fit(s, rng.next_u64(), None)? else {
-            return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+            return Ok((fresh_samples(s, n, rng, &HashSet::new()), Vec::new()));
         };
         // With a trusted prior, a share of the slots (shrinking with the trust) goes to a model
         // that also sees the priors' ranks; the cold model keeps the others, a hedge against a
         // prior whose ranking does not hold here.
         let trust = s.prior_trust();
         let share = p.prior_share * trust.iter().copied().fold(0.0, f64::max);
-        let mut n_warm = ((n as f64) * share).round() as usize;
+        let n_warm = ((n as f64) * share).round() as usize;
         let warm = if n_warm > 0 {
             self.fit(s, rng.next_u64(), Some(&trust))?
         } else {
             None
         };
-        let space = s.space();
-        // Candidates: neighbours of the best few (never evaluated ones; merely proposed configs
-        // are not "visited"), then global random draws.
-        let mut seen: HashSet<Config> = HashSet::new();
-        let mut cands: Vec<Config> = Vec::new();
         let centres = self.centres(s, tabu, epoch);
         if centres.is_empty() {
             // Every good config lies in an abandoned basin: start afresh from random draws.
-            return Ok(fresh_samples(s, n, rng, &HashSet::new()));
+            return Ok((fresh_samples(s, n, rng, &HashSet::new()), Vec::new()));
         }
-        // The trusted priors' fastest unmeasured configs compete with the neighbours.
-        for c in s.prior_candidates(&trust) {
-            if seen.insert(c.clone()) {
+        let models = Models {
+            cold: &forest,
+            warm: warm.as_ref(),
+            trust: &trust,
+        };
+        let none = HashSet::new();
+        let (cands, n_local) = self.candidates(s, &centres, &trust, &none, rng);
+        let batch = self.pick(s, &models, &cands, n_local, n, n_warm, explore_share);
+        if spare == 0 || batch.is_empty() {
+            return Ok((batch, Vec::new()));
+        }
+        // The look-ahead (see above) on a clone of the RNG: the next call's fit seeds first.
+        let mut ahead = rng.clone();
+        ahead.next_u64();
+        if n_warm > 0 {
+            ahead.next_u64();
+        }
+        let this: HashSet<Config> = batch.iter().cloned().collect();
+        let (next, next_local) = self.candidates(s, &centres, &trust, &this, &mut ahead);
+        let mut spares = self.pick(s, &models, &next, next_local, spare, n_warm, explore_share);
+        spares.retain(|c| !this.contains(c));
+        Ok((batch, spares))
+    }
+
+    /// The candidates of one proposal: the trusted priors' fastest unmeasured configs, random
+    /// neighbours of the centres (never evaluated ones, nor any of `skip`; merely proposed
+    /// configs are not "visited"), then global random draws. Returns them and how many are local
+    /// (the rest are global).
+    fn candidates(
+        &self,
+        s: &Session<'_>,
+        centres: &[usize],
+        trust: &[f64],
+        skip: &HashSet<Config>,
+        rng: &mut Rng,
+    ) -> (Vec<Config>, usize) {
+        let p = &self.params;
+        let space = s.space();
+        let mut seen: HashSet<Config> = HashSet::new();
+        let mut cands: Vec<Config> = Vec::new();
+        for c in s.prior_candidates(trust) {
+            if !skip.contains(&c) && seen.insert(c.clone()) {
                 cands.push(c);
             }
         }
-        for i in centres {
+        for &i in centres {
             let centre = &s.observations()[i].config;
             let mut got = 0;
             for _ in 0..2 * p.neighbours_per_incumbent {
@@ -289,7 +362,7 @@ impl Lfbo {
                     break;
                 }
                 if let Some(c) = self.random_neighbour(space, centre, rng) {
-                    if !s.is_evaluated(&c) && seen.insert(c.clone()) {
+                    if !s.is_evaluated(&c) && !skip.contains(&c) && seen.insert(c.clone()) {
                         cands.push(c);
                         got += 1;
                     }
@@ -297,31 +370,55 @@ impl Lfbo {
             }
         }
         let n_local = cands.len();
-        let global = fresh_samples(s, p.n_global, rng, &seen);
-        cands.extend(global);
-        if cands.is_empty() {
-            return Ok(Vec::new());
+        if skip.is_empty() {
+            cands.extend(fresh_samples(s, p.n_global, rng, &seen));
+        } else {
+            // `skip` will be evaluated by then, which `fresh_samples` skips as it does `seen`.
+            let mut not: HashSet<Config> = seen;
+            not.extend(skip.iter().cloned());
+            cands.extend(fresh_samples(s, p.n_global, rng, &not));
         }
-        // Score: probability and leaf vector of every candidate (the cold model's leaves measure
-        // similarity; the warm model's probability ranks the prior's slots).
-        let t = forest.n_trees();
+        (cands, n_local)
+    }
+
+    /// Scores `cands` (probability and leaf vector under the cold model, the warm model's
+    /// probability) and picks up to `n` greedily: probability minus diversity × (highest
+    /// similarity to anything picked), the first `explore_share` of the slots from the global
+    /// candidates, `n_warm` slots (spread evenly, the first one first) by the warm model.
+    #[allow(clippy::too_many_arguments)]
+    fn pick(
+        &self,
+        s: &Session<'_>,
+        m: &Models<'_>,
+        cands: &[Config],
+        n_local: usize,
+        n: usize,
+        n_warm: usize,
+        explore_share: f64,
+    ) -> Vec<Config> {
+        if cands.is_empty() {
+            return Vec::new();
+        }
+        // The cold model's leaves measure similarity; the warm model's probability ranks the
+        // prior's slots.
+        let t = m.cold.n_trees();
         let mut feat = vec![0.0; width(s, true)];
         let mut leaves = vec![0u32; cands.len() * t];
         let mut prob = Vec::with_capacity(cands.len());
         let mut warm_prob = Vec::new();
-        let mut scratch = vec![0u32; warm.as_ref().map_or(0, Forest::n_trees)];
+        let mut scratch = vec![0u32; m.warm.map_or(0, Forest::n_trees)];
         for (k, c) in cands.iter().enumerate() {
             encode(s, None, c, &mut feat[..width(s, false)]);
-            prob.push(forest.proba_and_leaves(&feat, &mut leaves[k * t..(k + 1) * t]));
-            if let Some(w) = &warm {
-                encode(s, Some(&trust), c, &mut feat);
+            prob.push(
+                m.cold
+                    .proba_and_leaves(&feat, &mut leaves[k * t..(k + 1) * t]),
+            );
+            if let Some(w) = m.warm {
+                encode(s, Some(m.trust), c, &mut feat);
                 warm_prob.push(w.proba_and_leaves(&feat, &mut scratch));
             }
         }
-        if warm.is_none() {
-            n_warm = 0;
-        }
-        // Greedy pick: probability minus diversity × (highest similarity to anything picked).
+        let n_warm = if m.warm.is_none() { 0 } else { n_warm };
         let n = n.min(cands.len());
         let n_explore = ((n as f64) * explore_share).round() as usize;
         // At least one slot is model-picked from everything, however the share rounds.
@@ -343,7 +440,7 @@ impl Lfbo {
                 if taken[k] {
                     continue;
                 }
-                let v = prob[k] - p.diversity * max_sim[k];
+                let v = prob[k] - self.params.diversity * max_sim[k];
                 if best.is_none_or(|(_, b)| v > b) {
                     best = Some((k, v));
                 }
@@ -361,7 +458,7 @@ impl Lfbo {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// Pattern search from observation `from` by one-step moves until no neighbour is better
@@ -482,6 +579,14 @@ impl Lfbo {
     }
 }
 
+/// The models of one proposal: the cold one, the warm one (with a trusted prior) and the trust
+/// its features were built with.
+struct Models<'a> {
+    cold: &'a Forest,
+    warm: Option<&'a Forest>,
+    trust: &'a [f64],
+}
+
 /// Length of the model's feature vectors: the space's encoding, then (`prior`) the priors'.
 fn width(s: &Session<'_>, prior: bool) -> usize {
     s.space().feature_len() + if prior { s.prior().n_features() } else { 0 }
@@ -535,10 +640,16 @@ impl Strategy for Lfbo {
             } else {
                 p.explore_share
             };
-            let mut batch = self.propose_with(&s, want, share, &tabu, epoch, &mut rng)?;
+            // Spares only where a later batch can still use them (the budget allows one).
+            let spare = p.prefetch.min(s.remaining().saturating_sub(want));
+            let (mut batch, spares) =
+                self.propose_with(&s, want, spare, share, &tabu, epoch, &mut rng)?;
             if batch.is_empty() {
                 batch = fresh_samples(&s, want, &mut rng, &none);
             }
+            // Compiled with idle capacity while this batch is measured (a hint, see
+            // `Evaluator::prefetch`): the next batch is likely among them.
+            s.prefetch(&spares);
             if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
                 break; // the space is exhausted
             }

@@ -518,6 +518,24 @@ impl<'a> Session<'a> {
         Ok(new)
     }
 
+    /// Passes the strategy's next likely configs to the evaluator as a hint
+    /// ([`Evaluator::prefetch`]), without those already evaluated, invalid or repeated; nothing
+    /// once the search is cancelled. It neither spends budget nor changes any outcome.
+    pub fn prefetch(&self, configs: &[Config]) {
+        if self.cancelled() {
+            return;
+        }
+        let mut todo: Vec<Config> = Vec::with_capacity(configs.len());
+        for c in configs {
+            if !self.index.contains_key(c) && !todo.contains(c) && self.eval.space().is_valid(c) {
+                todo.push(c.clone());
+            }
+        }
+        if !todo.is_empty() {
+            self.eval.prefetch(&todo);
+        }
+    }
+
     /// Evaluates the one-step neighbours of `config` that have not been evaluated yet (the
     /// pattern move of pattern search and of LFBO's final polish).
     pub fn evaluate_one_step_moves(&mut self, config: &Config) -> Result<()> {

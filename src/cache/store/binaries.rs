@@ -211,6 +211,21 @@ impl Store {
         Ok(evicted)
     }
 
+    /// Whether a binary for `key` is stored (no blob read, no touch: not a use).
+    pub fn has_binary(&self, key: &BinaryKey<'_>) -> Result<bool> {
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare_cached("SELECT 1 FROM binaries WHERE kernel_id = ?1 AND config = ?2 AND arch = ?3 AND nvrtc = ?4")
+            .map_err(|e| store_err(&self.path, e))?;
+        st.exists(params![
+            key.kernel.to_hex(),
+            key.config,
+            key.arch,
+            key.nvrtc
+        ])
+        .map_err(|e| store_err(&self.path, e))
+    }
+
     /// The compiled binary for `key`, if stored. In a writable store this counts as a use of
     /// the binary (see the module docs).
     pub fn get_binary(&self, key: &BinaryKey<'_>) -> Result<Option<Vec<u8>>> {
