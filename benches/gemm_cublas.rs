@@ -93,6 +93,12 @@ impl Evaluator for Recorder {
     fn elapsed_s(&self) -> f64 {
         self.inner.elapsed_s()
     }
+    fn prefetch(&self, configs: &[Config]) {
+        self.inner.prefetch(configs)
+    }
+    fn parallelism(&self) -> usize {
+        self.inner.parallelism()
+    }
 }
 
 struct Row {

@@ -179,8 +179,10 @@ fn run() -> jitune::Result<()> {
     // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
     // with raw pointers; where jitune's extra time goes (queued mode only): 4 raw
     // cuLaunchKernel of the plan's own loaded function, 5 raw cuLaunchKernel plus the capture
-    // query a hit makes while tuning is active.
-    const SIDES: usize = 6;
+    // query a hit makes while tuning is active, 6 the key and plan lookup then a raw launch of
+    // the plan's function, 7 the plan's own launch (arguments checked and marshalled, the
+    // geometry memo) without the lookup.
+    const SIDES: usize = 8;
     let plan_func = plan
         .function()
         .map(|f| f.cu_function())
@@ -238,6 +240,22 @@ fn run() -> jitune::Result<()> {
                         3 => {
                             tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?
                         }
+                        6 => {
+                            let p = tuner
+                                .plan(&kernel, &shape)
+                                .ok_or_else(|| jitune::Error::Search("no plan".into()))?;
+                            let f = p.function().map(|f| f.cu_function()).unwrap_or(plan_func);
+                            unsafe {
+                                cu::launch_kernel(f, grid, (b, 1, 1), 0, cu_stream, &mut params)
+                            }
+                            .map_err(|e| jitune::Error::driver("CUDA", e))?
+                        }
+                        7 => plan.launch(
+                            &kernel.spec,
+                            &stream,
+                            &shape,
+                            &mut raw_args(xp, yp, n, ni),
+                        )?,
                         4 => unsafe {
                             cu::launch_kernel(plan_func, grid, (b, 1, 1), 0, cu_stream, &mut params)
                         }
@@ -322,7 +340,7 @@ fn run() -> jitune::Result<()> {
             })
         })
         .collect();
-    let [raw, builder, jit, jit_raw, _, _] = medians[0];
+    let [raw, builder, jit, jit_raw, _, _, _, _] = medians[0];
     println!("device                 {}", tuner.fingerprint().to_text());
     println!("free-running (each batch starts on an idle stream):");
     println!("raw cuLaunchKernel      {raw:8.1} ns/launch (parameters packed once; median of {batches} batches of {BATCH})");
@@ -340,7 +358,9 @@ fn run() -> jitune::Result<()> {
         "hit overhead vs builder {:8.1} ns/launch  (slices against the builder)",
         jit - builder
     );
-    if let Some(&[q_raw, q_builder, q_jit, q_jit_raw, q_plan_func, q_query]) = medians.get(1) {
+    if let Some(&[q_raw, q_builder, q_jit, q_jit_raw, q_plan_func, q_query, q_lookup, q_plan]) =
+        medians.get(1)
+    {
         println!("queued behind a spin kernel (host time only):");
         println!("  raw cuLaunchKernel      {q_raw:8.1} ns/launch");
         println!("  cudarc launch builder   {q_builder:8.1} ns/launch");
@@ -362,6 +382,14 @@ fn run() -> jitune::Result<()> {
         println!(
             "    raw + capture query       {q_query:8.1} ns/launch ({:+.1} ns: a hit while tuning is active)",
             q_query - q_raw
+        );
+        println!(
+            "    lookup + raw launch       {q_lookup:8.1} ns/launch ({:+.1} ns: key, plan lookup, reference count)",
+            q_lookup - q_raw
+        );
+        println!(
+            "    the plan's launch         {q_plan:8.1} ns/launch ({:+.1} ns: argument checks, marshalling, geometry memo)",
+            q_plan - q_raw
         );
         println!(
             "    launches watched for captures: {} before the batches, {} after",

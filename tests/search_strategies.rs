@@ -332,3 +332,61 @@ fn every_strategy_starts_with_the_prior_and_reports_its_trust() {
         );
     }
 }
+
+/// A bowl whose evaluator says it works on `parallel` configs at once, recording batch sizes.
+struct Parallel {
+    bowl: Bowl,
+    parallel: usize,
+    batches: Vec<usize>,
+}
+
+impl Evaluator for Parallel {
+    fn space(&self) -> &SearchSpace {
+        self.bowl.space()
+    }
+    fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
+        self.batches.push(batch.len());
+        self.bowl.evaluate(batch)
+    }
+    fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
+        self.bowl.remeasure(batch, samples)
+    }
+    fn elapsed_s(&self) -> f64 {
+        self.bowl.elapsed_s()
+    }
+    fn parallelism(&self) -> usize {
+        self.parallel
+    }
+}
+
+#[test]
+fn lfbo_batches_follow_the_evaluators_parallelism_up_to_max_batch() {
+    // The model's batches: after the initial design, the most common batch size (the last may
+    // be cut by the budget; re-measurement and polishing batches differ).
+    let model_batch = |parallel: usize| {
+        let mut e = Parallel {
+            bowl: Bowl::new(0.05),
+            parallel,
+            batches: Vec::new(),
+        };
+        Lfbo::default()
+            .search(&mut e, &SearchOptions::new(5, 160))
+            .unwrap();
+        let rest = &e.batches[1..];
+        let mut counts = std::collections::BTreeMap::new();
+        for &b in rest {
+            *counts.entry(b).or_insert(0usize) += 1;
+        }
+        let (size, n) = counts.into_iter().max_by_key(|&(_, n)| n).unwrap();
+        assert!(n >= 3, "parallelism {parallel}: batches {:?}", e.batches);
+        size
+    };
+    let p = jitune::search::LfboParams::default();
+    assert_eq!(
+        model_batch(1),
+        p.batch,
+        "a sequential evaluator keeps the batch"
+    );
+    assert_eq!(model_batch(16), 16, "a pool of 16 gets batches of 16");
+    assert_eq!(model_batch(64), p.max_batch, "capped at max_batch");
+}

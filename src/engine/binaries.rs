@@ -115,6 +115,15 @@ impl Binaries {
         self.prefetched.images.load(Ordering::Relaxed)
     }
 
+    /// How many compilations run at once: the pool's size with worker processes, 1 in process
+    /// (NVRTC serialises there).
+    pub fn parallelism(&self) -> usize {
+        match self.pool.mode() {
+            crate::gpu::pool::PoolMode::Processes(_) => self.pool.size(),
+            crate::gpu::pool::PoolMode::InProcess => 1,
+        }
+    }
+
     /// Starts compiling `configs` (config, canonical text) with the pool's idle workers, those
     /// not stored or prefetched already; replaces this source's earlier queued guesses. See the
     /// module docs.

@@ -610,6 +610,12 @@ impl Evaluator for GpuEvaluator {
         self.binaries.prefetch(&todo);
     }
 
+    /// The compile pool's parallelism: a batch that fills it costs about what a smaller one
+    /// does (see [`Binaries::parallelism`]).
+    fn parallelism(&self) -> usize {
+        self.binaries.parallelism()
+    }
+
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
         let t = Instant::now();
         let out = self.remeasure_inner(batch, samples);

@@ -545,6 +545,12 @@ impl Evaluator for IsolatedEvaluator {
         self.binaries.prefetch(&todo);
     }
 
+    /// The compile pool's parallelism: a batch that fills it costs about what a smaller one
+    /// does (see [`Binaries::parallelism`]).
+    fn parallelism(&self) -> usize {
+        self.binaries.parallelism()
+    }
+
     fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
         let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut live: Vec<usize> = Vec::new();

@@ -383,11 +383,13 @@ pub fn launch(
     let mut m = marshal(spec, r, Some(stream), args)?;
     let raw = &mut m.raw;
     // Outputs the kernel accumulates into start at zero (see `ArgSpec::zero`).
-    for (i, a) in spec.args.iter().enumerate() {
-        if r.zero & (1 << i) != 0 {
-            let bytes = r.need.get(i).copied().unwrap_or(0).max(0) as usize * a.ty.size();
-            unsafe { cu::memset_d8_async(raw[i], 0, bytes, stream.cu_stream()) }
-                .map_err(|e| LaunchError::Driver("zero-filling an output of", e))?;
+    if r.zero != 0 {
+        for (i, a) in spec.args.iter().enumerate() {
+            if r.zero & (1 << i) != 0 {
+                let bytes = r.need.get(i).copied().unwrap_or(0).max(0) as usize * a.ty.size();
+                unsafe { cu::memset_d8_async(raw[i], 0, bytes, stream.cu_stream()) }
+                    .map_err(|e| LaunchError::Driver("zero-filling an output of", e))?;
+            }
         }
     }
     let result = if n_maps == 0 {

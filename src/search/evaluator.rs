@@ -89,4 +89,13 @@ pub trait Evaluator {
     /// it must never change what [`Evaluator::evaluate`] returns. The default does nothing
     /// (replay and simulated evaluators have nothing to compile).
     fn prefetch(&self, _configs: &[Config]) {}
+
+    /// How many configs it works on at once: the GPU engine compiles a batch on its pool's
+    /// worker processes in parallel, so a batch smaller than the pool leaves workers idle while
+    /// the batch waits for its slowest compilation. Strategies may size their batches to it.
+    /// 1 by default (replay and simulation: recorded costs are sequential, and their batches
+    /// stay what the strategy's parameters say).
+    fn parallelism(&self) -> usize {
+        1
+    }
 }

@@ -47,8 +47,13 @@ use crate::Result;
 /// Knobs of [`Lfbo`].
 #[derive(Clone, Debug)]
 pub struct LfboParams {
-    /// Configs per batch.
+    /// Configs per batch, at least; more when the evaluator works on more at once
+    /// ([`Session::parallelism`], up to `max_batch`).
     pub batch: usize,
+    /// The largest batch sized to the evaluator's parallelism. A compile-bound GPU search
+    /// waits for a batch's slowest compilation, so a batch of 8 on a pool of 16 workers leaves
+    /// half of them idle: 16 configs per batch took about as long as 8 on the H200.
+    pub max_batch: usize,
     /// Size of the initial design (start configs count towards it; the rest is uniform random).
     pub n_init: usize,
     /// τ is this quantile of the observed (log) times.
@@ -102,6 +107,7 @@ impl Default for LfboParams {
     fn default() -> Self {
         LfboParams {
             batch: 8,
+            max_batch: 16,
             n_init: 16,
             quantile: 0.2,
             forest: ForestParams {
@@ -526,6 +532,13 @@ impl Lfbo {
         space.random_neighbour(c, self.params.radius.max(1), rng)
     }
 
+    /// Configs per batch: `batch`, or the evaluator's parallelism up to `max_batch` when that
+    /// is larger (see [`LfboParams::max_batch`]).
+    fn batch_size(&self, s: &Session<'_>) -> usize {
+        let p = &self.params;
+        p.batch.max(1).max(s.parallelism().min(p.max_batch))
+    }
+
     /// The initial design: uniform random, topped up until something works (a model needs a
     /// positive) or the budget runs out. After a prior's start configs it has only to be large
     /// enough to judge the prior by (`prior_init`); if that already refutes every prior, it is
@@ -534,7 +547,7 @@ impl Lfbo {
         let p = &self.params;
         let none = HashSet::new();
         let (mut n_init, min_batch) = if s.prior().is_empty() {
-            (p.n_init, p.batch.max(1))
+            (p.n_init, self.batch_size(s))
         } else {
             (s.seeded() + p.prior_init, 1)
         };
@@ -634,7 +647,7 @@ impl Strategy for Lfbo {
         let mut stall = 0;
         let mut restarts = 0;
         while s.remaining() > 0 {
-            let want = p.batch.max(1).min(s.remaining());
+            let want = self.batch_size(&s).min(s.remaining());
             let share = if 2 * stall >= p.patience {
                 p.stall_explore_share
             } else {

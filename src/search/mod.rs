@@ -518,6 +518,11 @@ impl<'a> Session<'a> {
         Ok(new)
     }
 
+    /// How many configs the evaluator works on at once ([`Evaluator::parallelism`]).
+    pub fn parallelism(&self) -> usize {
+        self.eval.parallelism().max(1)
+    }
+
     /// Passes the strategy's next likely configs to the evaluator as a hint
     /// ([`Evaluator::prefetch`]), without those already evaluated, invalid or repeated; nothing
     /// once the search is cancelled. It neither spends budget nor changes any outcome.

@@ -167,8 +167,10 @@ impl Plan {
         self.func.as_ref()
     }
 
-    /// Launches on `stream`. Allocation-free unless it fails.
-    pub(crate) fn launch(
+    /// Launches on `stream`. Allocation-free unless it fails. Public for the launch bench,
+    /// which times it apart from the key and plan lookup; applications call `Tuner::launch`.
+    #[doc(hidden)]
+    pub fn launch(
         &self,
         spec: &KernelSpec,
         stream: &CudaStream,
@@ -183,9 +185,19 @@ impl Plan {
                 shape.len()
             )));
         }
-        let mut env = self.env;
-        let base = spec.shape_slot();
-        env[base..base + shape.len()].copy_from_slice(shape);
+        // The variable table with the shape filled in is only read to encode tensor maps (a
+        // memo miss resolves from `self.env` and the shape): the hit path skips its 512-byte
+        // copy otherwise.
+        let filled;
+        let env: &[i64; MAX_VARS] = if spec.tensor_maps() > 0 {
+            let mut e = self.env;
+            let base = spec.shape_slot();
+            e[base..base + shape.len()].copy_from_slice(shape);
+            filled = e;
+            &filled
+        } else {
+            &self.env
+        };
         let mut need = [0i64; MAX_ARGS];
         let mut zero = 0u64;
         let geometry = match self.memo.read(shape, spec.args.len(), &mut need, &mut zero) {
@@ -200,7 +212,7 @@ impl Plan {
             }
         };
         let r = Resolved {
-            env: &env,
+            env,
             geometry,
             need: &need[..spec.args.len()],
             zero,
