@@ -99,7 +99,7 @@ fn run() -> jitune::Result<()> {
             &sgemm,
             Prec::F32,
             vec![[1024, 1024, 1024], [4096, 4096, 4096], [16, 4096, 4096]],
-            5.0,
+            5.5,
         )];
         if let Some(h) = &hgemm {
             v.push((
@@ -125,7 +125,7 @@ fn run() -> jitune::Result<()> {
             )?;
         }
     }
-    tuner.set_tune_options(budget(2.5));
+    tuner.set_tune_options(budget(1.5));
     for shape in [[4096i64, 4096], [32768, 1024]] {
         softmax_row(&tuner, &softmax, &shape, &stream, &mut timer)?;
     }

@@ -222,6 +222,16 @@ impl GpuEvaluator {
         // A search's first batch should not wait for worker processes to start (one-off
         // compilations, which also use `Binaries`, do not warm the pool).
         pool.warm(&gpu.arch);
+        // The comparison kernels of its output types, compiled by the pool while the first
+        // candidates compile (see `compare::compile_ahead`).
+        let outputs: Vec<_> = job
+            .spec
+            .args
+            .iter()
+            .filter(|a| matches!(a.role, crate::spec::Role::Out | crate::spec::Role::InOut))
+            .map(|a| a.ty)
+            .collect();
+        crate::gpu::compare::compile_ahead(pool.clone(), &gpu.arch, &outputs);
         let spec = &job.spec;
         let t = Instant::now();
         let bench = Bench::new(&gpu, spec, &job.shape, 0x5EED ^ spec.id().0[0] as u64)?;

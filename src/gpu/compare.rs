@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{result as cu, CudaContext, CudaFunction, CudaStream, DriverError};
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
 
-use super::compile::{compile_in_process, CompileRequest};
+use super::compile::{compile_in_process, CompileRequest, Image};
 use crate::spec::ElemType;
 use crate::{Error, Result};
 
@@ -244,24 +244,90 @@ pub fn compiles() -> usize {
     COMPILES.load(Ordering::Relaxed)
 }
 
+/// The comparison kernel's compile request for `ty` on `arch`.
+fn request(arch: &str, ty: ElemType) -> CompileRequest {
+    CompileRequest {
+        source: SOURCE.to_string(),
+        name: "jitune_compare.cu".into(),
+        arch: arch.to_string(),
+        options: vec![format!("-DJT_KIND={}", kind(ty))],
+    }
+}
+
+/// A comparison kernel image compiled ahead of its first use, by (architecture, type): set once
+/// the compilation ends (`None` if it failed; the first use then compiles it itself).
+type Ahead = Arc<OnceCell<Option<Image>>>;
+static AHEAD: Lazy<Mutex<HashMap<(String, ElemType), Ahead>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// Compiles the comparison kernels of `types` on `arch` in the background, on `pool`'s workers,
+/// once per process: a tuner's first candidate check then only loads the kernel. Compiled in
+/// this process at first use instead, it took 0.2-0.6 s of the first search of each element
+/// type (NVRTC in a tuning process, `benches/compile`, device calls G and H). Only compiles:
+/// loading stays with the first use (a module load must not race a graph capture).
+pub fn compile_ahead(pool: Arc<super::pool::CompilePool>, arch: &str, types: &[ElemType]) {
+    let mut todo = Vec::new();
+    {
+        let mut ahead = AHEAD.lock();
+        for &ty in types {
+            let key = (arch.to_string(), ty);
+            if !ahead.contains_key(&key) && !todo.iter().any(|(t, _)| *t == ty) {
+                let cell: Ahead = Arc::default();
+                ahead.insert(key, cell.clone());
+                todo.push((ty, cell));
+            }
+        }
+    }
+    if todo.is_empty() {
+        return;
+    }
+    let arch = arch.to_string();
+    let (cells, reqs): (Vec<Ahead>, Vec<CompileRequest>) = todo
+        .iter()
+        .map(|(ty, cell)| (cell.clone(), request(&arch, *ty)))
+        .unzip();
+    let spawned = std::thread::Builder::new()
+        .name("jitune-compare-ahead".into())
+        .spawn({
+            let cells = cells.clone();
+            move || {
+                // Every cell is set whatever happens, so a first use never waits forever.
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.compile_all(reqs)
+                }))
+                .unwrap_or_default();
+                for (i, cell) in cells.iter().enumerate() {
+                    let img = match out.get(i) {
+                        Some(Ok(Ok(img))) => Some(img.clone()),
+                        _ => None,
+                    };
+                    let _ = cell.set(img);
+                }
+            }
+        });
+    if spawned.is_err() {
+        for cell in &cells {
+            let _ = cell.set(None);
+        }
+    }
+}
+
 fn comparer(ctx: &Arc<CudaContext>, arch: &str, ty: ElemType) -> Result<Arc<Comparer>> {
     let key = (ctx.cu_ctx() as usize, ty);
     let mut map = COMPARERS.lock();
     if let Some(c) = map.get(&key) {
         return Ok(c.clone());
     }
-    let req = CompileRequest {
-        source: SOURCE.to_string(),
-        name: "jitune_compare.cu".into(),
-        arch: arch.to_string(),
-        options: vec![format!("-DJT_KIND={}", kind(ty))],
+    let ahead = AHEAD.lock().get(&(arch.to_string(), ty)).cloned();
+    let image = match ahead.and_then(|cell| cell.wait().clone()) {
+        Some(img) => img,
+        None => compile_in_process(&request(arch, ty))?.map_err(|log| {
+            Error::cuda(format!(
+                "the comparison kernel for {} does not compile: {log}",
+                ty.name()
+            ))
+        })?,
     };
-    let image = compile_in_process(&req)?.map_err(|log| {
-        Error::cuda(format!(
-            "the comparison kernel for {} does not compile: {log}",
-            ty.name()
-        ))
-    })?;
     COMPILES.fetch_add(1, Ordering::Relaxed);
     let c = super::guarded("loading the comparison kernel", || {
         let module = ctx
