@@ -2,10 +2,14 @@
 //! honest baselines, measured in the same run: serial NVRTC in this process WITH a CUDA context
 //! alive (as in any tuning process) and the same with threads.
 //!
-//! Why those baselines: NVRTC in a process without a CUDA context was about 30x slower per
-//! config on the H200 (566 ms against 16.7 ms), so a speed-up against it measured that effect,
-//! not the pool. It is still shown, on 5 configs, for reference. Threads are the obvious
-//! alternative to processes (NVRTC serialises inside one process).
+//! Why those baselines: a tuning process has a CUDA context, so serial NVRTC with one alive is
+//! what the pool replaces; threads are the obvious alternative to processes. On the H200 (NVRTC
+//! 13.0, device calls G and H of 2026-12-02) NVRTC in the tuning process itself was slow and
+//! erratic (194-627 ms per config serially, 345-438 ms before any context), 16 threads of it
+//! ran 26-31x faster than one (it does not serialise there), and one worker process compiled at
+//! 23-28 ms per config. Holding NVRTC's builtins library open did not change the in-process
+//! figure (call H), so the cause is not that library's reloading. The no-context figure is still
+//! shown, on 5 configs, for reference.
 //!
 //!     cargo bench --bench compile       (needs libnvrtc and a GPU; prints a reason and exits 0
 //!                                        without them)
@@ -54,9 +58,6 @@ fn run() -> jitune::Result<()> {
         .unwrap_or(1)
         .min(16);
 
-    // First without holding NVRTC's builtins library open (jitune holds it by default; see
-    // `hold_nvrtc_builtins`), to show what holding it changes.
-    jitune::internals::set_hold_nvrtc_builtins(false);
     // For reference only: a process without a CUDA context (first, before any context).
     let t = Instant::now();
     for r in &reqs[..5] {
@@ -66,14 +67,6 @@ fn run() -> jitune::Result<()> {
 
     // From here on a context is alive, as in every tuning process.
     let _ctx = cudarc::driver::CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
-    let t = Instant::now();
-    for r in &reqs[..10] {
-        let _ = compile_in_process(r)?;
-    }
-    let unheld_ms = ms_per(t.elapsed().as_secs_f64(), 10);
-    // From here on as jitune compiles: the builtins library held open.
-    let held = jitune::internals::hold_nvrtc_builtins();
-    jitune::internals::set_hold_nvrtc_builtins(true);
     let t = Instant::now();
     let mut ok = 0;
     for r in &reqs {
@@ -119,13 +112,6 @@ fn run() -> jitune::Result<()> {
     );
     println!(
         "serial, no CUDA context          {no_ctx_ms:7.1} ms/config (5 configs; reference only, not a baseline)"
-    );
-    println!(
-        "serial, context alive, builtins library not held {unheld_ms:7.1} ms/config (10 configs)"
-    );
-    println!(
-        "builtins library held open: {}",
-        held.unwrap_or("not found (nothing held)")
     );
     println!(
         "serial, context alive (baseline) {serial:7.2} s  ({:.1} ms/config)",

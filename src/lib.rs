@@ -50,10 +50,7 @@ pub mod internals {
         compare as compare_on_device, compiles as compare_kernels_compiled, Comparison, Operands,
         SCRATCH_BYTES,
     };
-    pub use crate::gpu::compile::{
-        compile_in_process, hold_nvrtc_builtins, nvrtc_version, set_hold_nvrtc_builtins,
-        CompileRequest, Image,
-    };
+    pub use crate::gpu::compile::{compile_in_process, nvrtc_version, CompileRequest, Image};
     pub use crate::gpu::convert::{f16_to_f32, f32_to_bf16, f32_to_f16, to_f64};
     pub use crate::gpu::pool::{worker_command, CompilePool, PoolMode, PoolStats};
     pub use crate::gpu::roofline::{copy_bandwidth, fp32_lanes_per_sm, Roofline};

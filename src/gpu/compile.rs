@@ -6,9 +6,6 @@
 //! fallback and the driver finishes the job. The compile log is kept on failure.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use once_cell::sync::OnceCell;
 
 use cudarc::nvrtc::{result as nvrtc, sys};
 
@@ -125,54 +122,10 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     })
 }
 
-/// Whether compilations hold NVRTC's builtins library open (see [`hold_nvrtc_builtins`]).
-static AUTO_HOLD: AtomicBool = AtomicBool::new(true);
-/// The builtins library held open for the life of the process, and its name.
-static HELD: OnceCell<Option<(libloading::Library, String)>> = OnceCell::new();
-
-/// Holds NVRTC's builtins library (`libnvrtc-builtins.so.MAJOR.MINOR`) open for the life of the
-/// process, once; returns its name, or `None` when it was not found (nothing changes then).
-///
-/// Why: NVRTC loads that library at every compilation and unloads it after when nothing else
-/// holds it. In a process with the CUDA driver library and a context loaded, that reload made
-/// each compilation take 345-626 ms on the H200 instead of about 22 ms in a small worker
-/// process (`benches/compile`, call G); held open, NVRTC's own load is a reference count.
-/// `libloading` is already in the build through cudarc.
-pub fn hold_nvrtc_builtins() -> Option<&'static str> {
-    HELD.get_or_init(|| {
-        let (major, minor) = nvrtc_version().ok()?;
-        let names = if cfg!(windows) {
-            vec![format!("nvrtc-builtins64_{major}{minor}.dll")]
-        } else {
-            vec![
-                format!("libnvrtc-builtins.so.{major}.{minor}"),
-                format!("libnvrtc-builtins.so.{major}"),
-                "libnvrtc-builtins.so".to_string(),
-            ]
-        };
-        names.into_iter().find_map(|n| {
-            // SAFETY: loading runs the library's initialisers; NVRTC's builtins library is the
-            // one NVRTC itself loads at each compilation, so nothing runs that would not anyway.
-            unsafe { libloading::Library::new(&n) }.ok().map(|l| (l, n))
-        })
-    })
-    .as_ref()
-    .map(|(_, n)| n.as_str())
-}
-
-/// Whether compilations hold the builtins library open (default: yes). The compile bench turns
-/// it off to measure the difference; it cannot be undone once held.
-pub fn set_hold_nvrtc_builtins(on: bool) {
-    AUTO_HOLD.store(on, Ordering::Relaxed);
-}
-
 /// Compiles in this process. `Err(log)` when the source does not compile for this config.
 /// The outer `Result` is for NVRTC itself failing (missing library).
 pub fn compile_in_process(req: &CompileRequest) -> Result<std::result::Result<Image, String>> {
     super::require_cuda()?;
-    if AUTO_HOLD.load(Ordering::Relaxed) {
-        hold_nvrtc_builtins();
-    }
     if req.source.contains('\0')
         || req.options.iter().any(|o| o.contains('\0'))
         || req.name.contains('\0')
