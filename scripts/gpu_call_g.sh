@@ -7,14 +7,6 @@
 TOTAL_S=${TOTAL_S:-540}
 source "$(dirname "$0")/gpu_lib.sh"
 export JITUNE_LOAD_SECS=40
-servers() { # N CACHE: N servers at once on one cache file, Background mode, the issue's settings
-  local n=$1 cache=$2 pids=() i
-  for i in $(seq 1 "$n"); do
-    $G/examples/server --threads 2 --seconds 40 --tune-s 6 --cache "$cache" >"$OUT/srv_$(basename "$cache" .sqlite)_$i.log" 2>&1 & pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
-  for i in $(seq 1 "$n"); do echo "server $i: $(grep -h -A1 '^stats:' "$OUT/srv_$(basename "$cache" .sqlite)_$i.log" | tr -s ' ' | tr '\n' ' ')"; done
-}
 step launch 60 $G/benches/launch --bench
 step compile 90 $G/benches/compile --bench
 rm -f /tmp/four.sqlite* /tmp/single.sqlite*
@@ -29,5 +21,4 @@ for s in gpu_engine gpu_single_flight gpu_inherit gpu_speed gpu_faults gpu_tma g
 done
 step graph_server 70 $G/examples/graph_server --replays 1000 --tune-s 3 --max-evals 24 --wait-s 40 --concurrent-s 20
 summary
-grep -h "^server" "$OUT/four_servers.log" "$OUT/single_server.log" 2>/dev/null
 cd "$OUT" && for f in *.log; do echo "##### $f"; cat "$f"; done > all_logs.txt && rm -f -- *.log

@@ -7,13 +7,6 @@
 TOTAL_S=${TOTAL_S:-400}
 source "$(dirname "$0")/gpu_lib.sh"
 export JITUNE_LOAD_SECS=40
-servers() { # N CACHE: N servers at once on one cache file, Background mode, the issue's settings
-  local n=$1 cache=$2 pids=() i
-  for i in $(seq 1 "$n"); do
-    $G/examples/server --threads 2 --seconds 40 --tune-s 6 --cache "$cache" >"$OUT/srv_$(basename "$cache" .sqlite)_$i.log" 2>&1 & pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
-}
 step launch 60 $G/benches/launch --bench
 rm -f /tmp/qs.sqlite*; export JITUNE_CACHE=/tmp/qs.sqlite
 step quickstart_first 120 $G/examples/quickstart

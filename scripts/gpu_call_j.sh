@@ -5,6 +5,8 @@
 # prefetching, parallel input generation, the leaner hit path, the pool's counters).
 TOTAL_S=${TOTAL_S:-430}
 source "$(dirname "$0")/gpu_lib.sh"
+# cache_load_gpu runs 120 s by default, its whole step limit: call J ran it so and it timed out.
+export JITUNE_LOAD_SECS=40
 rm -f /tmp/qs.sqlite*; export JITUNE_CACHE=/tmp/qs.sqlite
 step quickstart_first 90 $G/examples/quickstart
 step quickstart_second 60 $G/examples/quickstart

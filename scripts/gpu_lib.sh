@@ -28,6 +28,14 @@ step() { # NAME LIMIT CMD...
   tail -n 12 "$OUT/$name.log"
   rows+=("$name: rc=$rc ${wall}s $(grep -hE '^test result' "$OUT/$name.log" | tail -1)")
 }
+# Issue 14's servers (calls G and I): `step NAME LIMIT bash -c "$(declare -f servers); ..."`.
+servers() { # N CACHE: N servers at once on one cache file, Background mode, the issue's settings
+  local n=$1 cache=$2 pids=() i
+  for i in $(seq 1 "$n"); do
+    $G/examples/server --threads 2 --seconds 40 --tune-s 6 --cache "$cache" >"$OUT/srv_$(basename "$cache" .sqlite)_$i.log" 2>&1 & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+}
 summary() {
   echo; echo "== $(basename "$0"): $(( $(date +%s) - start_all )) s"
   printf '%s\n' "${rows[@]}" | tee "$OUT/summary.txt"

@@ -124,6 +124,23 @@ impl Binaries {
         }
     }
 
+    /// Prefetches `configs` (those the caller has no image for) except the ones `failures`
+    /// already knows the outcome of: both evaluators' [`Evaluator::prefetch`].
+    ///
+    /// [`Evaluator::prefetch`]: crate::search::Evaluator::prefetch
+    pub fn prefetch_unknown<'c>(
+        &self,
+        configs: impl Iterator<Item = &'c Config>,
+        job: &super::job::TuningJob,
+        failures: &super::failures::FailureBook,
+    ) {
+        let todo: Vec<(&Config, String)> = configs
+            .map(|c| (c, job.text(c)))
+            .filter(|(_, t)| failures.known_outcome(t).is_none())
+            .collect();
+        self.prefetch(&todo);
+    }
+
     /// Starts compiling `configs` (config, canonical text) with the pool's idle workers, those
     /// not stored or prefetched already; replaces this source's earlier queued guesses. See the
     /// module docs.

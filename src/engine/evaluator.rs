@@ -611,13 +611,11 @@ impl Evaluator for GpuEvaluator {
     /// Compiles the configs not loaded, supplied or known to fail with the pool's idle
     /// workers (see [`Binaries::prefetch`]).
     fn prefetch(&self, configs: &[Config]) {
-        let todo: Vec<(&Config, String)> = configs
+        let new = configs
             .iter()
-            .filter(|c| !self.loaded.contains_key(*c) && !self.supplied.contains_key(*c))
-            .map(|c| (c, self.job.text(c)))
-            .filter(|(_, t)| self.failures.known_outcome(t).is_none())
-            .collect();
-        self.binaries.prefetch(&todo);
+            .filter(|c| !self.loaded.contains_key(*c) && !self.supplied.contains_key(*c));
+        self.binaries
+            .prefetch_unknown(new, &self.job, &self.failures);
     }
 
     /// The compile pool's parallelism: a batch that fills it costs about what a smaller one

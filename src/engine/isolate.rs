@@ -536,17 +536,12 @@ impl Evaluator for IsolatedEvaluator {
     /// As the in-process evaluator: the configs without an image or a known failure are
     /// compiled by the pool's idle workers (see [`Binaries::prefetch`]).
     fn prefetch(&self, configs: &[Config]) {
-        let todo: Vec<(&Config, String)> = configs
-            .iter()
-            .filter(|c| !self.images.contains_key(*c))
-            .map(|c| (c, self.job.text(c)))
-            .filter(|(_, t)| self.failures.known_outcome(t).is_none())
-            .collect();
-        self.binaries.prefetch(&todo);
+        let new = configs.iter().filter(|c| !self.images.contains_key(*c));
+        self.binaries
+            .prefetch_unknown(new, &self.job, &self.failures);
     }
 
-    /// The compile pool's parallelism: a batch that fills it costs about what a smaller one
-    /// does (see [`Binaries::parallelism`]).
+    /// As the in-process evaluator: the compile pool's parallelism.
     fn parallelism(&self) -> usize {
         self.binaries.parallelism()
     }
