@@ -116,7 +116,7 @@ impl Binaries {
     }
 
     /// How many compilations run at once: the pool's size with worker processes, 1 in process
-    /// (NVRTC serialises there).
+    /// (the pool compiles one at a time there).
     pub fn parallelism(&self) -> usize {
         match self.pool.mode() {
             crate::gpu::pool::PoolMode::Processes(_) => self.pool.size(),

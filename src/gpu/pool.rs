@@ -1,7 +1,9 @@
-//! A compile pool that really runs in parallel: NVRTC serialises inside one process (16 threads
-//! of one process compile no faster than one), so the pool farms compilations out to worker
+//! A compile pool that really runs in parallel: the pool farms compilations out to worker
 //! processes of jitune's own, each compiling one request at a time, and falls back to compiling
-//! in this process when workers cannot start.
+//! in this process (one at a time) when workers cannot start. Why processes: NVRTC 12 serialised
+//! inside one process (16 threads compiled no faster than one, H200, 2026-11); with NVRTC 13
+//! threads do run in parallel, but each compilation inside a tuning process took 194-627 ms
+//! against 23-28 ms in a worker process (`benches/compile`, 2026-12-02).
 //!
 //! A worker is any program that calls [`run_if_worker`](crate::run_if_worker) first thing in `main` (jitune's examples,
 //! benches and CLI do): started with `JITUNE_WORKER=compile`, it answers requests on
@@ -244,7 +246,7 @@ impl Drop for Worker {
 pub enum PoolMode {
     /// Worker processes started with this command line.
     Processes(Vec<String>),
-    /// In this process only (serialised by NVRTC anyway).
+    /// In this process only, one compilation at a time.
     InProcess,
 }
 
@@ -546,7 +548,7 @@ impl CompilePool {
     /// started) prefetches are replaced by these: stale guesses are dropped; prefetches in
     /// flight finish. Requests already compiling as a prefetch are skipped. Each finished
     /// job's result goes to its `done`. A worker that dies on a prefetch loses that prefetch
-    /// and nothing else. Nothing in process mode (NVRTC serialises there: a prefetch would
+    /// and nothing else. Nothing in process mode (one compilation at a time there: a prefetch would
     /// hold up the real compilation).
     pub fn prefetch(&self, owner: u64, jobs: Vec<PrefetchJob>) {
         if !matches!(self.shared.mode, PoolMode::Processes(_)) {
