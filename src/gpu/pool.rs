@@ -254,7 +254,8 @@ pub enum PoolMode {
 pub type CompileResult = std::result::Result<Image, String>;
 
 /// Where a pool's time went: how long each compilation took where it ran (a worker's round
-/// trip, or NVRTC in this process), and how many workers were started. Tells a slow compiler
+/// trip, or NVRTC in this process; a worker's start-up is not in it), and how many workers were
+/// started (warmed ones included). Tells a slow compiler
 /// from a waiting caller in the tuning breakdown.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PoolStats {
@@ -447,7 +448,7 @@ impl CompilePool {
             let spawned = std::thread::Builder::new()
                 .name("jitune-warm".into())
                 .spawn(move || {
-                    if let Ok(mut w) = Worker::spawn(&cmd) {
+                    if let Ok(mut w) = spawn_worker(&shared, &cmd) {
                         if w.compile(&req).is_ok() {
                             park(&shared, w);
                         }
@@ -615,17 +616,10 @@ fn compile_queue(
         let Some((req, indices)) = queue.lock().pop_front() else {
             return;
         };
-        let t = std::time::Instant::now();
         let result = match &shared.mode {
-            PoolMode::InProcess => compile_in_process(&req),
-            PoolMode::Processes(cmd) => {
-                compile_with_worker(worker, &shared.idle, cmd, &req, &shared.counters)
-            }
+            PoolMode::InProcess => compile_here(shared, &req),
+            PoolMode::Processes(cmd) => compile_with_worker(worker, shared, cmd, &req),
         };
-        shared.counters.note(
-            t.elapsed(),
-            matches!(shared.mode, PoolMode::InProcess) || worker.is_none(),
-        );
         for i in indices {
             if tx.send((i, copy_result(&result))).is_err() {
                 return;
@@ -721,13 +715,7 @@ fn prefetch_thread(shared: &Shared, first: Queued) {
             // its own thread would have.
             let r = match result {
                 Some(r) => Ok(r),
-                None => compile_with_worker(
-                    &mut worker,
-                    &shared.idle,
-                    cmd,
-                    &q.job.req,
-                    &shared.counters,
-                ),
+                None => compile_with_worker(&mut worker, shared, cmd, &q.job.req),
             };
             for (tx, indices) in waiting {
                 for i in indices {
@@ -758,20 +746,10 @@ fn prefetch_once(
     req: &CompileRequest,
 ) -> Option<CompileResult> {
     if worker.is_none() {
-        *worker = shared.idle.lock().pop();
+        *worker = worker_for(shared, cmd).ok();
     }
-    if worker.is_none() {
-        *worker = Worker::spawn(cmd).ok();
-        if worker.is_some() {
-            shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let t = std::time::Instant::now();
-    match worker.as_mut()?.compile(req) {
-        Ok(r) => {
-            shared.counters.note(t.elapsed(), false);
-            Some(r)
-        }
+    match compile_on(shared, worker.as_mut()?, req) {
+        Ok(r) => Some(r),
         Err(e) => {
             log::debug!("jitune: a compile worker died on a prefetch ({e}); dropped");
             *worker = None;
@@ -780,34 +758,62 @@ fn prefetch_once(
     }
 }
 
+/// An idle worker, else a new one.
+fn worker_for(shared: &Shared, cmd: &[String]) -> std::io::Result<Worker> {
+    match shared.idle.lock().pop() {
+        Some(w) => Ok(w),
+        None => spawn_worker(shared, cmd),
+    }
+}
+
+/// Starts a worker process, counted in the pool's [`PoolStats::spawned`].
+fn spawn_worker(shared: &Shared, cmd: &[String]) -> std::io::Result<Worker> {
+    let w = Worker::spawn(cmd)?;
+    shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
+    Ok(w)
+}
+
+/// One compilation on `w`, its duration counted (`Err`: the worker died).
+fn compile_on(
+    shared: &Shared,
+    w: &mut Worker,
+    req: &CompileRequest,
+) -> std::io::Result<CompileResult> {
+    let t = std::time::Instant::now();
+    let r = w.compile(req)?;
+    shared.counters.note(t.elapsed(), false);
+    Ok(r)
+}
+
+/// One compilation in this process, its duration counted.
+fn compile_here(shared: &Shared, req: &CompileRequest) -> Result<CompileResult> {
+    let t = std::time::Instant::now();
+    let r = compile_in_process(req);
+    shared.counters.note(t.elapsed(), true);
+    r
+}
+
 /// Compiles with a worker process: reuses an idle one or starts one; if the worker dies (NVRTC
 /// itself crashing on this source, say) it is replaced once, and a second death is reported as
 /// a compile failure of this request; if no worker can start, compiles in process.
 fn compile_with_worker(
     worker: &mut Option<Worker>,
-    idle: &Mutex<Vec<Worker>>,
+    shared: &Shared,
     cmd: &[String],
     req: &CompileRequest,
-    counters: &Counters,
 ) -> Result<CompileResult> {
     for attempt in 0..2 {
-        if worker.is_none() {
-            *worker = idle.lock().pop();
-        }
-        if worker.is_none() {
-            match Worker::spawn(cmd) {
-                Ok(w) => {
-                    counters.spawned.fetch_add(1, Ordering::Relaxed);
-                    *worker = Some(w)
-                }
+        let w = match worker {
+            Some(w) => w,
+            None => match worker_for(shared, cmd) {
+                Ok(w) => worker.insert(w),
                 Err(e) => {
                     log::warn!("jitune: cannot start a compile worker ({e}); compiling in process");
-                    return compile_in_process(req);
+                    return compile_here(shared, req);
                 }
-            }
-        }
-        let Some(w) = worker.as_mut() else { continue };
-        match w.compile(req) {
+            },
+        };
+        match compile_on(shared, w, req) {
             Ok(r) => return Ok(r),
             Err(e) => {
                 log::warn!(
