@@ -164,9 +164,7 @@ impl Binaries {
                             arch: &arch,
                             nvrtc: &nvrtc,
                         };
-                        if let Err(e) = cache.put_binary(&key, &img.to_bytes()) {
-                            log::warn!("jitune: could not store a CUBIN of {name}: {e}");
-                        }
+                        store(&cache, &key, &name, img);
                     }
                     state.put(text, r.clone());
                 }),
@@ -189,12 +187,6 @@ impl Binaries {
         let img = self.cache.get_binary(&self.key(text)).ok().flatten()?;
         self.reused += 1;
         Some(Image::from_bytes(img))
-    }
-
-    fn store(&self, text: &str, image: &Image) {
-        if let Err(e) = self.cache.put_binary(&self.key(text), &image.to_bytes()) {
-            log::warn!("jitune: could not store a CUBIN of {}: {e}", self.spec.name);
-        }
     }
 
     /// Images for `wanted` (index, config, its canonical text, an image at hand if any), as
@@ -243,6 +235,14 @@ impl Drop for Binaries {
     }
 }
 
+/// Stores a compiled image in the binary table (a batch's compilation or a finished
+/// prefetch); a refused write is a warning, the image is used anyway.
+fn store(cache: &Cache, key: &BinaryKey<'_>, kernel: &str, image: &Image) {
+    if let Err(e) = cache.put_binary(key, &image.to_bytes()) {
+        log::warn!("jitune: could not store a CUBIN of {kernel}: {e}");
+    }
+}
+
 /// A batch's images as they become ready; see [`Binaries::fetch`].
 pub struct Fetch {
     ready: VecDeque<(usize, std::result::Result<Image, String>)>,
@@ -269,7 +269,7 @@ impl Fetch {
             bin.prefetch_hits += 1;
         } else if let Ok(Ok(img)) = &r {
             bin.compiled += 1;
-            bin.store(text, img);
+            store(&bin.cache, &bin.key(text), &bin.spec.name, img);
         }
         Some((*i, r))
     }

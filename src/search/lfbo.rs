@@ -97,9 +97,10 @@ pub struct LfboParams {
     pub prior_share: f64,
     /// With a prior: the uniform random configs drawn after the prior's start configs.
     pub prior_init: usize,
-    /// Spare configs proposed beyond each batch (the greedy pick continued) and handed to the
-    /// evaluator as a prefetch hint ([`Session::prefetch`]): the next batch's likely configs,
-    /// compiled by otherwise idle workers. Never changes the batches (0: no hint).
+    /// Spare configs proposed with each batch (the look-ahead's prediction of the next batch,
+    /// see the module docs) and handed to the evaluator as a prefetch hint
+    /// ([`Session::prefetch`]), compiled by otherwise idle workers. Never changes the batches
+    /// (0: no hint).
     pub prefetch: usize,
 }
 
@@ -225,11 +226,10 @@ impl Lfbo {
             .0)
     }
 
-    /// As [`Lfbo::propose`], plus up to `spare` further configs: the greedy pick continued past
-    /// the batch (cold-model probability minus the diversity penalty, over all candidates), the
-    /// likeliest members of a following batch. The batch itself, and the RNG's state after the
-    /// call, are exactly those of [`Lfbo::propose`]: the spares are a by-product of the same
-    /// scores.
+    /// As [`Lfbo::propose`], plus up to `spare` further configs: the likeliest members of the
+    /// following batch (the look-ahead of `propose_with`: the next call's candidates, drawn on
+    /// a clone of the RNG, scored by the current models). The batch itself, and the RNG's state
+    /// after the call, are exactly those of [`Lfbo::propose`].
     pub fn propose_with_spares(
         &self,
         s: &Session<'_>,
@@ -376,14 +376,9 @@ impl Lfbo {
             }
         }
         let n_local = cands.len();
-        if skip.is_empty() {
-            cands.extend(fresh_samples(s, p.n_global, rng, &seen));
-        } else {
-            // `skip` will be evaluated by then, which `fresh_samples` skips as it does `seen`.
-            let mut not: HashSet<Config> = seen;
-            not.extend(skip.iter().cloned());
-            cands.extend(fresh_samples(s, p.n_global, rng, &not));
-        }
+        // `skip` will be evaluated by then, which `fresh_samples` skips as it does `seen`.
+        seen.extend(skip.iter().cloned());
+        cands.extend(fresh_samples(s, p.n_global, rng, &seen));
         (cands, n_local)
     }
 
