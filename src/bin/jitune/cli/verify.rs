@@ -125,40 +125,37 @@ impl Row {
     }
 
     fn to_json(&self) -> Value {
-        let Some(b) = &self.against else {
-            return json!({
-                "key": self.entry.key.display(),
-                "kernel": self.entry.kernel_name,
-                "shape": self.entry.key.shape.to_text(),
-                "config": self.entry.config,
-                "stored_ms": self.entry.median_ms,
-                "now_ms": self.now_ms,
-                "default_config": self.reference_config,
-                "default_ms": self.reference_ms,
-                "drift_pct": self.drift_pct(),
-                "speedup": self.speedup(),
-                "status": self.status(),
-                "flagged": !self.flags.is_empty(),
-                "detail": self.detail,
-            });
-        };
-        json!({
+        let mut v = json!({
             "key": self.entry.key.display(),
             "kernel": self.entry.kernel_name,
             "shape": self.entry.key.shape.to_text(),
             "config": self.entry.config,
-            "against_config": b.config,
-            "same_config": self.same_config,
             "stored_ms": self.entry.median_ms,
-            "against_stored_ms": b.median_ms,
             "now_ms": self.now_ms,
-            "against_ms": self.reference_ms,
-            "ratio": self.ratio(),
-            "ratio_pct": self.ratio_pct(),
             "status": self.status(),
             "flagged": !self.flags.is_empty(),
             "detail": self.detail,
-        })
+        });
+        let mode = match &self.against {
+            None => json!({
+                "default_config": self.reference_config,
+                "default_ms": self.reference_ms,
+                "drift_pct": self.drift_pct(),
+                "speedup": self.speedup(),
+            }),
+            Some(b) => json!({
+                "against_config": b.config,
+                "same_config": self.same_config,
+                "against_stored_ms": b.median_ms,
+                "against_ms": self.reference_ms,
+                "ratio": self.ratio(),
+                "ratio_pct": self.ratio_pct(),
+            }),
+        };
+        if let (Some(o), Value::Object(m)) = (v.as_object_mut(), mode) {
+            o.extend(m);
+        }
+        v
     }
 }
 
@@ -415,9 +412,10 @@ fn print_against_rows(rows: &[Row]) {
                 named_key(&r.entry),
                 fmt_ms(r.now_ms),
                 fmt_ms(r.reference_ms),
-                r.ratio().map_or("-".into(), |x| {
-                    format!("{x:.3} ({:+.1}%)", (x - 1.0) * 100.0)
-                }),
+                match (r.ratio(), r.ratio_pct()) {
+                    (Some(x), Some(pct)) => format!("{x:.3} ({pct:+.1}%)"),
+                    _ => "-".into(),
+                },
                 r.status(),
                 r.entry.config.clone(),
                 if r.same_config {
@@ -480,14 +478,12 @@ fn verify_entry(
     if against.is_some() {
         // Both winners must have a time for the comparison; stored times are not compared
         // (each was taken under its own tuning run's load).
-        if row.ratio().is_none() {
-            row.flags.push("failed");
-        } else if !row.same_config
-            && row
-                .ratio()
-                .is_some_and(|r| r > 1.0 + args.threshold / 100.0)
-        {
-            row.flags.push("slower-than-against");
+        match row.ratio() {
+            None => row.flags.push("failed"),
+            Some(r) if !row.same_config && r > 1.0 + args.threshold / 100.0 => {
+                row.flags.push("slower-than-against")
+            }
+            Some(_) => {}
         }
         return Ok(row);
     }
