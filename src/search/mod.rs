@@ -91,7 +91,10 @@ pub struct SearchOptions {
     pub seed: u64,
     /// Most unique configs to evaluate.
     pub max_evals: usize,
-    /// Stop proposing once the evaluator reports this many seconds spent (real or simulated).
+    /// The time budget in seconds the evaluator reports (real or simulated): a search runs no
+    /// batch, or no part of one, that it expects to end past it (estimated from the last
+    /// batch's time, per wave of [`Evaluator::parallelism`] configs), so it ends within its
+    /// budget instead of one batch after it.
     pub max_time_s: Option<f64>,
     /// Configs to evaluate first: the spec's default config, then warm-start configs (from other
     /// shapes or devices). Invalid ones are skipped.
@@ -278,6 +281,11 @@ pub struct Session<'a> {
     /// Observations before this index were chosen by the priors (start configs and their
     /// polish); the trust is judged on the others, which the priors did not pick.
     seeded: usize,
+    /// The last batch: its size and the seconds its evaluation took, what the next one is
+    /// expected to take per wave of [`Evaluator::parallelism`] configs (for the time budget).
+    last_batch: Option<(usize, f64)>,
+    /// A batch was cut to nothing because it would have ended past the time budget.
+    out_of_time: bool,
 }
 
 impl<'a> Session<'a> {
@@ -304,6 +312,8 @@ impl<'a> Session<'a> {
             budget,
             prior,
             seeded: 0,
+            last_batch: None,
+            out_of_time: false,
         };
         s.report_progress();
         s
@@ -336,10 +346,12 @@ impl<'a> Session<'a> {
         self.opts
     }
 
-    /// Unique evaluations still allowed (0 once the time budget is spent, the target reached or
-    /// the search cancelled: every strategy loops on this, so that is how they all stop).
+    /// Unique evaluations still allowed (0 once the time budget is spent, or too little of it is
+    /// left for one more wave of evaluations, the target reached or the search cancelled: every
+    /// strategy loops on this, so that is how they all stop).
     pub fn remaining(&self) -> usize {
         if self.cancelled()
+            || self.out_of_time
             || self
                 .opts
                 .max_time_s
@@ -469,9 +481,12 @@ impl<'a> Session<'a> {
                 todo.push(c.clone());
             }
         }
+        todo.truncate(self.fits_in_time(todo.len()));
         if todo.is_empty() {
             return Ok(Vec::new());
         }
+        let started_s = self.eval.elapsed_s();
+        let n = todo.len();
         let outcomes = self.eval.evaluate(&todo)?;
         if outcomes.len() != todo.len() {
             return Err(Error::Search(format!(
@@ -514,8 +529,37 @@ impl<'a> Session<'a> {
         }
         self.version += 1;
         self.refine_near_best()?;
+        // The batch's time includes the re-measurements it caused: the next batch will too.
+        self.last_batch = Some((n, (self.eval.elapsed_s() - started_s).max(0.0)));
         self.report_progress();
         Ok(new)
+    }
+
+    /// How many of `n` configs can be evaluated before the time budget ends, judged by the last
+    /// batch: evaluations go in waves of [`Evaluator::parallelism`] configs (compilations in
+    /// parallel), each wave taking what one of the last batch's took. With no budget, or no batch
+    /// yet, all of them. When none fits, the search is out of time ([`Session::remaining`] is 0).
+    fn fits_in_time(&mut self, n: usize) -> usize {
+        let (Some(budget), Some((last_n, last_s))) = (self.opts.max_time_s, self.last_batch) else {
+            return n;
+        };
+        let p = self.eval.parallelism().max(1);
+        let per_wave = last_s / last_n.div_ceil(p).max(1) as f64;
+        let left = budget - self.eval.elapsed_s();
+        let waves = if per_wave > 0.0 {
+            (left / per_wave).floor().max(0.0)
+        } else {
+            f64::INFINITY
+        };
+        let fit = if waves >= n.div_ceil(p) as f64 {
+            n
+        } else {
+            (waves as usize * p).min(n)
+        };
+        if fit == 0 {
+            self.out_of_time = true;
+        }
+        fit
     }
 
     /// How many configs the evaluator works on at once ([`Evaluator::parallelism`]).
