@@ -175,7 +175,7 @@ fn run() -> jitune::Result<()> {
     let spin_cycles: i64 = 40_000_000;
 
     const BATCH: usize = 500;
-    const ROUNDS: usize = 40;
+    const ROUNDS: usize = 60;
     // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
     // with raw pointers; where jitune's extra time goes (queued mode only): 4 raw
     // cuLaunchKernel of the plan's own loaded function, 5 raw cuLaunchKernel plus the capture
@@ -328,6 +328,16 @@ fn run() -> jitune::Result<()> {
     }
     let lookup_ns = t.elapsed().as_nanos() as f64 / LOOKUPS as f64;
     let batches = by_mode[0][0].len();
+    // Paired differences (queued mode): side a minus side b within the same round, whose
+    // batches ran back to back, then the median over rounds. Slow drifts of the driver's own
+    // time cancel out, which the difference of two medians does not do.
+    let paired: Option<[f64; 4]> = by_mode.get(1).map(|m| {
+        let diff = |a: usize, b: usize| {
+            let mut d: Vec<f64> = m[a].iter().zip(&m[b]).map(|(x, y)| x - y).collect();
+            median(&mut d)
+        };
+        [diff(3, 0), diff(3, 4), diff(6, 4), diff(7, 4)]
+    });
     let medians: Vec<[f64; SIDES]> = by_mode
         .into_iter()
         .map(|mut m| {
@@ -391,6 +401,17 @@ fn run() -> jitune::Result<()> {
             "    the plan's launch         {q_plan:8.1} ns/launch ({:+.1} ns: argument checks, marshalling, geometry memo)",
             q_plan - q_raw
         );
+        if let Some([vs_raw, vs_same, lookup, plan_launch]) = paired {
+            println!("  paired (median over {batches} rounds of the difference within a round):");
+            println!(
+                "    hit overhead vs raw                    {vs_raw:8.1} ns/launch (pointers)"
+            );
+            println!(
+                "    hit overhead vs raw, the same function {vs_same:8.1} ns/launch (pointers; target <= 100)"
+            );
+            println!("    of which key + plan lookup             {lookup:8.1} ns/launch");
+            println!("    of which the plan's launch             {plan_launch:8.1} ns/launch");
+        }
         println!(
             "    launches watched for captures: {} before the batches, {} after",
             watching_before,

@@ -253,116 +253,232 @@ impl LaunchError {
     }
 }
 
+/// The spec's arguments as a launch walks them, compact and `Copy`: the caller's arguments in
+/// order, each with its place in the spec, its role and element type. A launch reads this (a few
+/// cache lines) instead of the spec's `ArgSpec`s (names, expressions, generators: many), so the
+/// spec itself is read only to word an error. Made once per plan or prepared config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgLayout {
+    /// Arguments of the kernel, tensor maps included.
+    n_args: u8,
+    /// Of which tensor maps (made by jitune at launch, not passed).
+    n_maps: u8,
+    /// Caller argument `c`: (its index among the kernel's arguments, role, element type).
+    caller: [(u8, Role, ElemType); MAX_ARGS],
+}
+
+impl ArgLayout {
+    /// The layout of `spec`'s arguments; an error when it has more than [`MAX_ARGS`].
+    pub fn of(spec: &KernelSpec) -> Result<ArgLayout> {
+        if spec.args.len() > MAX_ARGS {
+            return Err(Error::InvalidArgument(format!(
+                "kernel `{}` has {} arguments, more than the {MAX_ARGS} a launch takes",
+                spec.name,
+                spec.args.len()
+            )));
+        }
+        let mut l = ArgLayout {
+            n_args: spec.args.len() as u8,
+            n_maps: 0,
+            caller: [(0, Role::Scalar, ElemType::I32); MAX_ARGS],
+        };
+        let mut c = 0;
+        for (i, a) in spec.args.iter().enumerate() {
+            if a.role == Role::TensorMap {
+                l.n_maps += 1;
+            } else {
+                l.caller[c] = (i as u8, a.role, a.ty);
+                c += 1;
+            }
+        }
+        Ok(l)
+    }
+
+    /// Arguments of the kernel, tensor maps included.
+    pub fn args(&self) -> usize {
+        self.n_args as usize
+    }
+
+    /// Arguments a caller passes (every one but the tensor maps).
+    pub fn caller_args(&self) -> usize {
+        (self.n_args - self.n_maps) as usize
+    }
+
+    /// Tensor maps among the arguments.
+    pub fn tensor_maps(&self) -> usize {
+        self.n_maps as usize
+    }
+}
+
 /// Everything about one launch that depends on the config and shape, not on the buffers: the
-/// variable table (config values, shape, device limits), the geometry, each argument's required
-/// length, and which arguments are zero-filled first (bit mask).
+/// argument layout, the variable table (config values, shape, device limits), the geometry,
+/// each argument's required length, and which arguments are zero-filled first (bit mask).
 #[derive(Clone, Copy, Debug)]
 pub struct Resolved<'e> {
+    pub layout: &'e ArgLayout,
     pub env: &'e [i64; MAX_VARS],
     pub geometry: Geometry,
     pub need: &'e [i64],
     pub zero: u64,
 }
 
-/// The argument table of one launch: every argument's raw value in spec order (a device pointer
-/// or a scalar's bits; tensor-map slots left 0, filled at launch), and cudarc's stream-ordering
-/// guards of the caller's slices and views, which record their events when dropped (after the
-/// launch is enqueued). Lives on the stack.
-pub struct Marshalled<'s> {
-    pub raw: [u64; MAX_ARGS],
-    guards: [Option<SyncOnDrop<'s>>; MAX_ARGS],
+/// cudarc's stream-ordering guards of the caller's slices and views in one launch, which record
+/// their events when dropped (after the launch is enqueued). Only the guards taken are
+/// initialised: raw pointers and scalars, the common case on the serving path, cost nothing
+/// here (an array of 32 `Option`s was written and walked on every launch).
+pub struct Guards<'s> {
+    slots: [std::mem::MaybeUninit<SyncOnDrop<'s>>; MAX_ARGS],
+    len: usize,
 }
 
-/// Checks `args` against `spec` (count, roles, element types, lengths against `r.need`) and
-/// lays them out as the kernel sees them. Nothing is launched and, for raw pointers and
-/// scalars, nothing touches the GPU: `stream` is only needed for cudarc slices and views (their
-/// stream-ordering events), and without one such an argument is refused. Allocation-free.
+impl<'s> Guards<'s> {
+    fn new() -> Guards<'s> {
+        Guards {
+            slots: [const { std::mem::MaybeUninit::uninit() }; MAX_ARGS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, g: Option<SyncOnDrop<'s>>) {
+        // At most one guard per argument, and arguments are at most MAX_ARGS (checked first).
+        if let (Some(g), true) = (g, self.len < MAX_ARGS) {
+            self.slots[self.len].write(g);
+            self.len += 1;
+        }
+    }
+}
+
+impl Drop for Guards<'_> {
+    fn drop(&mut self) {
+        for g in &mut self.slots[..self.len] {
+            // SAFETY: the first `len` slots were written by `push` and are dropped once, here.
+            unsafe { g.assume_init_drop() }
+        }
+    }
+}
+
+/// The argument table of one launch: every argument's raw value in spec order (a device pointer
+/// or a scalar's bits; tensor-map slots left 0, filled at launch), and the stream-ordering
+/// guards of the caller's slices and views. Lives on the stack.
+pub struct Marshalled<'s> {
+    pub raw: [u64; MAX_ARGS],
+    guards: Guards<'s>,
+}
+
+impl Marshalled<'_> {
+    /// An empty table: every value 0, no guard.
+    pub fn new() -> Self {
+        Marshalled {
+            raw: [0u64; MAX_ARGS],
+            guards: Guards::new(),
+        }
+    }
+}
+
+impl Default for Marshalled<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks `args` against the layout (count, roles, element types, lengths against `r.need`)
+/// and lays them out as the kernel sees them; `spec` is read only to word an error. Nothing is
+/// launched and, for raw pointers and scalars, nothing touches the GPU: `stream` is only needed
+/// for cudarc slices and views (their stream-ordering events), and without one such an argument
+/// is refused. Allocation-free.
+/// The table is filled in place (`m`, fresh from [`Marshalled::new`]): it is a kilobyte, not
+/// worth moving on every launch.
+#[inline]
 pub fn marshal<'s>(
     spec: &KernelSpec,
     r: &Resolved<'_>,
     stream: Option<&'s CudaStream>,
     args: &'s mut [Arg<'_>],
-) -> std::result::Result<Marshalled<'s>, LaunchError> {
-    let n_maps = spec.tensor_maps();
-    let n_args = spec.args.len();
-    if args.len() + n_maps != n_args || n_args > MAX_ARGS {
-        return Err(LaunchError::Args(Error::InvalidArgument(format!(
-            "kernel `{}` takes {} arguments{}, got {}",
-            spec.name,
-            n_args - n_maps,
-            if n_maps > 0 {
-                " (its tensor maps are made by jitune, not passed)"
-            } else {
-                ""
-            },
-            args.len()
-        ))));
+    m: &mut Marshalled<'s>,
+) -> std::result::Result<(), LaunchError> {
+    let l = r.layout;
+    if args.len() != l.caller_args() {
+        return Err(count_error(spec, l, args.len()));
     }
-    let mut m = Marshalled {
-        raw: [0u64; MAX_ARGS],
-        guards: [const { None }; MAX_ARGS],
-    };
-    // Caller arguments in spec order, skipping the tensor maps (made at launch).
-    let spec_args = spec
-        .args
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.role != Role::TensorMap);
-    for (ci, (arg, (i, a))) in args.iter_mut().zip(spec_args).enumerate() {
+    for (ci, (arg, &(i, role, ty))) in args.iter_mut().zip(&l.caller).enumerate() {
+        let i = i as usize;
         let need = r.need.get(i).copied().unwrap_or(0);
-        match (arg, a.role) {
-            (Arg::Int(v), Role::Scalar) => m.raw[i] = scalar_bits(a.ty, *v),
-            (Arg::Float(v), Role::Scalar) => {
-                m.raw[i] = match a.ty {
-                    ElemType::F32 => (*v as f32).to_bits() as u64,
-                    ElemType::F64 => v.to_bits(),
-                    other => scalar_bits(other, *v as i64),
-                }
-            }
-            (Arg::In(b), Role::In) => {
-                check_buffer(spec, a, &**b, need)?;
-                let (p, g) = b.read_ptr(needs_stream(spec, a, stream)?);
-                m.raw[i] = p;
-                m.guards[i] = g;
-            }
-            (Arg::Out(b), Role::Out | Role::InOut | Role::In) => {
-                check_buffer(spec, a, &**b, need)?;
-                let (p, g) = b.write_ptr(needs_stream(spec, a, stream)?);
-                m.raw[i] = p;
-                m.guards[i] = g;
-            }
+        m.raw[i] = match (arg, role) {
+            (Arg::Int(v), Role::Scalar) => scalar_bits(ty, *v),
+            (Arg::Float(v), Role::Scalar) => match ty {
+                ElemType::F32 => (*v as f32).to_bits() as u64,
+                ElemType::F64 => v.to_bits(),
+                other => scalar_bits(other, *v as i64),
+            },
             (Arg::Raw { buffer, writable }, role)
                 if role == Role::In || (*writable && matches!(role, Role::Out | Role::InOut)) =>
             {
-                check_buffer(spec, a, buffer, need)?;
-                m.raw[i] = buffer.ptr;
+                if buffer.ty != ty || (buffer.elems as i64) < need {
+                    return Err(buffer_error(spec, i, buffer, need));
+                }
+                buffer.ptr
             }
-            _ => {
-                return Err(LaunchError::Args(Error::InvalidArgument(format!(
-                    "kernel `{}`: argument {ci} (`{}`) must be {}",
-                    spec.name,
-                    a.name,
-                    match a.role {
-                        Role::Scalar => "a scalar",
-                        Role::In => "a buffer",
-                        _ => "a mutable buffer (Arg::Out / &mut CudaSlice / Arg::from_raw_mut)",
-                    }
-                ))))
+            (Arg::In(b), Role::In) => {
+                if !b.holds(ty) || (b.elems() as i64) < need {
+                    return Err(buffer_error(spec, i, &**b, need));
+                }
+                let (p, g) = b.read_ptr(needs_stream(spec, i, stream)?);
+                m.guards.push(g);
+                p
             }
-        }
+            (Arg::Out(b), Role::Out | Role::InOut | Role::In) => {
+                if !b.holds(ty) || (b.elems() as i64) < need {
+                    return Err(buffer_error(spec, i, &**b, need));
+                }
+                let (p, g) = b.write_ptr(needs_stream(spec, i, stream)?);
+                m.guards.push(g);
+                p
+            }
+            _ => return Err(role_error(spec, ci, i)),
+        };
     }
-    Ok(m)
+    Ok(())
 }
 
+#[cold]
+fn count_error(spec: &KernelSpec, l: &ArgLayout, got: usize) -> LaunchError {
+    LaunchError::Args(Error::InvalidArgument(format!(
+        "kernel `{}` takes {} arguments{}, got {got}",
+        spec.name,
+        l.caller_args(),
+        if l.tensor_maps() > 0 {
+            " (its tensor maps are made by jitune, not passed)"
+        } else {
+            ""
+        },
+    )))
+}
+
+#[cold]
+fn role_error(spec: &KernelSpec, ci: usize, i: usize) -> LaunchError {
+    let a = &spec.args[i];
+    LaunchError::Args(Error::InvalidArgument(format!(
+        "kernel `{}`: argument {ci} (`{}`) must be {}",
+        spec.name,
+        a.name,
+        match a.role {
+            Role::Scalar => "a scalar",
+            Role::In => "a buffer",
+            _ => "a mutable buffer (Arg::Out / &mut CudaSlice / Arg::from_raw_mut)",
+        }
+    )))
+}
+
+#[cold]
 fn needs_stream<'s>(
     spec: &KernelSpec,
-    a: &ArgSpec,
+    i: usize,
     stream: Option<&'s CudaStream>,
 ) -> std::result::Result<&'s CudaStream, LaunchError> {
     stream.ok_or_else(|| {
         LaunchError::Args(Error::InvalidArgument(format!(
             "kernel `{}`: argument `{}` is a cudarc buffer, which needs the launch's stream",
-            spec.name, a.name
+            spec.name, spec.args[i].name
         )))
     })
 }
@@ -378,21 +494,15 @@ pub fn launch(
     stream: &CudaStream,
     args: &mut [Arg<'_>],
 ) -> std::result::Result<(), LaunchError> {
-    let n_maps = spec.tensor_maps();
-    let n_args = spec.args.len();
-    let mut m = marshal(spec, r, Some(stream), args)?;
+    let n_args = r.layout.args();
+    let mut m = Marshalled::new();
+    marshal(spec, r, Some(stream), args, &mut m)?;
     let raw = &mut m.raw;
     // Outputs the kernel accumulates into start at zero (see `ArgSpec::zero`).
     if r.zero != 0 {
-        for (i, a) in spec.args.iter().enumerate() {
-            if r.zero & (1 << i) != 0 {
-                let bytes = r.need.get(i).copied().unwrap_or(0).max(0) as usize * a.ty.size();
-                unsafe { cu::memset_d8_async(raw[i], 0, bytes, stream.cu_stream()) }
-                    .map_err(|e| LaunchError::Driver("zero-filling an output of", e))?;
-            }
-        }
+        zero_fill(spec, r, raw, stream)?;
     }
-    let result = if n_maps == 0 {
+    let result = if r.layout.tensor_maps() == 0 {
         unsafe { launch_raw(func, &r.geometry, stream, &mut raw[..n_args], &mut [], &[]) }
     } else {
         // Tensor maps: encoded from the buffer pointers into slots on this stack.
@@ -414,6 +524,36 @@ pub fn launch(
     // The guards record cudarc's events now that the launch is enqueued.
     drop(m);
     result.map_err(|e| LaunchError::Driver("launching", e))
+}
+
+/// Zero-fills the outputs `r.zero` names, on the launch's stream.
+fn zero_fill(
+    spec: &KernelSpec,
+    r: &Resolved<'_>,
+    raw: &[u64; MAX_ARGS],
+    stream: &CudaStream,
+) -> std::result::Result<(), LaunchError> {
+    for (i, a) in spec.args.iter().enumerate() {
+        if r.zero & (1 << i) != 0 {
+            let bytes = r.need.get(i).copied().unwrap_or(0).max(0) as usize * a.ty.size();
+            unsafe { cu::memset_d8_async(raw[i], 0, bytes, stream.cu_stream()) }
+                .map_err(|e| LaunchError::Driver("zero-filling an output of", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The error of a buffer of the wrong element type or too short for the shape.
+#[cold]
+fn buffer_error(spec: &KernelSpec, i: usize, b: &dyn BufferArg, need: i64) -> LaunchError {
+    let a = &spec.args[i];
+    match check_buffer(spec, a, b, need) {
+        Err(e) => e,
+        Ok(()) => LaunchError::Args(Error::InvalidArgument(format!(
+            "kernel `{}`: argument `{}` was refused",
+            spec.name, a.name
+        ))),
+    }
 }
 
 fn check_buffer(
@@ -538,8 +678,9 @@ mod tests {
             .map(|d| space.int_value(&spec.default, d))
             .collect();
         let p = crate::gpu::prepared::Prepared::for_config(spec, &values, shape, &limits).unwrap();
-        match marshal(spec, &p.resolved(spec), None, args) {
-            Ok(m) => Ok(m.raw),
+        let mut m = Marshalled::new();
+        match marshal(spec, &p.resolved(spec), None, args, &mut m) {
+            Ok(()) => Ok(m.raw),
             Err(LaunchError::Args(e)) => Err(e.to_string()),
             Err(e) => panic!("not an argument error: {e:?}"),
         }

@@ -5,7 +5,7 @@
 //! and the serving plans that launch winners (which memoise the same values per shape). Both
 //! hand the result to [`launch`](super::launch::launch) as a [`Resolved`].
 
-use super::launch::{Resolved, MAX_ARGS};
+use super::launch::{ArgLayout, Resolved, MAX_ARGS};
 use crate::spec::{DeviceLimits, Geometry, KernelSpec, MAX_VARS};
 use crate::{Error, Result};
 
@@ -14,6 +14,7 @@ use crate::{Error, Result};
 /// of it (the serving plans memoise the same values per shape).
 #[derive(Clone, Debug)]
 pub struct Prepared {
+    pub layout: ArgLayout,
     pub env: [i64; MAX_VARS],
     pub geometry: Geometry,
     pub need: [i64; MAX_ARGS],
@@ -32,6 +33,7 @@ impl Prepared {
                 spec.dims.len()
             )));
         }
+        let layout = ArgLayout::of(spec)?;
         let mut env = *env;
         let base = spec.shape_slot();
         env[base..base + shape.len()].copy_from_slice(shape);
@@ -47,6 +49,7 @@ impl Prepared {
         }
         let zero = spec.zero_mask(&env)?;
         Ok(Prepared {
+            layout,
             env,
             geometry,
             need,
@@ -77,6 +80,7 @@ impl Prepared {
     /// What [`launch`](super::launch::launch) takes.
     pub fn resolved(&self, spec: &KernelSpec) -> Resolved<'_> {
         Resolved {
+            layout: &self.layout,
             env: &self.env,
             geometry: self.geometry,
             need: &self.need[..spec.args.len()],

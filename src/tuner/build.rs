@@ -58,10 +58,10 @@ impl Tuner {
         spec.fill_env(&values, &job.shape, self.inner.device.limits(), &mut env);
         let text = job.text(config);
         let Some(gpu) = self.inner.device.gpu() else {
-            return Ok(Plan::simulated(env, text, tuned));
+            return Plan::simulated(spec, env, text, tuned);
         };
         let image = match have {
-            Have::Func(f) => return Ok(Plan::new(f, env, text, tuned)),
+            Have::Func(f) => return Plan::new(f, spec, env, text, tuned),
             Have::Image(img) => img,
             // A preload has it (or is compiling it: wait rather than compile it twice).
             Have::Nothing => match self.preloaded(spec.id(), &text) {
@@ -91,6 +91,6 @@ impl Tuner {
             let _permit = gate().permit()?;
             load_function(&gpu.ctx, &image, &spec.entry, &geometry)?
         };
-        Ok(Plan::new(func, env, text, tuned))
+        Plan::new(func, spec, env, text, tuned)
     }
 }

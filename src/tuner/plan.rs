@@ -9,7 +9,7 @@ use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use cudarc::driver::{CudaFunction, CudaStream};
 
-use crate::gpu::launch::{launch, Arg, Resolved, MAX_ARGS};
+use crate::gpu::launch::{launch, marshal, Arg, ArgLayout, Marshalled, Resolved, MAX_ARGS};
 use crate::gpu::prepared::Prepared;
 use crate::key::MAX_DIMS;
 use crate::spec::{Geometry, KernelSpec, MAX_VARS};
@@ -111,6 +111,8 @@ impl LaunchMemo {
 pub struct Plan {
     /// The loaded function (`None` for a simulated device's plan, which cannot launch).
     func: Option<CudaFunction>,
+    /// The spec's arguments as a launch walks them (the spec is read only to word an error).
+    layout: ArgLayout,
     /// The variable table with the config's values and the device limits filled in; a launch
     /// copies it and writes the shape into its slots.
     env: [i64; MAX_VARS],
@@ -132,32 +134,40 @@ impl std::fmt::Debug for Plan {
 }
 
 impl Plan {
-    /// A plan of `func` for the config whose variable table (config values and device limits)
-    /// is `env`.
+    /// A plan of `func`, of `spec`, for the config whose variable table (config values and
+    /// device limits) is `env`.
     pub(crate) fn new(
         func: CudaFunction,
+        spec: &KernelSpec,
         env: [i64; MAX_VARS],
         config: String,
         tuned: bool,
-    ) -> Plan {
-        Plan {
+    ) -> Result<Plan> {
+        Ok(Plan {
             func: Some(func),
+            layout: ArgLayout::of(spec)?,
             env,
             memo: LaunchMemo::new(),
             config,
             tuned,
-        }
+        })
     }
 
     /// A simulated device's plan: the config, nothing loaded (it cannot launch).
-    pub(crate) fn simulated(env: [i64; MAX_VARS], config: String, tuned: bool) -> Plan {
-        Plan {
+    pub(crate) fn simulated(
+        spec: &KernelSpec,
+        env: [i64; MAX_VARS],
+        config: String,
+        tuned: bool,
+    ) -> Result<Plan> {
+        Ok(Plan {
             func: None,
+            layout: ArgLayout::of(spec)?,
             env,
             memo: LaunchMemo::new(),
             config,
             tuned,
-        }
+        })
     }
 
     /// The loaded function (`None` for a simulated device's plan). For benchmarks that launch
@@ -177,7 +187,45 @@ impl Plan {
         shape: &[i64],
         args: &mut [Arg<'_>],
     ) -> Result<()> {
-        if shape.len() != spec.dims.len() || spec.args.len() > MAX_ARGS {
+        let Some(func) = &self.func else {
+            return Err(crate::Error::InvalidArgument(format!(
+                "kernel `{}`: a simulated device's plan cannot launch",
+                spec.name
+            )));
+        };
+        self.with_resolved(spec, shape, |r| {
+            launch(func, spec, r, stream, args).map_err(|e| e.into_error(spec, &self.config))
+        })
+    }
+
+    /// Everything a launch does short of the driver: the shape checked, the geometry and
+    /// lengths from the memo, the arguments checked and laid out (raw pointers and scalars
+    /// only: cudarc buffers need a stream). Returns the argument table. Needs no GPU (it works
+    /// on a simulated plan), so the hit path's own work is tested and timed on the CPU.
+    #[doc(hidden)]
+    pub fn dry_launch(
+        &self,
+        spec: &KernelSpec,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> Result<[u64; MAX_ARGS]> {
+        self.with_resolved(spec, shape, |r| {
+            let mut m = Marshalled::new();
+            marshal(spec, r, None, args, &mut m).map_err(|e| e.into_error(spec, &self.config))?;
+            Ok(m.raw)
+        })
+    }
+
+    /// Calls `f` with this plan resolved at `shape`: the memoised geometry, lengths and zero
+    /// mask when the shape is the memo's, else evaluated (and memoised).
+    #[inline]
+    fn with_resolved<T>(
+        &self,
+        spec: &KernelSpec,
+        shape: &[i64],
+        f: impl FnOnce(&Resolved<'_>) -> Result<T>,
+    ) -> Result<T> {
+        if shape.len() != spec.dims.len() {
             return Err(crate::Error::Shape(format!(
                 "kernel `{}` takes {} dims, got {}",
                 spec.name,
@@ -189,7 +237,8 @@ impl Plan {
         // memo miss resolves from `self.env` and the shape): the hit path skips its 512-byte
         // copy otherwise.
         let filled;
-        let env: &[i64; MAX_VARS] = if spec.tensor_maps() > 0 {
+        let n_args = self.layout.args();
+        let env: &[i64; MAX_VARS] = if self.layout.tensor_maps() > 0 {
             let mut e = self.env;
             let base = spec.shape_slot();
             e[base..base + shape.len()].copy_from_slice(shape);
@@ -200,30 +249,24 @@ impl Plan {
         };
         let mut need = [0i64; MAX_ARGS];
         let mut zero = 0u64;
-        let geometry = match self.memo.read(shape, spec.args.len(), &mut need, &mut zero) {
+        let geometry = match self.memo.read(shape, n_args, &mut need, &mut zero) {
             Some(g) => g,
             None => {
                 let p = Prepared::resolve(spec, &self.env, shape)?;
                 self.memo
-                    .write(shape, &p.geometry, &p.need[..spec.args.len()], p.zero);
+                    .write(shape, &p.geometry, &p.need[..n_args], p.zero);
                 need = p.need;
                 zero = p.zero;
                 p.geometry
             }
         };
-        let r = Resolved {
+        f(&Resolved {
+            layout: &self.layout,
             env,
             geometry,
-            need: &need[..spec.args.len()],
+            need: &need[..n_args],
             zero,
-        };
-        let Some(func) = &self.func else {
-            return Err(crate::Error::InvalidArgument(format!(
-                "kernel `{}`: a simulated device's plan cannot launch",
-                spec.name
-            )));
-        };
-        launch(func, spec, &r, stream, args).map_err(|e| e.into_error(spec, &self.config))
+        })
     }
 }
 
@@ -297,5 +340,55 @@ mod tests {
             .collect();
         let hits: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert!(hits > 0);
+    }
+
+    #[test]
+    fn a_dry_launch_lays_out_the_arguments_and_fills_the_memo() {
+        use crate::gpu::launch::Arg;
+        use crate::spec::{DeviceLimits, ElemType};
+        let spec = KernelSpec::from_toml_file(format!(
+            "{}/kernels/sgemm.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let limits = DeviceLimits::h100();
+        let shape = [64i64, 32, 16];
+        let space = spec.space_for(&shape, &limits).unwrap();
+        let values: Vec<i64> = (0..spec.params.len())
+            .map(|d| space.int_value(&spec.default, d))
+            .collect();
+        let mut env = [0i64; MAX_VARS];
+        spec.fill_env(&values, &shape, &limits, &mut env);
+        let plan = Plan::simulated(&spec, env, "default".into(), false).unwrap();
+        let args = |b_len| unsafe {
+            [
+                Arg::from_raw(0xA000, 64 * 16, ElemType::F32),
+                Arg::from_raw(0xB000, b_len, ElemType::F32),
+                Arg::from_raw_mut(0xC000, 64 * 32, ElemType::F32),
+                Arg::from(64),
+                Arg::from(32),
+                Arg::from(16),
+            ]
+        };
+        let (mut need, mut zero) = ([0i64; MAX_ARGS], 0u64);
+        assert!(plan.memo.read(&shape, 6, &mut need, &mut zero).is_none());
+        // The first launch evaluates and memoises; the second reads the memo: same table.
+        for _ in 0..2 {
+            let raw = plan.dry_launch(&spec, &shape, &mut args(16 * 32)).unwrap();
+            assert_eq!(raw[..6], [0xA000, 0xB000, 0xC000, 64, 32, 16]);
+        }
+        assert!(plan.memo.read(&shape, 6, &mut need, &mut zero).is_some());
+        assert_eq!(need[..3], [64 * 16, 16 * 32, 64 * 32]);
+        // The memoised lengths are checked as the evaluated ones were.
+        let e = plan
+            .dry_launch(&spec, &shape, &mut args(16 * 32 - 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`B` has 511 elements, the shape needs 512"),
+            "{e}"
+        );
+        // A shape of the wrong rank is refused before anything is read.
+        assert!(plan.dry_launch(&spec, &shape[..2], &mut args(512)).is_err());
     }
 }
