@@ -66,6 +66,69 @@ pub enum Bucketing {
     Edges(Vec<i64>),
 }
 
+/// The bucketing rules of a kernel's dimensions, compact and `Copy`, kept beside a kernel handle
+/// so that a launch buckets its shape without reading the spec's `Dim`s (names and rules, a few
+/// cache lines that the driver's own work between launches evicts). Edges rules, which carry a
+/// list, are read from the spec's `Dim`s (`Rule::Edges`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeRules {
+    n: u8,
+    rules: [Rule; MAX_DIMS],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    Exact,
+    NextPow2,
+    Edges,
+}
+
+impl ShapeRules {
+    /// The rules of `dims` (`None` beyond [`MAX_DIMS`]).
+    pub fn of<'a>(dims: impl ExactSizeIterator<Item = &'a Bucketing>) -> Option<ShapeRules> {
+        if dims.len() > MAX_DIMS {
+            return None;
+        }
+        let mut r = ShapeRules {
+            n: dims.len() as u8,
+            rules: [Rule::Exact; MAX_DIMS],
+        };
+        for (slot, b) in r.rules.iter_mut().zip(dims) {
+            *slot = match b {
+                Bucketing::Exact => Rule::Exact,
+                Bucketing::NextPow2 => Rule::NextPow2,
+                Bucketing::Edges(_) => Rule::Edges,
+            };
+        }
+        Some(r)
+    }
+
+    /// The bucket of `shape`, as [`Bucketing::bucket`] of each dimension gives it (`edges(i)`:
+    /// dimension `i`'s rule, read only for an edges rule); `None` when the rank differs.
+    #[inline]
+    pub fn bucket<'a>(
+        &self,
+        shape: &[i64],
+        edges: impl Fn(usize) -> &'a Bucketing,
+    ) -> Option<ShapeBucket> {
+        if shape.len() != self.n as usize {
+            return None;
+        }
+        let mut b = [0i64; MAX_DIMS];
+        for (i, (&v, rule)) in shape.iter().zip(&self.rules).enumerate() {
+            b[i] = match rule {
+                Rule::Exact => v,
+                Rule::NextPow2 => Bucketing::NextPow2.bucket(v),
+                Rule::Edges => edges(i).bucket(v),
+            };
+        }
+        Some(ShapeBucket {
+            dims: b,
+            len: self.n,
+        })
+    }
+}
+
 impl Bucketing {
     /// The bucket `v` falls into.
     pub fn bucket(&self, v: i64) -> i64 {
@@ -346,6 +409,31 @@ pub type KeyHashBuilder = std::hash::BuildHasherDefault<KeyHasher>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_rules_bucket_as_each_dimensions_rule_does() {
+        let dims = [
+            Bucketing::Exact,
+            Bucketing::NextPow2,
+            Bucketing::Edges(vec![1, 8, 64]),
+        ];
+        let rules = ShapeRules::of(dims.iter()).unwrap();
+        for shape in [
+            [5i64, 5, 5],
+            [1, 1, 1],
+            [0, 3, 64],
+            [7, 1000, 65],
+            [-4, 1 << 62, 9],
+        ] {
+            let want: Vec<i64> = dims.iter().zip(shape).map(|(d, v)| d.bucket(v)).collect();
+            let got = rules.bucket(&shape, |i| &dims[i]).unwrap();
+            assert_eq!(got.dims(), &want[..], "{shape:?}");
+            assert_eq!(got, ShapeBucket::new(&want).unwrap());
+        }
+        // Another rank is not this kernel's shape; more dims than a key holds have no rules.
+        assert!(rules.bucket(&[1, 2], |i| &dims[i]).is_none());
+        assert!(ShapeRules::of(vec![Bucketing::Exact; MAX_DIMS + 1].iter()).is_none());
+    }
 
     #[test]
     fn bucketing_rules() {

@@ -69,7 +69,7 @@ use crate::engine::job::key_of;
 use crate::engine::{Isolation, IsolationOptions, TuningJob};
 use crate::gpu::device::Gpu;
 use crate::gpu::pool::CompilePool;
-use crate::key::TuningKey;
+use crate::key::{KernelId, ShapeRules, TuningKey};
 use crate::space::Config;
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -124,17 +124,41 @@ impl Mode {
     }
 }
 
-/// A kernel ready to be launched through a [`Tuner`]: its spec, shared.
+/// A kernel ready to be launched through a [`Tuner`]: its spec, shared, and what a launch reads
+/// to make its key (the spec's id and bucketing rules, here in the handle rather than behind the
+/// spec's pointer: the hit path's memory reads cost more than its arithmetic).
 #[derive(Clone, Debug)]
 pub struct Kernel {
     pub spec: Arc<KernelSpec>,
+    id: KernelId,
+    rules: Option<ShapeRules>,
 }
 
 impl Kernel {
     /// Wraps a spec.
     pub fn new(spec: KernelSpec) -> Kernel {
         Kernel {
+            id: spec.id(),
+            rules: ShapeRules::of(spec.dims.iter().map(|d| &d.bucketing)),
             spec: Arc::new(spec),
+        }
+    }
+
+    /// The key of a launch at `shape` on the device whose fingerprint hash is `device`: the
+    /// spec's bucketing, from the handle's copy of its rules.
+    #[inline]
+    fn key_on(&self, shape: &[i64], device: u64) -> Result<TuningKey> {
+        let bucket = self
+            .rules
+            .and_then(|r| r.bucket(shape, |i| &self.spec.dims[i].bucketing));
+        match bucket {
+            Some(shape) => Ok(TuningKey {
+                kernel: self.id,
+                shape,
+                device,
+            }),
+            // The error (or a spec past the rules' reach) from the spec itself.
+            None => key_of(&self.spec, shape, device),
         }
     }
 
@@ -147,6 +171,9 @@ impl Kernel {
 struct Inner {
     /// The GPU, or a simulated one (see [`device`]).
     device: Device,
+    /// The device's fingerprint hash (every key's last part), here so a launch does not read
+    /// the device's own allocation for it.
+    fingerprint_hash: u64,
     cache: Arc<Cache>,
     pool: Arc<CompilePool>,
     mode: AtomicU8,
@@ -266,6 +293,7 @@ impl Tuner {
         cache.start_remote_sync();
         Ok(Tuner {
             inner: Arc::new(Inner {
+                fingerprint_hash: device.fingerprint_hash(),
                 device,
                 cache,
                 pool: Arc::new(CompilePool::default_sized()),
@@ -504,7 +532,7 @@ impl Tuner {
 
     /// The tuning key of a launch.
     pub fn key(&self, kernel: &Kernel, shape: &[i64]) -> Result<TuningKey> {
-        key_of(&kernel.spec, shape, self.inner.device.fingerprint_hash())
+        kernel.key_on(shape, self.inner.fingerprint_hash)
     }
 
     /// The plan launches of this shape use now, if any.
@@ -530,19 +558,8 @@ impl Tuner {
         shape: &[i64],
         args: &mut [Arg<'_>],
     ) -> Result<()> {
-        let key = self.key(kernel, shape)?;
-        // The hit path: one shard read, an Arc clone, a striped counter, the launch.
-        let plan = match self.inner.states.plan(&key) {
-            Some(p) => {
-                self.inner.hits.add(1);
-                if gate().watching() {
-                    watch_capture(stream, self.pause_limit());
-                }
-                p
-            }
-            None => self.miss(kernel, key, Some(stream), shape)?,
-        };
-        plan.launch(&kernel.spec, stream, shape, args)
+        self.plan_to_launch(kernel, Some(stream), shape)?
+            .launch(&kernel.spec, stream, shape, args)
     }
 
     /// What a launch of `kernel` at `shape` does short of launching: the plan it would launch
@@ -550,13 +567,45 @@ impl Tuner {
     /// process tuning it). Warms a key ahead of its first launch, and drives a simulated
     /// device's tuner, whose plans cannot launch.
     pub fn resolve(&self, kernel: &Kernel, shape: &[i64]) -> Result<Arc<Plan>> {
+        self.plan_to_launch(kernel, None, shape)
+    }
+
+    /// A launch's whole hit path but the driver call: the key, the plan, the counters, the
+    /// arguments checked and laid out (raw pointers and scalars only). Returns the argument
+    /// table. Needs no GPU (works on a simulated device's tuner), so the hit path's own cost is
+    /// timed on any machine (`benches/hit_path.rs`).
+    #[doc(hidden)]
+    pub fn dry_launch(
+        &self,
+        kernel: &Kernel,
+        shape: &[i64],
+        args: &mut [Arg<'_>],
+    ) -> Result<[u64; crate::gpu::launch::MAX_ARGS]> {
+        self.plan_to_launch(kernel, None, shape)?
+            .dry_launch(&kernel.spec, shape, args)
+    }
+
+    /// The plan a launch on `stream` (none: a resolve) uses now. The hit path: one shard read,
+    /// an Arc clone, a striped counter (and, while tuning is active, the capture query).
+    #[inline]
+    fn plan_to_launch(
+        &self,
+        kernel: &Kernel,
+        stream: Option<&CudaStream>,
+        shape: &[i64],
+    ) -> Result<Arc<Plan>> {
         let key = self.key(kernel, shape)?;
         match self.inner.states.plan(&key) {
             Some(p) => {
                 self.inner.hits.add(1);
+                if let Some(stream) = stream {
+                    if gate().watching() {
+                        watch_capture(stream, self.pause_limit());
+                    }
+                }
                 Ok(p)
             }
-            None => self.miss(kernel, key, None, shape),
+            None => self.miss(kernel, key, stream, shape),
         }
     }
 

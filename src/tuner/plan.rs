@@ -19,13 +19,16 @@ use crate::Result;
 /// launches of the same shape (the common case: a key is a shape bucket) skip evaluating the
 /// spec's expressions. Every field is atomic, readers never block and writers never wait (a
 /// writer that finds another writing just skips the update).
+/// Laid out in the order a launch reads it (`repr(C)`), right after the plan's function: a hit
+/// reads a few adjacent cache lines of the plan, not fields scattered over its 900 bytes.
+#[repr(C)]
 struct LaunchMemo {
     seq: AtomicU64,
-    shape: [AtomicI64; MAX_DIMS],
-    geometry: [AtomicU32; 7],
-    need: [AtomicI64; MAX_ARGS],
     /// Bit i: argument i is zero-filled before the launch (its `zero` expression is non-zero).
     zero: AtomicU64,
+    geometry: [AtomicU32; 7],
+    shape: [AtomicI64; MAX_DIMS],
+    need: [AtomicI64; MAX_ARGS],
 }
 
 impl LaunchMemo {
@@ -107,16 +110,19 @@ impl LaunchMemo {
     }
 }
 
-/// Everything a launch needs for one key, resolved ahead of time.
+/// Everything a launch needs for one key, resolved ahead of time. `repr(C)`: what a hit reads
+/// (the function, the memo's head, the argument layout) comes first, next to the reference
+/// count that the hit's `Arc` clone touches anyway.
+#[repr(C)]
 pub struct Plan {
     /// The loaded function (`None` for a simulated device's plan, which cannot launch).
     func: Option<CudaFunction>,
+    memo: LaunchMemo,
     /// The spec's arguments as a launch walks them (the spec is read only to word an error).
     layout: ArgLayout,
     /// The variable table with the config's values and the device limits filled in; a launch
     /// copies it and writes the shape into its slots.
     env: [i64; MAX_VARS],
-    memo: LaunchMemo,
     /// The config, canonical text.
     pub config: String,
     /// Whether this is a tuned winner (false for a provisional or default plan).
