@@ -151,8 +151,9 @@ fn report(c: &Case, r: &TuneReport, wall_s: f64) {
     );
     println!(
         "  images: {} compiled by the batches, {} ready (binary table or prefetch); \
-         prefetched {}, of which the batches used {} (finished or joined in flight)",
-        st.compiled, st.reused, st.prefetched, st.prefetch_hits
+         prefetched {}, of which the batches used {} (finished or joined in flight); \
+         {} left to a later batch while still compiling",
+        st.compiled, st.reused, st.prefetched, st.prefetch_hits, st.deferred
     );
 }
 
@@ -174,6 +175,7 @@ fn run() -> jitune::Result<()> {
         let kernel = Kernel::from_toml_file(c.spec)?;
         let cache = Cache::open(CacheOptions::at(dir.join(format!("{}.sqlite", c.name))))?;
         let tuner = Tuner::with_context(ctx.clone(), cache, Mode::Blocking)?;
+        let cpu0 = CpuSnapshot::take();
         let t = Instant::now();
         let r = tuner.tune_with(
             &kernel,
@@ -184,7 +186,10 @@ fn run() -> jitune::Result<()> {
                 ..Default::default()
             },
         )?;
-        report(&c, &r, t.elapsed().as_secs_f64());
+        let wall = t.elapsed().as_secs_f64();
+        let cpu1 = CpuSnapshot::take();
+        report(&c, &r, wall);
+        cpu1.report_since(&cpu0, wall);
         let p = tuner.compile_pool_stats();
         println!(
             "  compile pool: {} compilations, {:.1} ms mean, {:.1} ms max, {} in this process, \
@@ -202,4 +207,139 @@ fn run() -> jitune::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Where the CPU went during a tuning run (Linux `/proc`; empty elsewhere): this process's
+/// threads, its child processes (the compile workers; live ones from their own `stat`, ended
+/// ones from this process's children totals) and the whole machine. Tells compile workers that
+/// wait for a CPU from workers that work longer.
+struct CpuSnapshot {
+    /// (thread id, name, CPU ms) of this process's threads.
+    threads: Vec<(String, String, f64)>,
+    /// CPU ms of live child processes, by pid.
+    children: Vec<(String, f64)>,
+    /// CPU ms of ended, reaped children.
+    reaped_ms: f64,
+    /// Busy and total jiffies of the machine.
+    machine: (f64, f64),
+}
+
+/// (name, utime + stime in ms, ppid) from a `stat` file.
+fn stat_of(path: &std::path::Path) -> Option<(String, f64, String, f64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let name = s[open + 1..close].to_string();
+    let f: Vec<&str> = s[close + 1..].split_whitespace().collect();
+    // After the name: state, ppid, ... utime is the 12th field after it, stime the 13th,
+    // cutime and cstime the next two (clock ticks of 10 ms).
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((
+        name,
+        (num(11) + num(12)) * 10.0,
+        f.get(1).unwrap_or(&"").to_string(),
+        (num(13) + num(14)) * 10.0,
+    ))
+}
+
+impl CpuSnapshot {
+    fn take() -> CpuSnapshot {
+        let me = std::process::id().to_string();
+        let mut threads = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for e in dir.flatten() {
+                if let Some((name, ms, _, _)) = stat_of(&e.path().join("stat")) {
+                    threads.push((e.file_name().to_string_lossy().into_owned(), name, ms));
+                }
+            }
+        }
+        let mut children = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if let Some((_, ms, ppid, _)) = stat_of(&e.path().join("stat")) {
+                    if ppid == me {
+                        children.push((pid, ms));
+                    }
+                }
+            }
+        }
+        let reaped_ms = stat_of(std::path::Path::new("/proc/self/stat"))
+            .map(|s| s.3)
+            .unwrap_or(0.0);
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let v: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let total: f64 = v.iter().sum();
+                let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+                Some((total - idle, total))
+            })
+            .unwrap_or((0.0, 0.0));
+        CpuSnapshot {
+            threads,
+            children,
+            reaped_ms,
+            machine,
+        }
+    }
+
+    fn report_since(&self, before: &CpuSnapshot, wall_s: f64) {
+        let mut threads: Vec<(String, f64)> = self
+            .threads
+            .iter()
+            .map(|(tid, name, ms)| {
+                let was = before
+                    .threads
+                    .iter()
+                    .find(|(t, _, _)| t == tid)
+                    .map_or(0.0, |b| b.2);
+                (name.clone(), ms - was)
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let own: f64 = threads.iter().map(|t| t.1).sum();
+        let live: f64 = self
+            .children
+            .iter()
+            .map(|(pid, ms)| {
+                ms - before
+                    .children
+                    .iter()
+                    .find(|(p, _)| p == pid)
+                    .map_or(0.0, |b| b.1)
+            })
+            .sum();
+        let reaped = self.reaped_ms - before.reaped_ms;
+        let (busy, total) = (
+            self.machine.0 - before.machine.0,
+            self.machine.1 - before.machine.1,
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        println!(
+            "  CPU (s): this process {:.2}, compile workers {:.2} ({} live, {:.2} s of ended ones); \
+             machine {:.1} of {cores} cores busy on average over {wall_s:.2} s",
+            own / 1e3,
+            (live + reaped) / 1e3,
+            self.children.len(),
+            reaped / 1e3,
+            if total > 0.0 { busy / total * cores } else { 0.0 },
+        );
+        let top: Vec<String> = threads
+            .iter()
+            .take(6)
+            .map(|(n, d)| format!("{n} {:.2}", d / 1e3))
+            .collect();
+        println!("  busiest threads of this process (s): {}", top.join(", "));
+    }
 }

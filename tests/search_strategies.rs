@@ -405,3 +405,78 @@ fn lfbo_batches_follow_the_evaluators_parallelism_up_to_max_batch() {
     assert_eq!(model_batch(16), 16, "a pool of 16 gets batches of 16");
     assert_eq!(model_batch(64), p.max_batch, "capped at max_batch");
 }
+
+/// An evaluator that leaves the last config of every batch of two or more unfinished (a
+/// straggler still compiling), and finishes it when it comes back.
+struct Straggling {
+    bowl: Bowl,
+    batches: Vec<Vec<Config>>,
+    unfinished: Vec<Config>,
+}
+
+impl Evaluator for Straggling {
+    fn space(&self) -> &SearchSpace {
+        self.bowl.space()
+    }
+    fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
+        self.bowl.evaluate(batch)
+    }
+    fn evaluate_some(&mut self, batch: &[Config]) -> Result<Vec<Option<Outcome>>> {
+        self.batches.push(batch.to_vec());
+        let cut = if batch.len() >= 2 {
+            batch.len() - 1
+        } else {
+            batch.len()
+        };
+        let mut out: Vec<Option<Outcome>> = self
+            .bowl
+            .evaluate(&batch[..cut])?
+            .into_iter()
+            .map(Some)
+            .collect();
+        if cut < batch.len() {
+            self.unfinished.push(batch[cut].clone());
+            out.push(None);
+        }
+        Ok(out)
+    }
+    fn remeasure(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
+        self.bowl.remeasure(batch, samples)
+    }
+    fn elapsed_s(&self) -> f64 {
+        self.bowl.elapsed_s()
+    }
+}
+
+#[test]
+fn a_batchs_stragglers_lead_the_next_batch_and_are_measured_once() {
+    for s in strategies() {
+        let mut e = Straggling {
+            bowl: Bowl::new(0.1),
+            batches: Vec::new(),
+            unfinished: Vec::new(),
+        };
+        let r = s.search(&mut e, &SearchOptions::new(2, 40)).unwrap();
+        assert!(r.observations.len() <= 40, "{}", s.name());
+        assert!(
+            !e.unfinished.is_empty(),
+            "{}: nothing was left unfinished",
+            s.name()
+        );
+        // Every straggler but the last batch's leads the next batch.
+        for (k, b) in e.batches.iter().enumerate().skip(1) {
+            let prev = &e.batches[k - 1];
+            if prev.len() >= 2 {
+                assert_eq!(&b[0], prev.last().unwrap(), "{}: batch {k}", s.name());
+            }
+        }
+        // Each config measured at most once; an observation for every config finished.
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            e.bowl.calls.iter().all(|c| seen.insert(c.clone())),
+            "{}: a config was measured twice",
+            s.name()
+        );
+        assert_eq!(e.bowl.calls.len(), r.observations.len(), "{}", s.name());
+    }
+}

@@ -12,11 +12,17 @@
 //! asks for it; a batch that asks while it still compiles joins it in the pool. A prefetched
 //! compile log reaches the evaluator exactly as a batch's does, so its failure is recorded the
 //! same way; a prefetch the pool loses is simply compiled by the batch that needs it.
+//!
+//! Every compilation a batch starts reports to this source, not to the batch: a batch may stop
+//! waiting for its stragglers ([`Fetch`] dropped early, see `Evaluator::evaluate_some`), and
+//! their images, arriving later, are stored and kept like a finished prefetch's; a later batch
+//! that wants one still compiling waits for it instead of compiling it again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -46,7 +52,17 @@ pub struct Binaries {
     /// This source's prefetches in the pool (one owner per `Binaries`).
     owner: u64,
     prefetched: Arc<Prefetched>,
+    /// Where every compilation a batch started reports (config text, result), whether or not
+    /// a batch still waits for it.
+    arrivals: (Sender<Arrival>, mpsc::Receiver<Arrival>),
+    /// Config texts compiling for a batch, not arrived yet.
+    pending: HashSet<String>,
+    /// Results that arrived after their batch stopped waiting, until a batch wants them.
+    late: HashMap<String, CompileResult>,
 }
+
+type Arrival = (String, Result<CompileResult>);
+type Sender<T> = mpsc::Sender<T>;
 
 /// Finished prefetches waiting for a batch, and the count of them.
 #[derive(Default)]
@@ -107,6 +123,9 @@ impl Binaries {
             prefetch_hits: 0,
             owner: OWNERS.fetch_add(1, Ordering::Relaxed),
             prefetched: Arc::default(),
+            arrivals: mpsc::channel(),
+            pending: HashSet::new(),
+            late: HashMap::new(),
         }
     }
 
@@ -190,13 +209,19 @@ impl Binaries {
     }
 
     /// Images for `wanted` (index, config, its canonical text, an image at hand if any), as
-    /// they become ready. Compilations start now.
+    /// they become ready. Compilations start now, except of configs an earlier batch started
+    /// and stopped waiting for (waited for here).
     pub fn fetch(&mut self, wanted: Vec<(usize, &Config, String, Option<Image>)>) -> Fetch {
         let mut ready = VecDeque::new();
-        let mut compile = Vec::new();
+        let mut awaited = HashMap::new();
         let mut reqs = Vec::new();
+        let mut texts = Vec::new();
         for (i, c, text, at_hand) in wanted {
             if at_hand.is_none() {
+                if let Some(r) = self.late.remove(&text) {
+                    ready.push_back((i, r));
+                    continue;
+                }
                 if let Some(r) = self.prefetched.take(&text) {
                     self.prefetch_hits += 1;
                     if r.is_ok() {
@@ -208,14 +233,70 @@ impl Binaries {
             }
             match at_hand.or_else(|| self.stored(&text)) {
                 Some(img) => ready.push_back((i, Ok(img))),
+                None if self.pending.contains(&text) => {
+                    awaited.insert(text, i);
+                }
                 None => {
                     reqs.push(CompileRequest::new(&self.spec, c, &self.gpu.arch));
-                    compile.push((i, text));
+                    self.pending.insert(text.clone());
+                    texts.push(text.clone());
+                    awaited.insert(text, i);
                 }
             }
         }
-        let rx = (!reqs.is_empty()).then(|| self.pool.submit(reqs));
-        Fetch { ready, compile, rx }
+        if !reqs.is_empty() {
+            // The pool reports by request index; this source's arrivals by config text.
+            let rx = self.pool.submit(reqs);
+            let tx = self.arrivals.0.clone();
+            let names = texts.clone();
+            let forwarded = std::thread::Builder::new()
+                .name("jitune-arrivals".into())
+                .spawn(move || {
+                    for (j, r) in rx {
+                        if tx.send((names[j].clone(), r)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            if let Err(e) = forwarded {
+                // No thread: these configs end as failed compilations of this batch.
+                log::warn!("jitune: could not start a thread for compile results ({e})");
+                for t in &texts {
+                    self.pending.remove(t);
+                }
+            }
+        }
+        Fetch { ready, awaited }
+    }
+
+    /// Takes one arrival, waiting at most until `deadline`: stored in the binary table (unless
+    /// a prefetch it joined stored it), counted.
+    fn arrive(&mut self, deadline: Option<Instant>) -> Arrived {
+        if self.pending.is_empty() {
+            return Arrived::Nothing;
+        }
+        let got = match deadline {
+            None => self.arrivals.1.recv().map_err(|_| false),
+            Some(d) => self
+                .arrivals
+                .1
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
+        };
+        let (text, r) = match got {
+            Ok(a) => a,
+            Err(true) => return Arrived::TimedOut,
+            Err(false) => return Arrived::Nothing,
+        };
+        self.pending.remove(&text);
+        if self.prefetched.take(&text).is_some() {
+            // It joined a prefetch in flight, which stored it already.
+            self.prefetch_hits += 1;
+        } else if let Ok(Ok(img)) = &r {
+            self.compiled += 1;
+            store(&self.cache, &self.key(&text), &self.spec.name, img);
+        }
+        Arrived::Some((text, r))
     }
 
     /// The image of one config: stored, else compiled now (and stored).
@@ -243,12 +324,23 @@ fn store(cache: &Cache, key: &BinaryKey<'_>, kernel: &str, image: &Image) {
     }
 }
 
-/// A batch's images as they become ready; see [`Binaries::fetch`].
+/// A batch's images as they become ready; see [`Binaries::fetch`]. Dropping it before the end
+/// stops waiting, not compiling: the rest arrive at the source and are kept for a later batch.
 pub struct Fetch {
     ready: VecDeque<(usize, std::result::Result<Image, String>)>,
-    /// Index and text of each compile request, in request order.
-    compile: Vec<(usize, String)>,
-    rx: Option<mpsc::Receiver<(usize, Result<CompileResult>)>>,
+    /// The batch index of each config text compiling for it.
+    awaited: HashMap<String, usize>,
+}
+
+/// What [`Fetch::next_until`] found.
+pub enum Next {
+    /// A config's image (`Ok(Err(log))`: it does not compile; `Err`: the compile machinery
+    /// itself failed).
+    Image(usize, Result<std::result::Result<Image, String>>),
+    /// The deadline passed first.
+    TimedOut,
+    /// Every image of the batch was handed out.
+    End,
 }
 
 impl Fetch {
@@ -259,18 +351,51 @@ impl Fetch {
         &mut self,
         bin: &mut Binaries,
     ) -> Option<(usize, Result<std::result::Result<Image, String>>)> {
-        if let Some((i, r)) = self.ready.pop_front() {
-            return Some((i, Ok(r)));
+        match self.next_until(bin, None) {
+            Next::Image(i, r) => Some((i, r)),
+            Next::TimedOut | Next::End => None,
         }
-        let (j, r) = self.rx.as_ref()?.recv().ok()?;
-        let (i, text) = &self.compile[j];
-        if bin.prefetched.take(text).is_some() {
-            // It joined a prefetch in flight, which stored it already.
-            bin.prefetch_hits += 1;
-        } else if let Ok(Ok(img)) = &r {
-            bin.compiled += 1;
-            store(&bin.cache, &bin.key(text), &bin.spec.name, img);
-        }
-        Some((*i, r))
     }
+
+    /// Configs of the batch waiting for their compilation.
+    pub fn compiling(&self) -> usize {
+        self.awaited.len()
+    }
+
+    /// The next image, waiting at most until `deadline` (`None`: as long as it takes).
+    pub fn next_until(&mut self, bin: &mut Binaries, deadline: Option<Instant>) -> Next {
+        if let Some((i, r)) = self.ready.pop_front() {
+            return Next::Image(i, Ok(r));
+        }
+        while !self.awaited.is_empty() {
+            let (text, r) = match bin.arrive(deadline) {
+                Arrived::Some(a) => a,
+                Arrived::TimedOut => return Next::TimedOut,
+                Arrived::Nothing => {
+                    // Nothing compiles for the awaited any more (the pool's machinery ended).
+                    let Some((text, i)) = self.awaited.drain().next() else {
+                        return Next::End;
+                    };
+                    bin.pending.remove(&text);
+                    return Next::Image(i, Err(Error::cuda("compile results ended early")));
+                }
+            };
+            if let Some(i) = self.awaited.remove(&text) {
+                return Next::Image(i, r);
+            }
+            // An earlier batch's straggler: kept for the batch that wants it.
+            if let Ok(r) = r {
+                bin.late.insert(text, r);
+            }
+        }
+        Next::End
+    }
+}
+
+/// What [`Binaries::arrive`] found.
+enum Arrived {
+    Some(Arrival),
+    TimedOut,
+    /// Nothing compiles for this source.
+    Nothing,
 }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use cudarc::driver::CudaFunction;
 
-use super::binaries::Binaries;
+use super::binaries::{Binaries, Next};
 use super::failures::{complete, FailureBook};
 use super::job::TuningJob;
 use crate::cache::Cache;
@@ -143,6 +143,9 @@ pub struct EvalStats {
     pub prefetched: usize,
     /// Batch configs whose image came from a prefetch (finished, or joined in flight).
     pub prefetch_hits: usize,
+    /// Batch configs left unfinished when their batch stopped waiting for its compile
+    /// stragglers (each led a later batch, or the search ended first).
+    pub deferred: usize,
 }
 
 impl EvalStats {
@@ -553,6 +556,20 @@ impl GpuEvaluator {
     }
 
     fn evaluate_inner(&mut self, batch: &[Config], timed: bool) -> Result<Vec<Outcome>> {
+        Ok(complete(
+            self.evaluate_some_inner(batch, timed, false)?,
+            FailureClass::Compile,
+        ))
+    }
+
+    /// Evaluates `batch`; with `defer`, returns once the stragglers are clearly that (see
+    /// [`DEFER_AFTER`]), `None` for each config not finished (its compilation goes on).
+    fn evaluate_some_inner(
+        &mut self,
+        batch: &[Config],
+        timed: bool,
+        defer: bool,
+    ) -> Result<Vec<Option<Outcome>>> {
         let mut out: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut wanted = Vec::new();
         let mut at_hand = Vec::new();
@@ -570,15 +587,25 @@ impl GpuEvaluator {
         let t = Instant::now();
         let mut fetch = self.binaries.fetch(wanted);
         let mut waited = t.elapsed().as_secs_f64();
+        let compiling = fetch.compiling();
+        let mut arrived = 0;
+        // Set once half of the batch's compilations have arrived.
+        let mut deadline: Option<Instant> = None;
         for i in at_hand {
             out[i] = Some(self.process(&batch[i], None, timed)?);
         }
         loop {
-            let t = Instant::now();
-            let Some((i, r)) = fetch.next_image(&mut self.binaries) else {
-                break;
+            let t_wait = Instant::now();
+            let (i, r) = match fetch.next_until(&mut self.binaries, deadline) {
+                Next::Image(i, r) => (i, r),
+                Next::TimedOut => {
+                    // Waiting for images all the same: the next candidate measured carries it.
+                    self.cost.image_wait_s += waited + t_wait.elapsed().as_secs_f64();
+                    break;
+                }
+                Next::End => break,
             };
-            self.cost.image_wait_s += waited + t.elapsed().as_secs_f64();
+            self.cost.image_wait_s += waited + t_wait.elapsed().as_secs_f64();
             waited = 0.0;
             out[i] = Some(match r? {
                 Ok(image) => self.process(&batch[i], Some(image), timed)?,
@@ -589,10 +616,30 @@ impl GpuEvaluator {
                     o
                 }
             });
+            arrived += 1;
+            if defer
+                && deadline.is_none()
+                && compiling >= DEFER_MIN_BATCH
+                && 2 * arrived >= compiling
+                && out.iter().any(|o| o.is_some())
+            {
+                deadline = Some(t + t.elapsed().mul_f64(DEFER_AFTER));
+            }
         }
-        Ok(complete(out, FailureClass::Compile))
+        self.stats.deferred += out.iter().filter(|o| o.is_none()).count();
+        Ok(out)
     }
 }
+
+/// A batch stops waiting for its stragglers once this many times the time its first half of
+/// compilations took has passed: compile times of one kernel's configs spread widely (SGEMM on
+/// the H200: 0.25-2 s of CPU each, the longest of a batch of 16 up to 4.5 s in a tuning run)
+/// and the workers that finished early would sit idle until the slowest ends. The stragglers
+/// go on compiling and lead the next batch.
+const DEFER_AFTER: f64 = 1.5;
+
+/// Batches with fewer compilations than this wait for all of them.
+const DEFER_MIN_BATCH: usize = 4;
 
 impl Evaluator for GpuEvaluator {
     fn space(&self) -> &SearchSpace {
@@ -602,9 +649,16 @@ impl Evaluator for GpuEvaluator {
     fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<Outcome>> {
         self.ensure_reference()?;
         let out = self.evaluate_inner(batch, true);
-        let b = &self.binaries;
-        (self.stats.compiled, self.stats.reused) = (b.compiled, b.reused);
-        (self.stats.prefetched, self.stats.prefetch_hits) = (b.prefetched(), b.prefetch_hits);
+        self.note_binaries();
+        out
+    }
+
+    /// As `evaluate`, returning before the batch's compile stragglers are done (see
+    /// [`DEFER_AFTER`]).
+    fn evaluate_some(&mut self, batch: &[Config]) -> Result<Vec<Option<Outcome>>> {
+        self.ensure_reference()?;
+        let out = self.evaluate_some_inner(batch, true, true);
+        self.note_binaries();
         out
     }
 
@@ -637,6 +691,12 @@ impl Evaluator for GpuEvaluator {
 }
 
 impl GpuEvaluator {
+    fn note_binaries(&mut self) {
+        let b = &self.binaries;
+        (self.stats.compiled, self.stats.reused) = (b.compiled, b.reused);
+        (self.stats.prefetched, self.stats.prefetch_hits) = (b.prefetched(), b.prefetch_hits);
+    }
+
     fn remeasure_inner(&mut self, batch: &[Config], samples: usize) -> Result<Vec<Outcome>> {
         // Interleaved: one run of each config per round, so clock drift hits all alike.
         let mut collected: Vec<Vec<f64>> = vec![Vec::new(); batch.len()];

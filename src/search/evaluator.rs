@@ -98,4 +98,14 @@ pub trait Evaluator {
     fn parallelism(&self) -> usize {
         1
     }
+
+    /// Like [`Evaluator::evaluate`], but it may return before the slowest of the batch are
+    /// done: `None` for a config it has not finished (its compilation goes on), which the
+    /// session hands back in its next batch. A batch that waits for its slowest compilation
+    /// leaves the compile workers idle meanwhile: the GPU engine returns once most of a batch
+    /// is measured and the rest are stragglers, so the next batch's compilations start beside
+    /// theirs. At least one config of a batch is finished. The default finishes them all.
+    fn evaluate_some(&mut self, batch: &[Config]) -> Result<Vec<Option<Outcome>>> {
+        Ok(self.evaluate(batch)?.into_iter().map(Some).collect())
+    }
 }

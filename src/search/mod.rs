@@ -286,6 +286,9 @@ pub struct Session<'a> {
     last_batch: Option<(usize, f64)>,
     /// A batch was cut to nothing because it would have ended past the time budget.
     out_of_time: bool,
+    /// Configs the evaluator had not finished when it returned a batch (stragglers still
+    /// compiling, [`Evaluator::evaluate_some`]): they lead the next batch.
+    deferred: Vec<Config>,
 }
 
 impl<'a> Session<'a> {
@@ -314,6 +317,7 @@ impl<'a> Session<'a> {
             seeded: 0,
             last_batch: None,
             out_of_time: false,
+            deferred: Vec::new(),
         };
         s.report_progress();
         s
@@ -473,7 +477,9 @@ impl<'a> Session<'a> {
     pub fn evaluate(&mut self, batch: &[Config]) -> Result<Vec<usize>> {
         let room = self.remaining();
         let mut todo: Vec<Config> = Vec::new();
-        for c in batch {
+        // The last batch's stragglers first: their compilations are under way.
+        let deferred = std::mem::take(&mut self.deferred);
+        for c in deferred.iter().chain(batch) {
             if todo.len() >= room {
                 break;
             }
@@ -487,16 +493,21 @@ impl<'a> Session<'a> {
         }
         let started_s = self.eval.elapsed_s();
         let n = todo.len();
-        let outcomes = self.eval.evaluate(&todo)?;
-        if outcomes.len() != todo.len() {
+        let outcomes = self.eval.evaluate_some(&todo)?;
+        if outcomes.len() != todo.len() || outcomes.iter().all(|o| o.is_none()) {
             return Err(Error::Search(format!(
-                "evaluator returned {} outcomes for {} configs",
+                "evaluator returned {} outcomes ({} finished) for {} configs",
                 outcomes.len(),
+                outcomes.iter().filter(|o| o.is_some()).count(),
                 todo.len()
             )));
         }
         let mut new = Vec::with_capacity(todo.len());
         for (c, out) in todo.into_iter().zip(outcomes) {
+            let Some(out) = out else {
+                self.deferred.push(c);
+                continue;
+            };
             let i = self.obs.len();
             let o = match out {
                 Outcome::Measured(m) => Observation {
