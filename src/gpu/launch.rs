@@ -419,25 +419,51 @@ pub fn marshal<'s>(
                 buffer.ptr
             }
             (Arg::In(b), Role::In) => {
-                if !b.holds(ty) || (b.elems() as i64) < need {
-                    return Err(buffer_error(spec, i, &**b, need));
-                }
-                let (p, g) = b.read_ptr(needs_stream(spec, i, stream)?);
-                m.guards.push(g);
-                p
+                cudarc_buffer(spec, i, ty, need, Side::Read(&**b), stream, m)?
             }
             (Arg::Out(b), Role::Out | Role::InOut | Role::In) => {
-                if !b.holds(ty) || (b.elems() as i64) < need {
-                    return Err(buffer_error(spec, i, &**b, need));
-                }
-                let (p, g) = b.write_ptr(needs_stream(spec, i, stream)?);
-                m.guards.push(g);
-                p
+                cudarc_buffer(spec, i, ty, need, Side::Write(&mut **b), stream, m)?
             }
             _ => return Err(role_error(spec, ci, i)),
         };
     }
     Ok(())
+}
+
+/// A cudarc slice or view for reading or writing.
+enum Side<'a, 's> {
+    Read(&'s dyn BufferArg),
+    Write(&'s mut (dyn BufferArg + 'a)),
+}
+
+/// A cudarc slice or view: checked, its pointer taken on `stream` and its stream-ordering guard
+/// kept in `m`. Out of line: raw pointers, the serving path's usual arguments, skip this code.
+#[inline(never)]
+fn cudarc_buffer<'a, 's>(
+    spec: &KernelSpec,
+    i: usize,
+    ty: ElemType,
+    need: i64,
+    b: Side<'a, 's>,
+    stream: Option<&'s CudaStream>,
+    m: &mut Marshalled<'s>,
+) -> std::result::Result<u64, LaunchError> {
+    let (p, g) = match b {
+        Side::Read(b) => {
+            if !b.holds(ty) || (b.elems() as i64) < need {
+                return Err(buffer_error(spec, i, b, need));
+            }
+            b.read_ptr(needs_stream(spec, i, stream)?)
+        }
+        Side::Write(b) => {
+            if !b.holds(ty) || (b.elems() as i64) < need {
+                return Err(buffer_error(spec, i, &*b, need));
+            }
+            b.write_ptr(needs_stream(spec, i, stream)?)
+        }
+    };
+    m.guards.push(g);
+    Ok(p)
 }
 
 #[cold]
@@ -505,28 +531,42 @@ pub fn launch(
     let result = if r.layout.tensor_maps() == 0 {
         unsafe { launch_raw(func, &r.geometry, stream, &mut raw[..n_args], &mut [], &[]) }
     } else {
-        // Tensor maps: encoded from the buffer pointers into slots on this stack.
-        let mut slots = [TensorMapSlot::ZERO; MAX_TENSOR_MAPS];
-        let mut map_args = [0usize; MAX_TENSOR_MAPS];
-        let n = encode_all(spec, r.env, &raw[..n_args], &mut slots, &mut map_args)
-            .map_err(LaunchError::Args)?;
-        unsafe {
-            launch_raw(
-                func,
-                &r.geometry,
-                stream,
-                &mut raw[..n_args],
-                &mut slots[..n],
-                &map_args[..n],
-            )
-        }
+        launch_with_maps(func, spec, r, stream, &mut raw[..n_args])?
     };
     // The guards record cudarc's events now that the launch is enqueued.
     drop(m);
     result.map_err(|e| LaunchError::Driver("launching", e))
 }
 
-/// Zero-fills the outputs `r.zero` names, on the launch's stream.
+/// Launches with the spec's tensor maps encoded from the buffer pointers into slots on this
+/// stack. Out of line: most kernels have none, and the hit path's code stays short (after the
+/// driver's own work between launches, a launch's instructions come back from memory too).
+#[cold]
+#[inline(never)]
+fn launch_with_maps(
+    func: &CudaFunction,
+    spec: &KernelSpec,
+    r: &Resolved<'_>,
+    stream: &CudaStream,
+    raw: &mut [u64],
+) -> std::result::Result<std::result::Result<(), DriverError>, LaunchError> {
+    let mut slots = [TensorMapSlot::ZERO; MAX_TENSOR_MAPS];
+    let mut map_args = [0usize; MAX_TENSOR_MAPS];
+    let n = encode_all(spec, r.env, raw, &mut slots, &mut map_args).map_err(LaunchError::Args)?;
+    Ok(unsafe {
+        launch_raw(
+            func,
+            &r.geometry,
+            stream,
+            raw,
+            &mut slots[..n],
+            &map_args[..n],
+        )
+    })
+}
+
+/// Zero-fills the outputs `r.zero` names, on the launch's stream (out of line, as above).
+#[inline(never)]
 fn zero_fill(
     spec: &KernelSpec,
     r: &Resolved<'_>,

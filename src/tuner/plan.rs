@@ -222,6 +222,26 @@ impl Plan {
         })
     }
 
+    /// Evaluates the spec's expressions at `shape` (a shape the memo does not hold) and
+    /// memoises them. Out of line: the hit path's code stays short.
+    #[cold]
+    #[inline(never)]
+    fn resolve_into_memo(
+        &self,
+        spec: &KernelSpec,
+        shape: &[i64],
+        need: &mut [i64; MAX_ARGS],
+        zero: &mut u64,
+    ) -> Result<Geometry> {
+        let n_args = self.layout.args();
+        let p = Prepared::resolve(spec, &self.env, shape)?;
+        self.memo
+            .write(shape, &p.geometry, &p.need[..n_args], p.zero);
+        *need = p.need;
+        *zero = p.zero;
+        Ok(p.geometry)
+    }
+
     /// Calls `f` with this plan resolved at `shape`: the memoised geometry, lengths and zero
     /// mask when the shape is the memo's, else evaluated (and memoised).
     #[inline]
@@ -257,14 +277,7 @@ impl Plan {
         let mut zero = 0u64;
         let geometry = match self.memo.read(shape, n_args, &mut need, &mut zero) {
             Some(g) => g,
-            None => {
-                let p = Prepared::resolve(spec, &self.env, shape)?;
-                self.memo
-                    .write(shape, &p.geometry, &p.need[..n_args], p.zero);
-                need = p.need;
-                zero = p.zero;
-                p.geometry
-            }
+            None => self.resolve_into_memo(spec, shape, &mut need, &mut zero)?,
         };
         f(&Resolved {
             layout: &self.layout,
