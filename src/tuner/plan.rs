@@ -120,6 +120,9 @@ pub struct Plan {
     memo: LaunchMemo,
     /// The spec's arguments as a launch walks them (the spec is read only to word an error).
     layout: ArgLayout,
+    /// The spec's number of shape dimensions (a launch checks the shape's rank against it
+    /// without reading the spec).
+    dims: usize,
     /// The variable table with the config's values and the device limits filled in; a launch
     /// copies it and writes the shape into its slots.
     env: [i64; MAX_VARS],
@@ -152,6 +155,7 @@ impl Plan {
         Ok(Plan {
             func: Some(func),
             layout: ArgLayout::of(spec)?,
+            dims: spec.dims.len(),
             env,
             memo: LaunchMemo::new(),
             config,
@@ -169,6 +173,7 @@ impl Plan {
         Ok(Plan {
             func: None,
             layout: ArgLayout::of(spec)?,
+            dims: spec.dims.len(),
             env,
             memo: LaunchMemo::new(),
             config,
@@ -251,7 +256,7 @@ impl Plan {
         shape: &[i64],
         f: impl FnOnce(&Resolved<'_>) -> Result<T>,
     ) -> Result<T> {
-        if shape.len() != spec.dims.len() {
+        if shape.len() != self.dims {
             return Err(crate::Error::Shape(format!(
                 "kernel `{}` takes {} dims, got {}",
                 spec.name,
