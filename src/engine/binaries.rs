@@ -252,8 +252,21 @@ impl Binaries {
             let forwarded = std::thread::Builder::new()
                 .name("jitune-arrivals".into())
                 .spawn(move || {
+                    let mut sent = vec![false; names.len()];
                     for (j, r) in rx {
-                        if tx.send((names[j].clone(), r)).is_err() {
+                        let (Some(done), Some(name)) = (sent.get_mut(j), names.get(j)) else {
+                            continue;
+                        };
+                        *done = true;
+                        if tx.send((name.clone(), r)).is_err() {
+                            return;
+                        }
+                    }
+                    // The pool's channel closed short of some results: they arrive as errors,
+                    // or a batch waiting for them would wait forever.
+                    for (j, _) in sent.iter().enumerate().filter(|(_, s)| !**s) {
+                        let lost = Err(Error::cuda("the compile pool ended before this result"));
+                        if tx.send((names[j].clone(), lost)).is_err() {
                             return;
                         }
                     }
