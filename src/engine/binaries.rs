@@ -375,6 +375,12 @@ impl Fetch {
         self.awaited.len()
     }
 
+    /// Configs of the batch whose images were ready at once (handed out before any compiled
+    /// one).
+    pub fn ready_now(&self) -> usize {
+        self.ready.len()
+    }
+
     /// The next image, waiting at most until `deadline` (`None`: as long as it takes).
     pub fn next_until(&mut self, bin: &mut Binaries, deadline: Option<Instant>) -> Next {
         if let Some((i, r)) = self.ready.pop_front() {

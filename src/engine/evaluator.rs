@@ -588,6 +588,8 @@ impl GpuEvaluator {
         let mut fetch = self.binaries.fetch(wanted);
         let mut waited = t.elapsed().as_secs_f64();
         let compiling = fetch.compiling();
+        // Images at hand come out first; the deadline counts compiled ones only.
+        let mut not_compiled = fetch.ready_now();
         let mut arrived = 0;
         // Set once half of the batch's compilations have arrived.
         let mut deadline: Option<Instant> = None;
@@ -616,7 +618,11 @@ impl GpuEvaluator {
                     o
                 }
             });
-            arrived += 1;
+            if not_compiled > 0 {
+                not_compiled -= 1;
+            } else {
+                arrived += 1;
+            }
             if defer
                 && deadline.is_none()
                 && compiling >= DEFER_MIN_BATCH
