@@ -22,7 +22,7 @@ use cudarc::driver::{
 use super::compile::Image;
 use super::convert::scalar_bits;
 use super::tensor_map::{encode_all, TensorMapSlot};
-use crate::spec::{ArgSpec, ElemType, Geometry, KernelSpec, Role, MAX_TENSOR_MAPS, MAX_VARS};
+use crate::spec::{ElemType, Geometry, KernelSpec, Role, MAX_TENSOR_MAPS, MAX_VARS};
 use crate::{Error, Result};
 
 /// Most kernel arguments a spec may have.
@@ -413,9 +413,7 @@ pub fn marshal<'s>(
             (Arg::Raw { buffer, writable }, role)
                 if role == Role::In || (*writable && matches!(role, Role::Out | Role::InOut)) =>
             {
-                if buffer.ty != ty || (buffer.elems as i64) < need {
-                    return Err(buffer_error(spec, i, buffer, need));
-                }
+                check_buffer(spec, i, buffer, ty, need)?;
                 buffer.ptr
             }
             (Arg::In(b), Role::In) => {
@@ -450,15 +448,11 @@ fn cudarc_buffer<'a, 's>(
 ) -> std::result::Result<u64, LaunchError> {
     let (p, g) = match b {
         Side::Read(b) => {
-            if !b.holds(ty) || (b.elems() as i64) < need {
-                return Err(buffer_error(spec, i, b, need));
-            }
+            check_buffer(spec, i, b, ty, need)?;
             b.read_ptr(needs_stream(spec, i, stream)?)
         }
         Side::Write(b) => {
-            if !b.holds(ty) || (b.elems() as i64) < need {
-                return Err(buffer_error(spec, i, &*b, need));
-            }
+            check_buffer(spec, i, &*b, ty, need)?;
             b.write_ptr(needs_stream(spec, i, stream)?)
         }
     };
@@ -583,42 +577,39 @@ fn zero_fill(
     Ok(())
 }
 
-/// The error of a buffer of the wrong element type or too short for the shape.
-#[cold]
-fn buffer_error(spec: &KernelSpec, i: usize, b: &dyn BufferArg, need: i64) -> LaunchError {
-    let a = &spec.args[i];
-    match check_buffer(spec, a, b, need) {
-        Err(e) => e,
-        Ok(()) => LaunchError::Args(Error::InvalidArgument(format!(
-            "kernel `{}`: argument `{}` was refused",
-            spec.name, a.name
-        ))),
-    }
-}
-
-fn check_buffer(
+/// Checks that buffer argument `i` holds `ty` and at least `need` elements; the error, worded
+/// from the spec, is built out of line.
+#[inline]
+fn check_buffer<B: BufferArg + ?Sized>(
     spec: &KernelSpec,
-    a: &ArgSpec,
-    b: &dyn BufferArg,
+    i: usize,
+    b: &B,
+    ty: ElemType,
     need: i64,
 ) -> std::result::Result<(), LaunchError> {
-    if !b.holds(a.ty) {
-        return Err(LaunchError::Args(Error::InvalidArgument(format!(
+    if b.holds(ty) && (b.elems() as i64) >= need {
+        return Ok(());
+    }
+    Err(buffer_error(spec, i, b.holds(ty), b.elems(), need))
+}
+
+/// The error of buffer argument `i`: of the wrong element type, or too short for the shape.
+#[cold]
+fn buffer_error(spec: &KernelSpec, i: usize, holds: bool, elems: usize, need: i64) -> LaunchError {
+    let a = &spec.args[i];
+    LaunchError::Args(Error::InvalidArgument(if !holds {
+        format!(
             "kernel `{}`: argument `{}` must hold {}",
             spec.name,
             a.name,
             a.ty.name()
-        ))));
-    }
-    if (b.elems() as i64) < need {
-        return Err(LaunchError::Args(Error::InvalidArgument(format!(
-            "kernel `{}`: argument `{}` has {} elements, the shape needs {need}",
-            spec.name,
-            a.name,
-            b.elems()
-        ))));
-    }
-    Ok(())
+        )
+    } else {
+        format!(
+            "kernel `{}`: argument `{}` has {elems} elements, the shape needs {need}",
+            spec.name, a.name
+        )
+    }))
 }
 
 /// `cuLaunchKernel` with raw argument values: `values[i]` holds argument `i` (a device pointer
