@@ -152,15 +152,7 @@ impl Plan {
         config: String,
         tuned: bool,
     ) -> Result<Plan> {
-        Ok(Plan {
-            func: Some(func),
-            layout: ArgLayout::of(spec)?,
-            dims: spec.dims.len(),
-            env,
-            memo: LaunchMemo::new(),
-            config,
-            tuned,
-        })
+        Plan::of(Some(func), spec, env, config, tuned)
     }
 
     /// A simulated device's plan: the config, nothing loaded (it cannot launch).
@@ -170,8 +162,18 @@ impl Plan {
         config: String,
         tuned: bool,
     ) -> Result<Plan> {
+        Plan::of(None, spec, env, config, tuned)
+    }
+
+    fn of(
+        func: Option<CudaFunction>,
+        spec: &KernelSpec,
+        env: [i64; MAX_VARS],
+        config: String,
+        tuned: bool,
+    ) -> Result<Plan> {
         Ok(Plan {
-            func: None,
+            func,
             layout: ArgLayout::of(spec)?,
             dims: spec.dims.len(),
             env,
