@@ -9,7 +9,7 @@
 //! stay byte-identical for an unchanged kernel, so changes here are changes of every id.
 
 use crate::expr::Expr;
-use crate::key::{KernelId, ShapeBucket, MAX_DIMS};
+use crate::key::{KernelId, ShapeBucket, ShapeRules};
 use crate::space::{Config, Param, SearchSpace, Value};
 use crate::{Error, Result};
 
@@ -88,16 +88,11 @@ impl KernelSpec {
         self.params.len() + self.dims.len()
     }
 
-    /// Buckets a raw shape; `None` when the number of dims is wrong. Allocation-free.
+    /// Buckets a raw shape; `None` when the number of dims is wrong. Allocation-free. The
+    /// rules are the ones a kernel handle keeps for its launches ([`ShapeRules`]).
     pub fn bucket(&self, shape: &[i64]) -> Option<ShapeBucket> {
-        if shape.len() != self.dims.len() {
-            return None;
-        }
-        let mut b = [0i64; MAX_DIMS];
-        for (i, (d, v)) in self.dims.iter().zip(shape).enumerate() {
-            b[i] = d.bucketing.bucket(*v);
-        }
-        ShapeBucket::new(&b[..shape.len()])
+        ShapeRules::of(self.dims.iter().map(|d| &d.bucketing))?
+            .bucket(shape, |i| &self.dims[i].bucketing)
     }
 
     /// The search space for one shape on one device (constraints may read both).
