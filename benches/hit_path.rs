@@ -13,31 +13,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jitune::cache::Cache;
-use jitune::key::{Bucketing, DeviceFingerprint};
+use jitune::key::DeviceFingerprint;
 use jitune::replay::Cachefile;
-use jitune::space::Param;
-use jitune::spec::{ElemType, SpecBuilder};
-use jitune::tuner::{Arg, Kernel, Mode, SimDevice, Tuner};
+use jitune::tuner::{Arg, Mode, SimDevice, Tuner};
+use tiny::median;
 
-const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, int n) {
-    int i = blockIdx.x * B + threadIdx.x;
-    if (i < n) y[i] = x[i] + 1.0f;
-}"#;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+mod tiny;
 
 fn args(n: usize) -> [Arg<'static>; 3] {
     // SAFETY: nothing is launched; the pointers are only checked and laid out.
-    unsafe {
-        [
-            Arg::from_raw(0x7f00_0000_1000, n, ElemType::F32),
-            Arg::from_raw_mut(0x7f00_0040_0000, n, ElemType::F32),
-            Arg::from(n as i32),
-        ]
-    }
+    unsafe { tiny::raw_args(0x7f00_0000_1000, 0x7f00_0040_0000, n) }
 }
 
 /// Touches `buf` a cache line at a time (what other work does to the caches between launches).
@@ -62,19 +47,7 @@ fn main() -> jitune::Result<()> {
     };
     let dev = SimDevice::new(Arc::new(data), fp, "sim-hit-path", 0.0);
     let tuner = Tuner::simulated(dev, Cache::memory_only(), Mode::CacheOnly)?;
-    let spec = SpecBuilder::new("tiny")
-        .source(SRC)
-        .entry("tiny")
-        .param(Param::ints("B", &[32, 64, 128]))
-        .dim("n", Bucketing::NextPow2)
-        .grid(["ceil_div(n, B)", "1", "1"])
-        .block(["B", "1", "1"])
-        .arg_buffer("x", "f32", "in", "n", "uniform(-1, 1)")
-        .arg_buffer("y", "f32", "out", "n", "")
-        .arg_scalar("n", "i32", "n")
-        .default_config(&[("B", "64")])
-        .build()?;
-    let kernel = Kernel::new(spec);
+    let kernel = tiny::kernel()?;
     let n = 256usize;
     let shape = [n as i64];
     // The first call resolves the key (cache-only: the default's plan); then every call hits.

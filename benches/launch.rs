@@ -37,14 +37,10 @@ use cudarc::driver::{
     result as cu, CudaContext, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use jitune::cache::Cache;
-use jitune::space::Param;
-use jitune::spec::{ElemType, SpecBuilder};
-use jitune::tuner::{Arg, Kernel, Mode, TuneOptions, Tuner};
+use jitune::tuner::{Arg, Mode, TuneOptions, Tuner};
+use tiny::median;
 
-const SRC: &str = r#"extern "C" __global__ void tiny(const float* x, float* y, int n) {
-    int i = blockIdx.x * B + threadIdx.x;
-    if (i < n) y[i] = x[i] + 1.0f;
-}"#;
+mod tiny;
 
 /// Keeps the GPU busy for `cycles` SM clocks (the queued mode's blocker).
 const SPIN: &str = r#"extern "C" __global__ void spin(long long cycles) {
@@ -64,38 +60,15 @@ fn main() {
     }
 }
 
-/// The bench's buffers as raw-pointer arguments (what a caller holding `data_ptr`s passes).
-fn raw_args(x: u64, y: u64, n: usize, ni: i32) -> [Arg<'static>; 3] {
+/// The bench's buffers as raw-pointer arguments.
+fn raw_args(x: u64, y: u64, n: usize) -> [Arg<'static>; 3] {
     // SAFETY: x and y are live allocations of n f32 each on the launch's context; the bench
     // orders everything on one stream.
-    unsafe {
-        [
-            Arg::from_raw(x, n, ElemType::F32),
-            Arg::from_raw_mut(y, n, ElemType::F32),
-            Arg::from(ni),
-        ]
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    unsafe { tiny::raw_args(x, y, n) }
 }
 
 fn run() -> jitune::Result<()> {
-    let spec = SpecBuilder::new("tiny")
-        .source(SRC)
-        .entry("tiny")
-        .param(Param::ints("B", &[32, 64, 128]))
-        .dim("n", jitune::key::Bucketing::NextPow2)
-        .grid(["ceil_div(n, B)", "1", "1"])
-        .block(["B", "1", "1"])
-        .arg_buffer("x", "f32", "in", "n", "uniform(-1, 1)")
-        .arg_buffer("y", "f32", "out", "n", "")
-        .arg_scalar("n", "i32", "n")
-        .default_config(&[("B", "64")])
-        .build()?;
-    let kernel = Kernel::new(spec);
+    let kernel = tiny::kernel()?;
     let ctx = CudaContext::new(0).map_err(|e| jitune::Error::driver("CUDA", e))?;
     let tuner = Tuner::with_context(ctx.clone(), Cache::memory_only(), Mode::Blocking)?;
     tuner.set_tune_options(TuneOptions {
@@ -237,9 +210,7 @@ fn run() -> jitune::Result<()> {
                             &shape,
                             &mut [Arg::from(&x), Arg::from(&mut y), Arg::from(ni)],
                         )?,
-                        3 => {
-                            tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?
-                        }
+                        3 => tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n))?,
                         6 => {
                             let p = tuner
                                 .plan(&kernel, &shape)
@@ -250,12 +221,9 @@ fn run() -> jitune::Result<()> {
                             }
                             .map_err(|e| jitune::Error::driver("CUDA", e))?
                         }
-                        7 => plan.launch(
-                            &kernel.spec,
-                            &stream,
-                            &shape,
-                            &mut raw_args(xp, yp, n, ni),
-                        )?,
+                        7 => {
+                            plan.launch(&kernel.spec, &stream, &shape, &mut raw_args(xp, yp, n))?
+                        }
                         4 => unsafe {
                             cu::launch_kernel(plan_func, grid, (b, 1, 1), 0, cu_stream, &mut params)
                         }
@@ -301,7 +269,7 @@ fn run() -> jitune::Result<()> {
     let jit_allocs = ALLOCS.load(Ordering::Relaxed) - before;
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..1000 {
-        tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n, ni))?;
+        tuner.launch(&kernel, &stream, &shape, &mut raw_args(xp, yp, n))?;
     }
     let jit_raw_allocs = ALLOCS.load(Ordering::Relaxed) - before;
     let before = ALLOCS.load(Ordering::Relaxed);
