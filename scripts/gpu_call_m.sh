@@ -8,7 +8,6 @@
 # probe with the cache disabled (is it that cache?), the launch bench.
 TOTAL_S=${TOTAL_S:-420}
 source "$(dirname "$0")/gpu_lib.sh"
-fresh() { export CUDA_CACHE_PATH=$(mktemp -d /tmp/cc.XXXXXX); }
 fresh; step tune_breakdown 80 $G/benches/tune_breakdown --bench
 fresh; rm -f /tmp/qs.sqlite*; export JITUNE_CACHE=/tmp/qs.sqlite
 step quickstart_first 80 $G/examples/quickstart

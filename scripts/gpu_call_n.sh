@@ -6,7 +6,6 @@
 # step starts from an empty compute cache (CUDA_CACHE_PATH): see call M.
 TOTAL_S=${TOTAL_S:-560}
 source "$(dirname "$0")/gpu_lib.sh"
-fresh() { export CUDA_CACHE_PATH=$(mktemp -d /tmp/cc.XXXXXX); }
 export JITUNE_LOAD_SECS=40
 fresh; rm -f /tmp/qs.sqlite*; export JITUNE_CACHE=/tmp/qs.sqlite
 step quickstart_first 80 $G/examples/quickstart

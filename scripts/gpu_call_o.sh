@@ -6,7 +6,6 @@
 # first pass with kernels preloaded. Cold compute cache for each step (see call M).
 TOTAL_S=${TOTAL_S:-470}
 source "$(dirname "$0")/gpu_lib.sh"
-fresh() { export CUDA_CACHE_PATH=$(mktemp -d /tmp/cc.XXXXXX); }
 fresh; step launch_1 40 $G/benches/launch --bench
 step launch_2 40 $G/benches/launch --bench
 fresh; rec=$root/tests/data/sgemm_4096x4096x4096_H200.json.gz
