@@ -51,7 +51,7 @@ fn main() -> jitune::Result<()> {
     let n = 256usize;
     let shape = [n as i64];
     // The first call resolves the key (cache-only: the default's plan); then every call hits.
-    tuner.dry_launch(&kernel, &shape, &mut args(n))?;
+    tuner.dry_launch(&kernel, &shape, &mut args(n), &mut [0; 3])?;
     let plan = tuner.resolve(&kernel, &shape)?;
 
     const CALLS: usize = 1_000_000;
@@ -68,13 +68,13 @@ fn main() -> jitune::Result<()> {
         median(&mut v)
     };
     let whole = hot(&|| {
-        black_box(tuner.dry_launch(&kernel, black_box(&shape), &mut args(n))).ok();
+        black_box(tuner.dry_launch(&kernel, black_box(&shape), &mut args(n), &mut [0; 3])).ok();
     });
     let lookup = hot(&|| {
         black_box(tuner.plan(&kernel, black_box(&shape)));
     });
     let plan_part = hot(&|| {
-        black_box(plan.dry_launch(&kernel.spec, black_box(&shape), &mut args(n))).ok();
+        black_box(plan.dry_launch(&kernel.spec, black_box(&shape), &mut args(n), &mut [0; 3])).ok();
     });
     println!("hot (median of 7 loops of {CALLS} calls):");
     println!("  whole hit path short of the driver  {whole:6.1} ns  (Tuner::dry_launch)");
@@ -90,7 +90,7 @@ fn main() -> jitune::Result<()> {
         for _ in 0..SAMPLES {
             sweep(&mut buf);
             let t = Instant::now();
-            black_box(tuner.dry_launch(&kernel, black_box(&shape), &mut args(n))).ok();
+            black_box(tuner.dry_launch(&kernel, black_box(&shape), &mut args(n), &mut [0; 3])).ok();
             hit.push(t.elapsed().as_nanos() as f64);
             sweep(&mut buf);
             let t = Instant::now();

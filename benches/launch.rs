@@ -148,7 +148,8 @@ fn run() -> jitune::Result<()> {
     let spin_cycles: i64 = 40_000_000;
 
     const BATCH: usize = 500;
-    const ROUNDS: usize = 60;
+    // 150 rounds: run-to-run spread on the H200 was ±60 ns with 60 (calls N, O).
+    const ROUNDS: usize = 150;
     // Sides: 0 raw cuLaunchKernel, 1 cudarc builder, 2 jitune with cudarc slices, 3 jitune
     // with raw pointers; where jitune's extra time goes (queued mode only): 4 raw
     // cuLaunchKernel of the plan's own loaded function, 5 raw cuLaunchKernel plus the capture

@@ -198,3 +198,70 @@ fn shutdown_cancels_background_searches_and_keeps_their_best() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(tuner.searches(), 1, "no search after shutdown");
 }
+
+/// A launch finds its plan among its thread's recent hits without the key map, so the recent
+/// hits must never serve a plan the map has moved on from: a winner swapped in (at once or on
+/// request), another thread, another kernel handle, a new tuner.
+#[test]
+fn a_threads_recent_hits_follow_every_change_of_plan() {
+    use jitune::tuner::SwapPolicy;
+    let dev = device();
+    let kernel = dev.kernel().expect("the recorded space as a kernel");
+    let tuner = Tuner::simulated(dev.clone(), Cache::memory_only(), Mode::CacheOnly).unwrap();
+    tuner.set_tune_options(TuneOptions {
+        max_evals: 40,
+        ..TuneOptions::default()
+    });
+    let shape = [1i64];
+    // A miss (the default), a hit from the map (remembered), a recent hit: one plan.
+    let first = tuner.launch_plan(&kernel, &shape).unwrap();
+    assert!(!first.tuned);
+    for _ in 0..2 {
+        let p = tuner.launch_plan(&kernel, &shape).unwrap();
+        assert!(Arc::ptr_eq(&p, &first));
+    }
+    assert_eq!((tuner.stats().hits, tuner.stats().misses), (2, 1));
+
+    // A winner waiting for `apply_swaps` changes nothing yet; once applied, the next launch
+    // launches it, on this thread and on another.
+    tuner.set_swap_policy(SwapPolicy::OnRequest);
+    tuner
+        .warmup(&kernel, &[shape.to_vec()], |_, _, _| {})
+        .unwrap();
+    let p = tuner.launch_plan(&kernel, &shape).unwrap();
+    assert!(Arc::ptr_eq(&p, &first), "a pending swap is not launched");
+    assert_eq!(tuner.apply_swaps(), 1);
+    let winner = tuner.launch_plan(&kernel, &shape).unwrap();
+    assert!(winner.tuned && !Arc::ptr_eq(&winner, &first));
+    let t = tuner.clone();
+    let k = kernel.clone();
+    let there = std::thread::spawn(move || t.launch_plan(&k, &[1]).unwrap())
+        .join()
+        .unwrap();
+    assert!(Arc::ptr_eq(&there, &winner));
+
+    // Swapped at once (another shape, launched and remembered first): the first launch after
+    // the swap has the winner.
+    tuner.set_swap_policy(SwapPolicy::Immediate);
+    let default2 = tuner.launch_plan(&kernel, &[2]).unwrap();
+    let again = tuner.launch_plan(&kernel, &[2]).unwrap();
+    assert!(!default2.tuned && Arc::ptr_eq(&again, &default2));
+    tuner.warmup(&kernel, &[vec![2]], |_, _, _| {}).unwrap();
+    let now = tuner.plan(&kernel, &[2]).unwrap();
+    let p = tuner.launch_plan(&kernel, &[2]).unwrap();
+    assert!(p.tuned && Arc::ptr_eq(&p, &now));
+
+    // Another handle of the same spec is another slot; it agrees with the map.
+    let other = jitune::tuner::Kernel::new((*kernel.spec).clone());
+    for _ in 0..2 {
+        let p = tuner.launch_plan(&other, &shape).unwrap();
+        assert!(Arc::ptr_eq(&p, &winner));
+    }
+
+    // A new tuner never sees the old one's plans, even for the same handle and shape.
+    drop(tuner);
+    let fresh = Tuner::simulated(dev, Cache::memory_only(), Mode::CacheOnly).unwrap();
+    let p = fresh.launch_plan(&kernel, &shape).unwrap();
+    assert!(!p.tuned, "a new tuner starts from the default");
+    assert_eq!(fresh.stats().misses, 1);
+}

@@ -40,6 +40,7 @@ pub mod events;
 mod miss;
 mod plan;
 mod preload;
+mod recent;
 mod runs;
 mod shared;
 pub(crate) mod state;
@@ -132,6 +133,8 @@ pub struct Kernel {
     pub spec: Arc<KernelSpec>,
     id: KernelId,
     rules: Option<ShapeRules>,
+    /// This handle's serial (its clones share it): what a thread's recent hits know it by.
+    serial: u64,
 }
 
 impl Kernel {
@@ -141,6 +144,7 @@ impl Kernel {
             id: spec.id(),
             rules: ShapeRules::of(spec.dims.iter().map(|d| &d.bucketing)),
             spec: Arc::new(spec),
+            serial: recent::serial(),
         }
     }
 
@@ -174,6 +178,8 @@ struct Inner {
     /// The device's fingerprint hash (every key's last part), here so a launch does not read
     /// the device's own allocation for it.
     fingerprint_hash: u64,
+    /// This tuner's serial: what a thread's recent hits know it by.
+    serial: u64,
     cache: Arc<Cache>,
     pool: Arc<CompilePool>,
     mode: AtomicU8,
@@ -221,6 +227,14 @@ struct Inner {
     /// The background threads running, and the flag that cancels every search at shutdown
     /// ([`Tuner::shutdown`]).
     closing: closing::Closing,
+}
+
+impl Drop for Inner {
+    /// This thread's recent hits let go of the tuner's plans (other threads' slots do when
+    /// overwritten or when those threads end).
+    fn drop(&mut self) {
+        recent::forget_tuner(self.serial);
+    }
 }
 
 /// Tunes, caches and launches kernels on one GPU. Cheap to clone (shared inside).
@@ -294,6 +308,7 @@ impl Tuner {
         Ok(Tuner {
             inner: Arc::new(Inner {
                 fingerprint_hash: device.fingerprint_hash(),
+                serial: recent::serial(),
                 device,
                 cache,
                 pool: Arc::new(CompilePool::default_sized()),
@@ -549,8 +564,9 @@ impl Tuner {
     /// usual, and a miss loads, compiles and tunes nothing: it launches a plan already loaded
     /// (the key's own, or the nearest bucket's of the same kernel) and the key is resolved
     /// after the capture, or it fails with [`Error::Capture`] when the kernel has none loaded.
-    /// A hit costs one shard read, a reference count and a striped counter; while some tuning
-    /// or resolution is active it also asks the driver whether the stream captures.
+    /// A hit costs a look at this thread's recent hits (or, the first time after any key's plan
+    /// changed, one shard read of the key map) and a striped counter; while some tuning or
+    /// resolution is active it also asks the driver whether the stream captures.
     pub fn launch(
         &self,
         kernel: &Kernel,
@@ -558,8 +574,9 @@ impl Tuner {
         shape: &[i64],
         args: &mut [Arg<'_>],
     ) -> Result<()> {
-        self.plan_to_launch(kernel, Some(stream), shape)?
-            .launch(&kernel.spec, stream, shape, args)
+        self.on_plan(kernel, Some(stream), shape, |plan| {
+            plan.launch(&kernel.spec, stream, shape, args)
+        })
     }
 
     /// What a launch of `kernel` at `shape` does short of launching: the plan it would launch
@@ -567,41 +584,103 @@ impl Tuner {
     /// process tuning it). Warms a key ahead of its first launch, and drives a simulated
     /// device's tuner, whose plans cannot launch.
     pub fn resolve(&self, kernel: &Kernel, shape: &[i64]) -> Result<Arc<Plan>> {
-        self.plan_to_launch(kernel, None, shape)
+        self.plan_to_launch(kernel, None, shape, None)
     }
 
     /// A launch's whole hit path but the driver call: the key, the plan, the counters, the
-    /// arguments checked and laid out (raw pointers and scalars only). Returns the argument
-    /// table. Needs no GPU (works on a simulated device's tuner), so the hit path's own cost is
-    /// timed on any machine (`benches/hit_path.rs`).
+    /// arguments checked and laid out (raw pointers and scalars only), the table's first
+    /// `out.len()` values copied to `out`. Needs no GPU (works on a simulated device's tuner),
+    /// so the hit path's own cost is timed on any machine (`benches/hit_path.rs`).
     #[doc(hidden)]
     pub fn dry_launch(
         &self,
         kernel: &Kernel,
         shape: &[i64],
         args: &mut [Arg<'_>],
-    ) -> Result<[u64; crate::gpu::launch::MAX_ARGS]> {
-        self.plan_to_launch(kernel, None, shape)?
-            .dry_launch(&kernel.spec, shape, args)
+        out: &mut [u64],
+    ) -> Result<()> {
+        self.on_plan(kernel, None, shape, |plan| {
+            plan.dry_launch(&kernel.spec, shape, args, out)
+        })
     }
 
-    /// The plan a launch on `stream` (none: a resolve) uses now. The hit path: one shard read,
-    /// an Arc clone, a striped counter (and, while tuning is active, the capture query).
+    /// The plan a launch of `kernel` at `shape` would launch now, found as a launch finds it
+    /// (this thread's recent hits, then the key map; a miss resolves as the mode says). For
+    /// tests of the hit path.
+    #[doc(hidden)]
+    pub fn launch_plan(&self, kernel: &Kernel, shape: &[i64]) -> Result<Arc<Plan>> {
+        self.on_plan(kernel, None, shape, |plan| Ok(plan.clone()))
+    }
+
+    /// Calls `f` with the plan a launch on `stream` (none: a dry launch) uses now: this
+    /// thread's recent hit if it is still valid (no lookup, no reference count), else the key
+    /// map's plan or a miss's. The hit path.
+    #[inline]
+    fn on_plan<T>(
+        &self,
+        kernel: &Kernel,
+        stream: Option<&CudaStream>,
+        shape: &[i64],
+        f: impl FnOnce(&Arc<Plan>) -> Result<T>,
+    ) -> Result<T> {
+        let probe = self.probe(kernel, shape);
+        let mut go = Some(f);
+        if let Some(r) = recent::with_hit(&probe, &mut go, || self.count_hit(stream)) {
+            return r;
+        }
+        let plan = self.plan_to_launch(kernel, stream, shape, Some(&probe))?;
+        match go {
+            Some(f) => f(&plan),
+            // `with_hit` takes `f` only to run it.
+            None => Err(Error::Search(format!(
+                "kernel `{}`: a launch lost its closure (a bug in jitune)",
+                kernel.spec.name
+            ))),
+        }
+    }
+
+    /// What this thread's recent hits know a launch of `kernel` at `shape` by, with the plan
+    /// generation read first (before any lookup of the launch).
+    #[inline]
+    fn probe<'s>(&self, kernel: &Kernel, shape: &'s [i64]) -> recent::Probe<'s> {
+        recent::Probe {
+            generation: self.inner.states.generation(),
+            tuner: self.inner.serial,
+            kernel: kernel.serial,
+            shape,
+        }
+    }
+
+    /// Counts a hit; on a stream, while some tuning or resolution is active, asks the driver
+    /// whether it captures (see [`capture`]).
+    #[inline]
+    fn count_hit(&self, stream: Option<&CudaStream>) {
+        self.inner.hits.add(1);
+        if let Some(stream) = stream {
+            if gate().watching() {
+                watch_capture(stream, self.pause_limit());
+            }
+        }
+    }
+
+    /// The plan a launch on `stream` (none: a resolve) uses now, from the key map: one shard
+    /// read, an Arc clone, a striped counter (and, while tuning is active, the capture query).
+    /// A plan found there is remembered among this thread's recent hits under `probe`. (A miss's
+    /// plan is not: the key map holds it, or, inside a capture, it is another key's stand-in.)
     #[inline]
     fn plan_to_launch(
         &self,
         kernel: &Kernel,
         stream: Option<&CudaStream>,
         shape: &[i64],
+        probe: Option<&recent::Probe<'_>>,
     ) -> Result<Arc<Plan>> {
         let key = self.key(kernel, shape)?;
         match self.inner.states.plan(&key) {
             Some(p) => {
-                self.inner.hits.add(1);
-                if let Some(stream) = stream {
-                    if gate().watching() {
-                        watch_capture(stream, self.pause_limit());
-                    }
+                self.count_hit(stream);
+                if let Some(probe) = probe {
+                    recent::remember(probe, &p);
                 }
                 Ok(p)
             }

@@ -213,19 +213,24 @@ impl Plan {
 
     /// Everything a launch does short of the driver: the shape checked, the geometry and
     /// lengths from the memo, the arguments checked and laid out (raw pointers and scalars
-    /// only: cudarc buffers need a stream). Returns the argument table. Needs no GPU (it works
-    /// on a simulated plan), so the hit path's own work is tested and timed on the CPU.
+    /// only: cudarc buffers need a stream). The argument table's first `out.len()` values are
+    /// copied to `out` (a launch hands the table to the driver instead; returning the whole
+    /// kilobyte by value would time copies no launch makes). Needs no GPU (it works on a
+    /// simulated plan), so the hit path's own work is tested and timed on the CPU.
     #[doc(hidden)]
     pub fn dry_launch(
         &self,
         spec: &KernelSpec,
         shape: &[i64],
         args: &mut [Arg<'_>],
-    ) -> Result<[u64; MAX_ARGS]> {
+        out: &mut [u64],
+    ) -> Result<()> {
         self.with_resolved(spec, shape, |r| {
             let mut m = Marshalled::new();
             marshal(spec, r, None, args, &mut m).map_err(|e| e.into_error(spec, &self.config))?;
-            Ok(m.raw)
+            let n = out.len().min(MAX_ARGS);
+            out[..n].copy_from_slice(&m.raw[..n]);
+            Ok(())
         })
     }
 
@@ -400,14 +405,16 @@ mod tests {
         assert!(plan.memo.read(&shape, 6, &mut need, &mut zero).is_none());
         // The first launch evaluates and memoises; the second reads the memo: same table.
         for _ in 0..2 {
-            let raw = plan.dry_launch(&spec, &shape, &mut args(16 * 32)).unwrap();
-            assert_eq!(raw[..6], [0xA000, 0xB000, 0xC000, 64, 32, 16]);
+            let mut raw = [0u64; 7];
+            plan.dry_launch(&spec, &shape, &mut args(16 * 32), &mut raw)
+                .unwrap();
+            assert_eq!(raw, [0xA000, 0xB000, 0xC000, 64, 32, 16, 0]);
         }
         assert!(plan.memo.read(&shape, 6, &mut need, &mut zero).is_some());
         assert_eq!(need[..3], [64 * 16, 16 * 32, 64 * 32]);
         // The memoised lengths are checked as the evaluated ones were.
         let e = plan
-            .dry_launch(&spec, &shape, &mut args(16 * 32 - 1))
+            .dry_launch(&spec, &shape, &mut args(16 * 32 - 1), &mut [])
             .unwrap_err()
             .to_string();
         assert!(
@@ -415,6 +422,8 @@ mod tests {
             "{e}"
         );
         // A shape of the wrong rank is refused before anything is read.
-        assert!(plan.dry_launch(&spec, &shape[..2], &mut args(512)).is_err());
+        assert!(plan
+            .dry_launch(&spec, &shape[..2], &mut args(512), &mut [])
+            .is_err());
     }
 }

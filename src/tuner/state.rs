@@ -11,6 +11,7 @@
 //! The map is generic over the plan type so that `benches/cache_hit` measures the very lookup a
 //! launch makes without a GPU.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,17 +87,38 @@ pub enum Claim<P> {
 /// The map from key to [`Slot`].
 pub struct KeyStates<P> {
     map: DashMap<TuningKey, Slot<P>, KeyHashBuilder>,
+    /// Bumped after every change of what some key launches (see [`KeyStates::generation`]).
+    generation: Generation,
 }
+
+/// The plan generation, on a cache line of its own: every launch reads it, changes are rare, and
+/// no other write may evict it from the readers' caches.
+#[repr(align(64))]
+#[derive(Default)]
+struct Generation(AtomicU64);
 
 impl<P> Default for KeyStates<P> {
     fn default() -> Self {
         KeyStates {
             map: DashMap::with_hasher(KeyHashBuilder::default()),
+            generation: Generation::default(),
         }
     }
 }
 
 impl<P> KeyStates<P> {
+    /// The plan generation: it changes after any key's plan does (installed, provisional, or
+    /// gone). A plan found in the map after reading generation `g` is what the key launches for
+    /// as long as the generation is still `g`, which lets a thread keep it ([`super::recent`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.0.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.0.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The hit path: the plan a launch of `key` uses now (ready or provisional). One shard read
     /// lock and a reference count; no allocation.
     #[inline]
@@ -158,6 +180,8 @@ impl<P> KeyStates<P> {
         {
             let old = provisional.replace(plan);
             flight.bump();
+            drop(s);
+            self.changed();
             return old;
         }
         None
@@ -167,7 +191,9 @@ impl<P> KeyStates<P> {
     /// key's waiters; returns the plan launches used before (a ready plan or a provisional one),
     /// which the caller keeps alive while a graph captured with it may still launch it.
     pub fn install(&self, key: TuningKey, plan: Arc<P>) -> Option<Arc<P>> {
-        match self.map.insert(key, Slot::Ready(plan))? {
+        let before = self.map.insert(key, Slot::Ready(plan));
+        self.changed();
+        match before? {
             Slot::Ready(old) => Some(old),
             Slot::Busy {
                 provisional,
@@ -182,10 +208,13 @@ impl<P> KeyStates<P> {
     /// Ends a claim without a plan (the resolver failed): the key is free again, and its waiters
     /// wake to claim it themselves. Returns the provisional plan the key had, if any.
     pub fn release(&self, key: &TuningKey) -> Option<Arc<P>> {
-        match self
+        let removed = self
             .map
-            .remove_if(key, |_, s| matches!(s, Slot::Busy { .. }))
-        {
+            .remove_if(key, |_, s| matches!(s, Slot::Busy { .. }));
+        if removed.is_some() {
+            self.changed();
+        }
+        match removed {
             Some((
                 _,
                 Slot::Busy {
@@ -202,7 +231,11 @@ impl<P> KeyStates<P> {
 
     /// Forgets a ready key (the next launch resolves it again); returns its plan.
     pub fn forget(&self, key: &TuningKey) -> Option<Arc<P>> {
-        match self.map.remove_if(key, |_, s| matches!(s, Slot::Ready(_))) {
+        let removed = self.map.remove_if(key, |_, s| matches!(s, Slot::Ready(_)));
+        if removed.is_some() {
+            self.changed();
+        }
+        match removed {
             Some((_, Slot::Ready(p))) => Some(p),
             _ => None,
         }
