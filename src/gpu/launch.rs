@@ -506,7 +506,10 @@ fn needs_stream<'s>(
 /// Launches `func` for `spec` on `stream` with `args` (the caller's order: every argument but
 /// the tensor maps). Checks and marshals the arguments ([`marshal`]), zero-fills the outputs
 /// `r.zero` names, encodes the tensor maps from the buffer pointers, and launches.
-/// Allocation-free.
+/// Allocation-free. Inlined into the hit path: after the driver's own work between launches,
+/// a launch's instructions come back from memory too, and one stretch of code spans fewer
+/// pages than three functions far apart (LLVM left it out of line with a plain `inline`).
+#[inline(always)]
 pub fn launch(
     func: &CudaFunction,
     spec: &KernelSpec,
@@ -620,6 +623,7 @@ fn buffer_error(spec: &KernelSpec, i: usize, holds: bool, elems: usize, need: i6
 /// # Safety
 /// The pointers must be valid device allocations large enough for the kernel, the values must
 /// match the kernel's parameter types, and `map_args` must hold indices below `values.len()`.
+#[inline(always)]
 unsafe fn launch_raw(
     func: &CudaFunction,
     g: &Geometry,

@@ -19,8 +19,9 @@ use crate::Result;
 /// launches of the same shape (the common case: a key is a shape bucket) skip evaluating the
 /// spec's expressions. Every field is atomic, readers never block and writers never wait (a
 /// writer that finds another writing just skips the update).
-/// Laid out in the order a launch reads it (`repr(C)`), right after the plan's function: a hit
-/// reads a few adjacent cache lines of the plan, not fields scattered over its 900 bytes.
+/// Laid out in the order a launch reads it (`repr(C)`), right after the plan's function and
+/// argument layout: a hit reads a few adjacent cache lines of the plan, not fields scattered
+/// over its 900 bytes.
 #[repr(C)]
 struct LaunchMemo {
     seq: AtomicU64,
@@ -111,18 +112,18 @@ impl LaunchMemo {
 }
 
 /// Everything a launch needs for one key, resolved ahead of time. `repr(C)`: what a hit reads
-/// (the function, the memo's head, the argument layout) comes first, next to the reference
-/// count that the hit's `Arc` clone touches anyway.
+/// (the function, the argument layout, the memo's head) comes first.
 #[repr(C)]
 pub struct Plan {
     /// The loaded function (`None` for a simulated device's plan, which cannot launch).
     func: Option<CudaFunction>,
-    memo: LaunchMemo,
-    /// The spec's arguments as a launch walks them (the spec is read only to word an error).
-    layout: ArgLayout,
     /// The spec's number of shape dimensions (a launch checks the shape's rank against it
     /// without reading the spec).
     dims: usize,
+    /// The spec's arguments as a launch walks them (the spec is read only to word an error):
+    /// with the function and dims, a short argument list fits the plan's first cache line.
+    layout: ArgLayout,
+    memo: LaunchMemo,
     /// The variable table with the config's values and the device limits filled in; a launch
     /// copies it and writes the shape into its slots.
     env: [i64; MAX_VARS],
@@ -192,7 +193,9 @@ impl Plan {
 
     /// Launches on `stream`. Allocation-free unless it fails. Public for the launch bench,
     /// which times it apart from the key and plan lookup; applications call `Tuner::launch`.
+    /// Inlined into `Tuner::launch` (see [`launch`]).
     #[doc(hidden)]
+    #[inline(always)]
     pub fn launch(
         &self,
         spec: &KernelSpec,
