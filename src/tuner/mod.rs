@@ -625,7 +625,8 @@ impl Tuner {
     ) -> Result<T> {
         let probe = self.probe(kernel, shape);
         let mut go = Some(f);
-        if let Some(r) = recent::with_hit(&probe, &mut go, || self.count_hit(stream)) {
+        if let Some(r) = recent::with_hit(&probe, &mut go, |stripe| self.count_hit(stripe, stream))
+        {
             return r;
         }
         let plan = self.plan_to_launch(kernel, stream, shape, Some(&probe))?;
@@ -651,11 +652,11 @@ impl Tuner {
         }
     }
 
-    /// Counts a hit; on a stream, while some tuning or resolution is active, asks the driver
-    /// whether it captures (see [`capture`]).
+    /// Counts a hit (on this thread's counter stripe); on a stream, while some tuning or
+    /// resolution is active, asks the driver whether it captures (see [`capture`]).
     #[inline]
-    fn count_hit(&self, stream: Option<&CudaStream>) {
-        self.inner.hits.add(1);
+    fn count_hit(&self, stripe: usize, stream: Option<&CudaStream>) {
+        self.inner.hits.add_on(stripe, 1);
         if let Some(stream) = stream {
             if gate().watching() {
                 watch_capture(stream, self.pause_limit());
@@ -678,7 +679,7 @@ impl Tuner {
         let key = self.key(kernel, shape)?;
         match self.inner.states.plan(&key) {
             Some(p) => {
-                self.count_hit(stream);
+                self.count_hit(events::thread_stripe(), stream);
                 if let Some(probe) = probe {
                     recent::remember(probe, &p);
                 }

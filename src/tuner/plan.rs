@@ -43,6 +43,8 @@ impl LaunchMemo {
         }
     }
 
+    /// Inlined: on the launch hit path (see `gpu::launch::launch`).
+    #[inline(always)]
     fn read(
         &self,
         shape: &[i64],

@@ -17,10 +17,11 @@
 //! The slots hold their plans (`Arc`) until overwritten or until the thread ends: a few dozen
 //! plans per thread at most, whose modules stay loaded that long.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::events::thread_stripe;
 use super::plan::Plan;
 use crate::key::MAX_DIMS;
 
@@ -63,12 +64,24 @@ impl Slot {
             && self.kernel == p.kernel
             && self.generation == p.generation
             && self.len == p.shape.len()
-            && self.shape[..self.len] == *p.shape
+            && self.shape.iter().zip(p.shape).all(|(a, b)| a == b)
     }
 }
 
+/// A thread's slots, and its stripe of the tuners' hit counters (kept here: one thread-local
+/// access on a hit instead of two).
+struct Recent {
+    slots: [Slot; SLOTS],
+    stripe: Cell<usize>,
+}
+
 thread_local! {
-    static RECENT: RefCell<[Slot; SLOTS]> = const { RefCell::new([const { Slot::EMPTY }; SLOTS]) };
+    static RECENT: RefCell<Recent> = const {
+        RefCell::new(Recent {
+            slots: [const { Slot::EMPTY }; SLOTS],
+            stripe: Cell::new(usize::MAX),
+        })
+    };
 }
 
 /// Serial numbers of tuners and kernel handles (0 is never given: an empty slot's).
@@ -89,14 +102,15 @@ fn slot_of(p: &Probe<'_>) -> usize {
     (h >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
-/// Runs `before`, then `f` (taken out of its `Option`), with the plan this thread launched last
-/// for `p` if its slot is still valid, and returns what `f` returned; `None` (and `f` left in
-/// place) otherwise. Reads no shared memory but the plan itself.
+/// Runs `before` (with this thread's counter stripe, see [`thread_stripe`]), then `f` (taken
+/// out of its `Option`), with the plan this thread launched last for `p` if its slot is still
+/// valid, and returns what `f` returned; `None` (and `f` left in place) otherwise. Reads no
+/// shared memory but the plan itself.
 #[inline]
 pub fn with_hit<T, F: FnOnce(&Arc<Plan>) -> T>(
     p: &Probe<'_>,
     f: &mut Option<F>,
-    before: impl FnOnce(),
+    before: impl FnOnce(usize),
 ) -> Option<T> {
     if p.shape.len() > MAX_DIMS {
         return None;
@@ -107,10 +121,14 @@ pub fn with_hit<T, F: FnOnce(&Arc<Plan>) -> T>(
             // A launch never launches again from inside `f`; a busy cell (or a thread ending)
             // is a miss, not an error.
             let r = r.try_borrow().ok()?;
-            let s = &r[i];
+            let s = &r.slots[i];
             match (&s.plan, s.holds(p)) {
                 (Some(plan), true) => f.take().map(|f| {
-                    before();
+                    let mut stripe = r.stripe.get();
+                    if stripe == usize::MAX {
+                        stripe = first_stripe(&r.stripe);
+                    }
+                    before(stripe);
                     f(plan)
                 }),
                 _ => None,
@@ -118,6 +136,13 @@ pub fn with_hit<T, F: FnOnce(&Arc<Plan>) -> T>(
         })
         .ok()
         .flatten()
+}
+
+#[cold]
+fn first_stripe(c: &Cell<usize>) -> usize {
+    let s = thread_stripe();
+    c.set(s);
+    s
 }
 
 /// Remembers `plan` as what a launch of `p` uses (`p.generation` read before the map lookup that
@@ -143,7 +168,7 @@ pub fn remember(p: &Probe<'_>, plan: &Arc<Plan>) {
         .try_with(|r| {
             r.try_borrow_mut()
                 .ok()
-                .map(|mut r| std::mem::replace(&mut r[i], new))
+                .map(|mut r| std::mem::replace(&mut r.slots[i], new))
         })
         .ok()
         .flatten();
@@ -156,7 +181,8 @@ pub fn forget_tuner(tuner: u64) {
         .try_with(|r| {
             r.try_borrow_mut()
                 .map(|mut r| {
-                    r.iter_mut()
+                    r.slots
+                        .iter_mut()
                         .filter(|s| s.tuner == tuner)
                         .map(|s| std::mem::replace(s, Slot::EMPTY).plan)
                         .collect()
