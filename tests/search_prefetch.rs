@@ -256,3 +256,66 @@ fn spares_change_nothing_and_are_mostly_the_next_batch() {
         100.0 * prev
     );
 }
+
+/// A cold search with start configs (the tuner's: the spec's default first) hands its random
+/// first design over before the start is evaluated, so the GPU engine compiles the design while
+/// the start (the correctness reference) compiles and runs alone; the batches, observations and
+/// winner stay those of a search without hints.
+#[test]
+fn a_cold_searchs_design_compiles_while_its_start_runs() {
+    let files = datasets();
+    for f in &files {
+        let data = Arc::new(Cachefile::load(f).expect("cachefile loads"));
+        let name = &data.name;
+        for seed in 0..3 {
+            let run_with_start = |prefetch: usize| {
+                let lfbo = Lfbo::new(LfboParams {
+                    prefetch,
+                    ..LfboParams::default()
+                });
+                let mut ev = Recording {
+                    inner: ReplayEvaluator::new(data.clone(), seed),
+                    calls: RefCell::new(Vec::new()),
+                };
+                let mut opts = SearchOptions::new(seed, BUDGET);
+                let start = ev.space().iter().next().expect("a valid config");
+                opts.start.push(start.clone());
+                let r = lfbo.search(&mut ev, &opts).expect("search runs");
+                (r, ev.calls.into_inner(), start)
+            };
+            let (plain, plain_calls, _) = run_with_start(0);
+            let (hinted, calls, start) = run_with_start(8);
+            // The first call is the hint; the start is evaluated next, alone; the design after it
+            // is mostly what the hint named.
+            let (Call::Prefetch(hint), Call::Evaluate(first), Call::Evaluate(design)) =
+                (&calls[0], &calls[1], &calls[2])
+            else {
+                panic!(
+                    "{name} seed {seed}: hint, start, design expected: {:?}",
+                    &calls[..3]
+                );
+            };
+            assert_eq!(first, &vec![start.clone()], "{name}");
+            assert!(!hint.contains(&start), "{name}: the hint names the start");
+            let named = design.iter().filter(|c| hint.contains(c)).count();
+            assert!(
+                named * 10 >= design.len() * 9,
+                "{name} seed {seed}: {named} of the design's {} configs were hinted",
+                design.len()
+            );
+            // Nothing else changes.
+            let evals = |v: &[Call]| -> Vec<Call> {
+                v.iter()
+                    .filter(|c| matches!(c, Call::Evaluate(_)))
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(evals(&plain_calls), evals(&calls), "{name} seed {seed}");
+            assert_eq!(
+                plain.best.as_ref().map(|(c, t)| (c.clone(), t.to_bits())),
+                hinted.best.as_ref().map(|(c, t)| (c.clone(), t.to_bits())),
+                "{name} seed {seed}"
+            );
+        }
+    }
+}
