@@ -193,7 +193,7 @@ thread_local! {
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
 /// This thread's stripe of every striped counter (assigned round-robin at its first use).
-pub fn thread_stripe() -> usize {
+pub(crate) fn thread_stripe() -> usize {
     STRIPE.with(|s| {
         let mut i = s.get();
         if i == usize::MAX {
@@ -213,7 +213,7 @@ impl StripedCounter {
     /// Adds on stripe `stripe` (this thread's, from [`thread_stripe`], kept by the caller: the
     /// launch hit path keeps it beside its recent hits, one thread-local access instead of two).
     #[inline]
-    pub fn add_on(&self, stripe: usize, n: u64) {
+    pub(crate) fn add_on(&self, stripe: usize, n: u64) {
         self.stripes[stripe % STRIPES]
             .0
             .fetch_add(n, Ordering::Relaxed);
