@@ -60,6 +60,26 @@ fn main() {
     }
 }
 
+/// Enqueues the spin kernel `f` (one thread waiting `cycles` SM clocks) on `stream`: what the
+/// queued batches launch behind.
+fn queue_spin(
+    stream: &cudarc::driver::CudaStream,
+    f: &cudarc::driver::CudaFunction,
+    cycles: i64,
+) -> jitune::Result<()> {
+    let mut l = stream.launch_builder(f);
+    l.arg(&cycles);
+    unsafe {
+        l.launch(LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .map(|_| ())
+    .map_err(|e| jitune::Error::driver("CUDA", e))
+}
+
 /// The bench's buffers as raw-pointer arguments.
 fn raw_args(x: u64, y: u64, n: usize) -> [Arg<'static>; 3] {
     // SAFETY: x and y are live allocations of n f32 each on the launch's context; the bench
@@ -181,16 +201,7 @@ fn run() -> jitune::Result<()> {
                     .synchronize()
                     .map_err(|e| jitune::Error::driver("CUDA", e))?;
                 if let (true, Some(f)) = (queued, &spin) {
-                    let mut l = stream.launch_builder(f);
-                    l.arg(&spin_cycles);
-                    unsafe {
-                        l.launch(LaunchConfig {
-                            grid_dim: (1, 1, 1),
-                            block_dim: (1, 1, 1),
-                            shared_mem_bytes: 0,
-                        })
-                    }
-                    .map_err(|e| jitune::Error::driver("CUDA", e))?;
+                    queue_spin(&stream, f, spin_cycles)?;
                 }
                 let t = Instant::now();
                 for _ in 0..BATCH {
@@ -269,16 +280,7 @@ fn run() -> jitune::Result<()> {
             stream
                 .synchronize()
                 .map_err(|e| jitune::Error::driver("CUDA", e))?;
-            let mut l = stream.launch_builder(f);
-            l.arg(&spin_cycles);
-            unsafe {
-                l.launch(LaunchConfig {
-                    grid_dim: (1, 1, 1),
-                    block_dim: (1, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-            }
-            .map_err(|e| jitune::Error::driver("CUDA", e))?;
+            queue_spin(&stream, f, spin_cycles)?;
             for i in 0..BATCH {
                 for side in [(i + round) % 2, (i + round + 1) % 2] {
                     let t = Instant::now();

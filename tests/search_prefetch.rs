@@ -59,6 +59,16 @@ impl Evaluator for Recording {
 }
 
 fn run(data: &Arc<Cachefile>, seed: u64, prefetch: usize) -> (SearchResult, Vec<Call>) {
+    run_from(data, seed, prefetch, &[])
+}
+
+/// `run` with start configs (as the tuner gives: the spec's default first).
+fn run_from(
+    data: &Arc<Cachefile>,
+    seed: u64,
+    prefetch: usize,
+    start: &[Config],
+) -> (SearchResult, Vec<Call>) {
     let lfbo = Lfbo::new(LfboParams {
         prefetch,
         ..LfboParams::default()
@@ -67,9 +77,9 @@ fn run(data: &Arc<Cachefile>, seed: u64, prefetch: usize) -> (SearchResult, Vec<
         inner: ReplayEvaluator::new(data.clone(), seed),
         calls: RefCell::new(Vec::new()),
     };
-    let r = lfbo
-        .search(&mut ev, &SearchOptions::new(seed, BUDGET))
-        .expect("search runs");
+    let mut opts = SearchOptions::new(seed, BUDGET);
+    opts.start = start.to_vec();
+    let r = lfbo.search(&mut ev, &opts).expect("search runs");
     (r, ev.calls.into_inner())
 }
 
@@ -267,24 +277,10 @@ fn a_cold_searchs_design_compiles_while_its_start_runs() {
     for f in &files {
         let data = Arc::new(Cachefile::load(f).expect("cachefile loads"));
         let name = &data.name;
+        let start = data.space.iter().next().expect("a valid config");
         for seed in 0..3 {
-            let run_with_start = |prefetch: usize| {
-                let lfbo = Lfbo::new(LfboParams {
-                    prefetch,
-                    ..LfboParams::default()
-                });
-                let mut ev = Recording {
-                    inner: ReplayEvaluator::new(data.clone(), seed),
-                    calls: RefCell::new(Vec::new()),
-                };
-                let mut opts = SearchOptions::new(seed, BUDGET);
-                let start = ev.space().iter().next().expect("a valid config");
-                opts.start.push(start.clone());
-                let r = lfbo.search(&mut ev, &opts).expect("search runs");
-                (r, ev.calls.into_inner(), start)
-            };
-            let (plain, plain_calls, _) = run_with_start(0);
-            let (hinted, calls, start) = run_with_start(8);
+            let (plain, plain_calls) = run_from(&data, seed, 0, std::slice::from_ref(&start));
+            let (hinted, calls) = run_from(&data, seed, 8, std::slice::from_ref(&start));
             // The first call is the hint; the start is evaluated next, alone; the design after it
             // is mostly what the hint named.
             let (Call::Prefetch(hint), Call::Evaluate(first), Call::Evaluate(design)) =

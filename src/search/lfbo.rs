@@ -547,10 +547,7 @@ impl Lfbo {
             (s.seeded() + p.prior_init, 1)
         };
         while s.remaining() > 0 && (s.observations().len() < n_init || s.best().is_none()) {
-            let want = n_init
-                .saturating_sub(s.observations().len())
-                .max(min_batch)
-                .min(s.remaining());
+            let want = design_batch(n_init, s.observations().len(), min_batch, s.remaining());
             let batch = fresh_samples(s, want, rng, &none);
             if batch.is_empty() || s.evaluate(&batch)?.is_empty() {
                 break;
@@ -619,6 +616,16 @@ fn near_any(c: &Config, set: &[Config], d: usize) -> bool {
     d > 0 && set.iter().any(|t| hamming(c, t) < d)
 }
 
+/// How many random configs a design batch asks for: what is missing of `n_init` after
+/// `observed` observations, at least `min_batch`, at most `remaining` (the first batch is also
+/// what a cold search hands over before its start, so both ask through this).
+fn design_batch(n_init: usize, observed: usize, min_batch: usize, remaining: usize) -> usize {
+    n_init
+        .saturating_sub(observed)
+        .max(min_batch)
+        .min(remaining)
+}
+
 impl Strategy for Lfbo {
     fn name(&self) -> &'static str {
         "lfbo"
@@ -635,12 +642,12 @@ impl Strategy for Lfbo {
         // Drawn from a copy of the generator: the design itself draws the same configs.
         if p.prefetch > 0 && s.prior().is_empty() && !opts.start.is_empty() {
             let start: HashSet<Config> = opts.start.iter().cloned().collect();
-            // As many as `initial_design` asks for first.
-            let want = p
-                .n_init
-                .saturating_sub(start.len())
-                .max(self.batch_size(&s))
-                .min(s.remaining().saturating_sub(start.len()));
+            let want = design_batch(
+                p.n_init,
+                start.len(),
+                self.batch_size(&s),
+                s.remaining().saturating_sub(start.len()),
+            );
             s.prefetch(&fresh_samples(&s, want, &mut rng.clone(), &start));
         }
         s.evaluate_start()?;

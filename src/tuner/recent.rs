@@ -112,9 +112,7 @@ pub fn with_hit<T, F: FnOnce(&Arc<Plan>) -> T>(
     f: &mut Option<F>,
     before: impl FnOnce(usize),
 ) -> Option<T> {
-    if p.shape.len() > MAX_DIMS {
-        return None;
-    }
+    // A shape of more than MAX_DIMS dims is never remembered, so no slot holds it.
     let i = slot_of(p);
     RECENT
         .try_with(|r| {
